@@ -1,0 +1,1 @@
+"""The `splatops` command line (also the kubectl plugin `kubectl-splat`)."""

@@ -1,0 +1,266 @@
+"""The trainer <-> operator contract (see ARCHITECTURE.md, "Trainer <-> operator").
+
+Imported by both sides, so it imports only the standard library: the operator image has no
+torch, the trainer pod has no Kubernetes client. Change it here and in ARCHITECTURE.md together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+from typing import Any
+
+# --- Exit codes ---------------------------------------------------------------------------------
+
+
+class ExitCode(enum.IntEnum):
+    """Trainer process exit codes. The Job's podFailurePolicy keys on INVALID_INPUT and OOM."""
+
+    COMPLETE = 0
+    ERROR = 1  # anything else: retried by the Job (backoffLimit)
+    INVALID_INPUT = 2  # scene, images, COLMAP model, options: retrying cannot help
+    OUT_OF_MEMORY = 3  # CUDA OOM: retrying on the same GPU cannot help
+
+
+# --- Failure reasons (termination message "reason", status.reason) ------------------------------
+
+
+class Reason(str, enum.Enum):
+    """Machine-readable failure reasons, shared by trainer results and the operator's status."""
+
+    COLMAP_NOT_FOUND = "ColmapNotFound"
+    NO_IMAGES = "NoImages"
+    MISSING_IMAGES = "MissingImages"
+    INVALID_MODEL = "InvalidColmapModel"
+    UNSUPPORTED_CAMERA = "UnsupportedCamera"
+    INVALID_OPTIONS = "InvalidOptions"
+    OUT_OF_MEMORY = "OutOfMemory"
+    TRAINING_DIVERGED = "TrainingDiverged"
+    TRAINER_ERROR = "TrainerError"
+    # Reasons only the operator can observe (the trainer never ran or was killed):
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    IMAGE_PULL = "ImagePullFailed"
+    UNSCHEDULABLE = "Unschedulable"
+    OOM_KILLED = "OOMKilled"
+    INVALID_SPEC = "InvalidSpec"
+
+
+# The original pipeline's words; users and scripts grep for these.
+MSG_COLMAP_NOT_FOUND = "COLMAP reconstruction not found"
+MSG_NO_IMAGES = "No images found"
+MSG_OOM = "CUDA out of memory. Try reducing data_factor or image resolution."
+
+EXIT_CODE_FOR_REASON: dict[Reason, ExitCode] = {
+    Reason.COLMAP_NOT_FOUND: ExitCode.INVALID_INPUT,
+    Reason.NO_IMAGES: ExitCode.INVALID_INPUT,
+    Reason.MISSING_IMAGES: ExitCode.INVALID_INPUT,
+    Reason.INVALID_MODEL: ExitCode.INVALID_INPUT,
+    Reason.UNSUPPORTED_CAMERA: ExitCode.INVALID_INPUT,
+    Reason.INVALID_OPTIONS: ExitCode.INVALID_INPUT,
+    Reason.OUT_OF_MEMORY: ExitCode.OUT_OF_MEMORY,
+    Reason.TRAINING_DIVERGED: ExitCode.ERROR,
+    Reason.TRAINER_ERROR: ExitCode.ERROR,
+}
+
+# --- Paths (inside the scene directory; ARCHITECTURE.md "The scene on the PVC") -----------------
+
+IMAGES_DIR = "images"
+COLMAP_DIR = "colmap/sparse_initial"
+SPARSE_DIR = "sparse/0"
+SPARSE_LINK_TARGET = "../colmap/sparse_initial"  # relative, so the link survives remounts
+OUTPUT_DIR = "gsplat"
+CONFIG_FILE = "config.json"  # under OUTPUT_DIR
+RESULT_PLY = "results.ply"  # under OUTPUT_DIR: the MAIN OUTPUT
+RESULTS_DIR = "results"  # under OUTPUT_DIR
+TRAINING_LOG = "results/training_log.txt"  # under OUTPUT_DIR
+CHECKPOINTS_DIR = "results/checkpoints"  # under OUTPUT_DIR
+ERROR_LOG = "error.log"  # under OUTPUT_DIR
+
+TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet truncates beyond this
+DEFAULT_METRICS_PORT = 9090
+
+# --- Environment variables the operator sets on the trainer container ---------------------------
+# Every trainer option is settable as SPLATOPS_<OPTION_IN_UPPER_SNAKE>; these are the ones the
+# operator's Job builder uses, named once here.
+ENV_PREFIX = "SPLATOPS_"
+ENV_SCENE_DIR = "SPLATOPS_SCENE_DIR"
+ENV_DATA_FACTOR = "SPLATOPS_DATA_FACTOR"
+ENV_MAX_STEPS = "SPLATOPS_MAX_STEPS"
+ENV_STRATEGY = "SPLATOPS_STRATEGY"
+ENV_SH_DEGREE = "SPLATOPS_SH_DEGREE"
+ENV_TEST_EVERY = "SPLATOPS_TEST_EVERY"
+ENV_EVAL_EVERY = "SPLATOPS_EVAL_EVERY"
+ENV_CHECKPOINT_EVERY = "SPLATOPS_CHECKPOINT_EVERY"
+ENV_SEED = "SPLATOPS_SEED"
+ENV_CAP_MAX = "SPLATOPS_CAP_MAX"
+ENV_METRICS_PORT = "SPLATOPS_METRICS_PORT"
+ENV_TERMINATION_LOG = "SPLATOPS_TERMINATION_LOG"
+ENV_SCENE_ID = "SPLATOPS_SCENE_ID"
+ENV_DEVICE = "SPLATOPS_DEVICE"
+ENV_PROGRESS_EVERY = "SPLATOPS_PROGRESS_EVERY"
+
+# --- Progress events (one JSON object per stdout line) -------------------------------------------
+
+EVENT_PROGRESS = "progress"
+EVENT_EVAL = "eval"
+EVENT_STARTED = "started"
+EVENT_COMPLETE = "complete"
+EVENT_FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """One progress report. `psnr` only when the trainer evaluated at this step."""
+
+    step: int
+    max_steps: int
+    loss: float
+    num_gaussians: int | None = None
+    steps_per_sec: float | None = None
+    elapsed_s: float | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    event: str = EVENT_PROGRESS
+
+    @property
+    def percent(self) -> float:
+        return round(100.0 * self.step / self.max_steps, 2) if self.max_steps > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        if not self.steps_per_sec or self.steps_per_sec <= 0:
+            return None
+        return max(0.0, (self.max_steps - self.step) / self.steps_per_sec)
+
+    def message(self) -> str:
+        """The original pipeline's progress line: `Iteration 15234/30000 | Loss: 0.0234`."""
+        return format_progress_message(self.step, self.max_steps, self.loss)
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        # event first, so a human tailing the log sees what the line is.
+        return json.dumps({"event": data.pop("event"), **data}, separators=(", ", ": "))
+
+
+def format_progress_message(step: int, max_steps: int, loss: float) -> str:
+    return f"Iteration {step}/{max_steps} | Loss: {loss:.4f}"
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def parse_progress_line(line: str) -> Progress | None:
+    """Parse one stdout line; None for anything that is not a well-formed progress/eval event.
+
+    Other log lines are interleaved with progress lines, so garbage is normal, never an error.
+    """
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("event") not in (EVENT_PROGRESS, EVENT_EVAL):
+        return None
+    step, max_steps = data.get("step"), data.get("max_steps")
+    loss = _finite(data.get("loss"))
+    if not isinstance(step, int) or not isinstance(max_steps, int) or loss is None:
+        return None
+    if step < 0 or max_steps <= 0:
+        return None
+    gaussians = data.get("num_gaussians")
+    return Progress(
+        event=data["event"],
+        step=step,
+        max_steps=max_steps,
+        loss=loss,
+        num_gaussians=gaussians if isinstance(gaussians, int) else None,
+        steps_per_sec=_finite(data.get("steps_per_sec")),
+        elapsed_s=_finite(data.get("elapsed_s")),
+        psnr=_finite(data.get("psnr")),
+        ssim=_finite(data.get("ssim")),
+    )
+
+
+def last_progress(log_text: str) -> Progress | None:
+    """The newest progress in a log tail, carrying forward the newest PSNR/SSIM seen before it."""
+    latest: Progress | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    for line in log_text.splitlines():
+        parsed = parse_progress_line(line)
+        if parsed is None:
+            continue
+        if parsed.psnr is not None:
+            psnr, ssim = parsed.psnr, parsed.ssim
+        if latest is None or parsed.step >= latest.step:
+            latest = parsed
+    if latest is not None and latest.psnr is None and psnr is not None:
+        latest = dataclasses.replace(latest, psnr=psnr, ssim=ssim)
+    return latest
+
+
+# --- Result (termination message) ----------------------------------------------------------------
+
+STATUS_COMPLETE = "complete"
+STATUS_FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """The trainer's final word, written to the termination message (< 4 KiB)."""
+
+    status: str  # STATUS_COMPLETE | STATUS_FAILED
+    model_path: str | None = None
+    model_size_mb: float | None = None
+    num_gaussians: int | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    steps: int | None = None
+    duration_s: float | None = None
+    config: dict[str, Any] | None = None
+    reason: str | None = None
+    error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == STATUS_COMPLETE
+
+    def to_json(self) -> str:
+        """Serialize, dropping `config` and then truncating `error` to stay under the limit."""
+        data = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) > TERMINATION_MESSAGE_LIMIT and "config" in data:
+            data["config"] = {
+                k: data["config"][k]
+                for k in ("scene_id", "data_factor", "max_steps", "strategy", "timestamp")
+                if k in data["config"]
+            }
+            text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) > TERMINATION_MESSAGE_LIMIT and "error" in data:
+            overflow = len(text.encode()) - TERMINATION_MESSAGE_LIMIT + 16
+            data["error"] = data["error"][: max(0, len(data["error"]) - overflow)] + "..."
+            text = json.dumps(data, separators=(",", ":"))
+        return text
+
+
+def parse_result(text: str | None) -> Result | None:
+    """Parse a termination message; None if it is absent or not ours (e.g. a kubelet message)."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("status") not in (STATUS_COMPLETE, STATUS_FAILED):
+        return None
+    fields = {f.name for f in dataclasses.fields(Result)}
+    return Result(**{k: v for k, v in data.items() if k in fields})

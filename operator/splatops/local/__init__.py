@@ -1,0 +1,1 @@
+"""`splatops local`: embedded API server, operator and a local Job executor."""

@@ -1,0 +1,27 @@
+"""Names users and clusters see. One source of truth for the API group, kind, labels."""
+
+from __future__ import annotations
+
+GROUP = "splatops.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "GaussianSplatTraining"
+PLURAL = "gaussiansplattrainings"
+SINGULAR = "gaussiansplattraining"
+SHORT_NAMES = ("gst",)
+CATEGORIES = ("splatops",)
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# Labels and annotations the operator puts on its children (Jobs, pods).
+LABEL_PREFIX = GROUP
+LABEL_TRAINING = f"{GROUP}/training"  # the owning resource's name
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_NAME = "app.kubernetes.io/name"
+MANAGED_BY = "splatops-operator"
+COMPONENT_TRAINER = "trainer"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+TRAINER_CONTAINER = "trainer"
+SCENE_VOLUME = "scene"
+SCENE_MOUNT = "/data"  # the PVC is mounted here in the trainer pod
