@@ -264,3 +264,18 @@ def parse_result(text: str | None) -> Result | None:
         return None
     fields = {f.name for f in dataclasses.fields(Result)}
     return Result(**{k: v for k, v in data.items() if k in fields})
+
+
+# --- Trainer metrics (Prometheus, served by the trainer while it trains) -------------------------
+# Named here because the chart's dashboard, alerts and PodMonitor depend on them too.
+
+METRIC_TRAINER_STEP = "splatops_trainer_step"
+METRIC_TRAINER_MAX_STEPS = "splatops_trainer_max_steps"
+METRIC_TRAINER_LOSS = "splatops_trainer_loss"
+METRIC_TRAINER_PSNR = "splatops_trainer_psnr_db"
+METRIC_TRAINER_SSIM = "splatops_trainer_ssim"
+METRIC_TRAINER_GAUSSIANS = "splatops_trainer_gaussians"
+METRIC_TRAINER_STEPS_PER_SEC = "splatops_trainer_steps_per_second"
+METRIC_TRAINER_GPU_MEMORY = "splatops_trainer_gpu_memory_bytes"
+METRIC_TRAINER_GPU_MEMORY_PEAK = "splatops_trainer_gpu_memory_peak_bytes"
+METRIC_TRAINER_LABELS = ("scene_id",)
