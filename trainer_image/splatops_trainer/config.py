@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
+
+from .errors import invalid_options
 
 Strategy = Literal["default", "mcmc"]
 Device = Literal["auto", "cuda", "cpu"]
@@ -51,6 +53,17 @@ class TrainerConfig:
         self.termination_log = Path(self.termination_log)
         if self.scene_id is None:
             self.scene_id = self.scene_dir.resolve().name
+        problems = validate(self)
+        if problems:
+            raise invalid_options("Invalid options: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready: every field, paths as strings (config.json, the termination message)."""
+        return {
+            f.name: str(v) if isinstance(v, Path) else v
+            for f in dataclasses.fields(self)
+            for v in [getattr(self, f.name)]
+        }
 
     @property
     def out(self) -> Path:
@@ -67,3 +80,27 @@ class TrainerConfig:
             "test_every": self.test_every,
             "seed": self.seed,
         }
+
+
+def validate(cfg: TrainerConfig) -> list[str]:
+    """Every problem with the options, in words a user can act on (empty: all good)."""
+    checks: list[tuple[bool, str]] = [
+        (cfg.data_factor in DATA_FACTORS, f"data_factor must be one of {', '.join(map(str, DATA_FACTORS))}, got {cfg.data_factor}"),
+        (cfg.max_steps >= 1, f"max_steps must be at least 1, got {cfg.max_steps}"),
+        (cfg.strategy in get_args(Strategy), f"strategy must be one of {', '.join(get_args(Strategy))}, got {cfg.strategy!r}"),
+        (cfg.device in get_args(Device), f"device must be one of {', '.join(get_args(Device))}, got {cfg.device!r}"),
+        (0 <= cfg.sh_degree <= 4, f"sh_degree must be between 0 and 4, got {cfg.sh_degree}"),
+        (cfg.sh_degree_interval >= 1, f"sh_degree_interval must be at least 1, got {cfg.sh_degree_interval}"),
+        (cfg.test_every == 0 or cfg.test_every >= 2, f"test_every must be 0 (no held-out views) or at least 2, got {cfg.test_every}"),
+        (cfg.eval_every >= 0, f"eval_every must be 0 or more, got {cfg.eval_every}"),
+        (cfg.checkpoint_every >= 0, f"checkpoint_every must be 0 or more, got {cfg.checkpoint_every}"),
+        (cfg.keep_checkpoints >= 1, f"keep_checkpoints must be at least 1, got {cfg.keep_checkpoints}"),
+        (cfg.progress_every >= 0, f"progress_every must be 0 (only at the end) or more, got {cfg.progress_every}"),
+        (0.0 <= cfg.ssim_lambda <= 1.0, f"ssim_lambda must be between 0 and 1, got {cfg.ssim_lambda}"),
+        (0.0 < cfg.init_opacity < 1.0, f"init_opacity must be between 0 and 1 (exclusive), got {cfg.init_opacity}"),
+        (cfg.init_scale > 0.0, f"init_scale must be positive, got {cfg.init_scale}"),
+        (cfg.cap_max >= 1, f"cap_max must be at least 1, got {cfg.cap_max}"),
+        (0 <= cfg.metrics_port <= 65535, f"metrics_port must be 0 (off) or a TCP port, got {cfg.metrics_port}"),
+        (bool(str(cfg.scene_id).strip()), "scene_id must not be empty"),
+    ]
+    return [message for ok, message in checks if not ok]

@@ -1,0 +1,212 @@
+"""The GaussianSplatTraining API as typed models: the single source of the CRD schema.
+
+Every field carries its `kubectl explain` description; `api/crd.py` turns these models into the
+CRD's openAPIV3Schema. Field names are the API's camelCase names (aliases), Python uses snake_case.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SCENE_PATH_PATTERN = r"^[A-Za-z0-9._][A-Za-z0-9._/ -]*$"
+QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+K8S_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+
+class Phase(str, enum.Enum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+# Condition types: one per phase, so `kubectl wait --for=condition=<Phase>` works for each.
+CONDITION_TYPES = ("Queued", "Running", "Suspended", "Succeeded", "Failed")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+def scene_path_problem(path: str) -> str | None:
+    """Why `path` could escape the volume (None if it cannot). Mirrors the CRD's CEL rule."""
+    if path.startswith("/"):
+        return "scene.path must be relative to the volume (no leading '/')"
+    if ".." in path.split("/"):
+        return "scene.path must not contain '..' segments"
+    return None
+
+
+class Scene(_Model):
+    """Where the scene lives: a PersistentVolumeClaim and a directory inside it."""
+
+    claim_name: str = Field(
+        ...,
+        min_length=1,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+        description="Name of the PersistentVolumeClaim (same namespace) holding the scene. "
+        "It is mounted read-write at /data in the trainer pod; deleting the training never touches it.",
+    )
+    path: str = Field(
+        ...,
+        min_length=1,
+        max_length=1024,
+        pattern=SCENE_PATH_PATTERN,
+        description="Scene directory relative to the volume root (e.g. `scenes/fox`; `.` for the root). "
+        "It holds images/ and colmap/sparse_initial/; outputs go to <path>/gsplat/. "
+        "No leading '/', no '..' segments.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _no_escape(cls, value: str) -> str:
+        problem = scene_path_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class Resources(_Model):
+    """Compute resources of the trainer container."""
+
+    gpus: int = Field(1, ge=1, le=8, description="Number of GPUs (the operator's GPU resource, nvidia.com/gpu by default).")
+    memory: str | None = Field(
+        None, pattern=QUANTITY_PATTERN, description="Memory request and limit, e.g. `24Gi`. Default: the operator's setting."
+    )
+    cpu: str | None = Field(None, pattern=QUANTITY_PATTERN, description="CPU request, e.g. `4`. Default: the operator's setting.")
+
+
+class Toleration(_Model):
+    """A pod toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(None, max_length=317, description="Taint key the toleration applies to; empty matches all keys.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (default Equal).")
+    value: str | None = Field(None, max_length=63, description="Taint value to match with operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(None, description="For NoExecute: seconds the pod stays bound after the taint appears.")
+
+
+class Spec(_Model):
+    """Desired training. Immutable once created, except `suspend`."""
+
+    scene: Scene = Field(..., description="The scene to train on.")
+    data_factor: Literal[1, 2, 4, 8] = Field(1, description="Image downscale factor: 1, 2, 4 or 8. Higher trains faster on less memory.")
+    max_steps: int = Field(30000, ge=1, le=1_000_000, description="Training iterations (1 to 1,000,000).")
+    strategy: Literal["default", "mcmc"] = Field("default", description="Densification strategy: `default` (3DGS) or `mcmc`.")
+    sh_degree: int = Field(3, ge=0, le=4, description="Spherical-harmonics degree of the Gaussians' colour (0 to 4).")
+    eval_every: int | None = Field(
+        None, ge=0, le=1_000_000, description="Evaluate PSNR/SSIM on held-out views every N steps (0 = only at the end). Default: the trainer's."
+    )
+    checkpoint_every: int | None = Field(
+        None, ge=0, le=1_000_000, description="Write a resumable checkpoint every N steps (0 = only at the end). Default: the trainer's."
+    )
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="Random seed.")
+    resources: Resources = Field(default_factory=Resources, description="GPU count, memory and CPU of the trainer.")
+    image: str | None = Field(None, min_length=1, max_length=512, description="Trainer image. Default: the operator's trainer image.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None, description="Pull policy of the trainer image. Default: the operator's setting."
+    )
+    node_selector: dict[str, str] | None = Field(
+        None, max_length=32, description="Extra node labels the trainer pod requires (added to the GPU pool affinity)."
+    )
+    tolerations: list[Toleration] | None = Field(
+        None, max_length=32, description="Tolerations added to the operator's defaults (the nvidia.com/gpu taint is always tolerated)."
+    )
+    affinity: dict[str, Any] | None = Field(
+        None,
+        description="A core/v1 Affinity that replaces the operator's default GPU-pool node affinity "
+        "(e.g. to target another GPU product or instance type).",
+    )
+    priority_class_name: str | None = Field(None, max_length=253, pattern=DNS1123_SUBDOMAIN, description="PriorityClass of the trainer pod.")
+    queue_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=63,
+        pattern=K8S_LABEL_VALUE,
+        description="Kueue LocalQueue name. When set, the Job is created suspended with the "
+        "kueue.x-k8s.io/queue-name label and Kueue admits it (the operator's own cap does not apply).",
+    )
+    backoff_limit: int = Field(3, ge=0, le=100, description="Retries of a failing trainer pod (exit code 1) before the training fails.")
+    active_deadline_seconds: int = Field(
+        21600, ge=60, le=30 * 86400, description="Wall-clock limit of the training in seconds (default 6 h); then it fails with DeadlineExceeded."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, le=365 * 86400, description="Delete the finished Job (not the resource or the data) after this many seconds."
+    )
+    suspend: bool = Field(False, description="Pause the training: its pod stops; setting false again resumes from the last checkpoint.")
+
+
+class Progress(_Model):
+    """Latest progress reported by the trainer (read from its log)."""
+
+    step: int = Field(..., ge=0, description="Current iteration.")
+    max_steps: int = Field(..., ge=1, description="Total iterations.")
+    percent: float = Field(..., ge=0, le=100, description="step / maxSteps in percent.")
+    loss: float | None = Field(None, description="Training loss at this step.")
+    psnr: float | None = Field(None, description="Latest evaluation PSNR in dB.")
+    ssim: float | None = Field(None, description="Latest evaluation SSIM.")
+    num_gaussians: int | None = Field(None, ge=0, description="Number of Gaussians in the model.")
+    steps_per_sec: float | None = Field(None, ge=0, description="Training rate in iterations per second.")
+    eta_seconds: float | None = Field(None, ge=0, description="Estimated seconds to completion.")
+    message: str = Field(..., description="Progress in the original pipeline's words, e.g. `Iteration 15234/30000 | Loss: 0.0234`.")
+    updated_at: str = Field(..., description="When this progress was read (RFC 3339).")
+
+
+class Condition(_Model):
+    """A status condition (metav1.Condition shape)."""
+
+    type: str = Field(..., description="Queued, Running, Suspended, Succeeded or Failed.")
+    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
+    reason: str = Field(..., description="Machine-readable reason in CamelCase.")
+    message: str = Field("", description="Human-readable details.")
+    last_transition_time: str = Field(..., description="When the status last changed (RFC 3339).")
+    observed_generation: int | None = Field(None, description="The spec generation this condition was computed from.")
+
+
+class Status(_Model):
+    """Observed state, written by the operator only."""
+
+    phase: Phase | None = Field(None, description="Pending, Queued, Running, Succeeded, Failed or Suspended.")
+    progress: Progress | None = Field(None, description="Latest training progress.")
+    model_path: str | None = Field(None, description="Path of the trained model (results.ply) inside the volume, on success.")
+    model_size_mb: float | None = Field(None, alias="modelSizeMB", description="Size of the trained model file in MB.")
+    metrics: dict[str, Any] | None = Field(None, description="Final metrics reported by the trainer (psnr, ssim, numGaussians, steps, durationSeconds).")
+    config: dict[str, Any] | None = Field(None, description="The training configuration the trainer used (also in <path>/gsplat/config.json).")
+    job_name: str | None = Field(None, description="Name of the batch/v1 Job running the training.")
+    attempts: int | None = Field(None, ge=0, description="Trainer pods started so far (retries and preemptions included).")
+    start_time: str | None = Field(None, description="When the training first started running (RFC 3339).")
+    completion_time: str | None = Field(None, description="When the training succeeded or failed (RFC 3339).")
+    queued_at: str | None = Field(None, description="When the training last entered the queue (RFC 3339).")
+    reason: str | None = Field(None, description="Machine-readable reason of the current phase (e.g. OutOfMemory, DeadlineExceeded).")
+    message: str | None = Field(None, description="Human-readable, actionable explanation of the current phase.")
+    conditions: list[Condition] | None = Field(None, description="Conditions, one per phase type, for `kubectl wait --for=condition=Succeeded`.")
+    observed_generation: int | None = Field(None, description="The metadata.generation the operator last acted on.")
+
+
+class GaussianSplatTraining(_Model):
+    """A whole resource (for validation of samples and typed access in tests)."""
+
+    api_version: str = Field(..., alias="apiVersion")
+    kind: str
+    metadata: dict[str, Any]
+    spec: Spec
+    status: Status | None = None
+
+
+def parse_spec(raw: dict[str, Any]) -> Spec:
+    """Validate a resource's spec as the operator sees it (raises pydantic.ValidationError)."""
+    return Spec.model_validate(dict(raw))

@@ -1,0 +1,357 @@
+"""`splatops` / `kubectl splat`: run the operator, train, watch, fetch results, serve the REST API.
+
+Exit codes: 0 success; 1 the training failed or an operation failed (missing cluster, resource,
+scene, a failed download); 2 usage errors (bad flags or values). `wait` exits 0 on Succeeded and
+1 on Failed, so scripts can chain `splatops wait NAME && splatops download NAME -o x.ply`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from splatops import contract, names
+from splatops.cli import original
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """A bad value the user can fix (exit 2)."""
+
+
+def scene_problem(scene_dir: pathlib.Path) -> str | None:
+    """The original pipeline's prerequisite checks on a scene directory (None: looks trainable)."""
+    colmap = scene_dir / contract.COLMAP_DIR
+    if not colmap.is_dir() or not all(
+        any((colmap / f"{stem}{ext}").is_file() for ext in (".bin", ".txt"))
+        for stem in ("cameras", "images", "points3D")
+    ):
+        return f"{contract.MSG_COLMAP_NOT_FOUND} at {colmap} (expected cameras/images/points3D .bin or .txt)"
+    images = scene_dir / contract.IMAGES_DIR
+    if not images.is_dir() or not any(p.is_file() and not p.name.startswith(".") for p in images.iterdir()):
+        return f"{contract.MSG_NO_IMAGES} in {images}"
+    return None
+
+
+# --- argument parsing ----------------------------------------------------------------------------
+
+
+def _kube_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster (as kubectl)")
+    g.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+    g.add_argument("--context", help="kubeconfig context (default: the current context)")
+    g.add_argument("-n", "--namespace", help="namespace (default: the context's namespace)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    invoked = pathlib.Path(sys.argv[0]).name if sys.argv else ""
+    parser = argparse.ArgumentParser(
+        prog="kubectl splat" if invoked == "kubectl-splat" else "splatops", description="Train 3D Gaussian Splatting models on Kubernetes (also `kubectl splat`)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
+
+    p = sub.add_parser("train", help="create a GaussianSplatTraining for a scene on a PVC")
+    p.add_argument("scene", metavar="SCENE", help="scene id (also the default path inside the volume)")
+    p.add_argument("--pvc", required=True, metavar="CLAIM", help="PersistentVolumeClaim holding the scene")
+    p.add_argument("--path", help="scene directory inside the volume (default: SCENE)")
+    p.add_argument("--data-factor", type=int, help="image downscale factor: 1, 2, 4 or 8 (default 1)")
+    p.add_argument("--max-steps", type=int, help="training iterations (default 30000)")
+    p.add_argument("--strategy", choices=("default", "mcmc"), help="densification strategy")
+    p.add_argument("--name", help="resource name (default: SCENE, then SCENE-2, SCENE-3, ...)")
+    p.add_argument("--wait", action="store_true", help="wait until done, showing progress")
+    p.add_argument("--download", metavar="FILE", help="after success, download results.ply to FILE (implies --wait)")
+    p.add_argument("--dry-run", action="store_true", help="print the resource's YAML instead of creating it")
+    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    _kube_flags(p)
+
+    p = sub.add_parser("status", help="print a training's status as the original API's JSON")
+    p.add_argument("name", metavar="NAME")
+    _kube_flags(p)
+
+    p = sub.add_parser("wait", help="show progress until done; exit 0 on Succeeded, 1 on Failed")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--timeout", type=float, help="give up (exit 1) after this many seconds")
+    p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    _kube_flags(p)
+
+    p = sub.add_parser("logs", help="print the training pod's log")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-f", "--follow", action="store_true", help="stream the log")
+    _kube_flags(p)
+
+    p = sub.add_parser("list", help="list trainings")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    _kube_flags(p)
+
+    p = sub.add_parser("download", help="download a training's results.ply")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the PLY")
+    p.add_argument("--image", help="image of the short-lived reader pod (default busybox; needs `cat`)")
+    _kube_flags(p)
+
+    p = sub.add_parser("gateway", help="serve the original REST API (uvicorn)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8000)
+    _kube_flags(p)
+
+    p = sub.add_parser("local", help="run everything on this machine: API, operator, trainer")
+    from splatops.local import run as local_run
+
+    local_run.add_arguments(p)
+    return parser
+
+
+def _target(args: argparse.Namespace) -> Any:
+    from splatops.cli.kube import Target
+
+    return Target(kubeconfig=args.kubeconfig, context=args.context, namespace=args.namespace)
+
+
+def _err(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def training_manifest(args: argparse.Namespace, name: str, namespace: str | None) -> dict[str, Any]:
+    import pydantic
+
+    try:
+        return original.build_training(
+            name, scene_id=args.scene, claim=args.pvc, path=args.path or args.scene, namespace=namespace,
+            data_factor=args.data_factor, max_steps=args.max_steps, strategy=args.strategy,
+        )
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise UsageError(f"invalid training: {problems}") from None
+
+
+async def cmd_train(args: argparse.Namespace) -> int:
+    from splatops.cli import download as dl
+    from splatops.cli.kube import connect, kubeconfig_path
+
+    if args.dry_run:
+        name = args.name or original.run_name(args.scene, 1)
+        sys.stdout.write(original.to_yaml(training_manifest(args, name, args.namespace)))
+        return EXIT_OK
+    target = _target(args)
+    training_manifest(args, args.name or original.run_name(args.scene, 1), None)  # validate before connecting
+    async with connect(target) as kube:
+        volumes = dl.local_volumes(kubeconfig_path(target))
+        if args.pvc in volumes:  # a local volume: check the scene as the original pipeline did
+            problem = scene_problem(pathlib.Path(volumes[args.pvc]) / (args.path or args.scene))
+            if problem:
+                raise FileNotFoundError(problem)
+        name = args.name
+        if not name:
+            existing = await kube.list_trainings(f"{original.LABEL_SCENE}={original.dns_label(args.scene)}")
+            name = original.next_run_name(args.scene, [r["metadata"]["name"] for r in existing])
+        created = await kube.create_training(training_manifest(args, name, kube.namespace))
+        print(f"{names.PLURAL}.{names.GROUP}/{created['metadata']['name']} created", flush=True)
+        if not (args.wait or args.download):
+            return EXIT_OK
+        code = await _wait(kube, name, args.timeout)
+        if code != EXIT_OK or not args.download:
+            return code
+        return await _download(kube, target, name, pathlib.Path(args.download), None)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from splatops.cli.kube import connect
+
+    async with connect(_target(args)) as kube:
+        resource = await kube.get_training(args.name)
+    print(json.dumps(original.original_status(resource), indent=2))
+    return EXIT_OK
+
+
+async def _wait(kube: Any, name: str, timeout: float | None, interval: float = 1.0) -> int:
+    from splatops.cli.progress import ProgressView, WaitTimeout, wait_until_done
+
+    view = ProgressView(name)
+    try:
+        final = await wait_until_done(lambda: kube.get_training(name), view, interval=interval, timeout=timeout)
+    except WaitTimeout as exc:
+        _err(f"{name}: {exc}")
+        return EXIT_FAILED
+    result = original.original_status(final)
+    if result["status"] == contract.STATUS_COMPLETE:
+        print(f"{name}: complete: {result['model_path']} ({result['model_size_mb']} MB)", flush=True)
+        return EXIT_OK
+    _err(f"{name} failed: {result['error']}")
+    return EXIT_FAILED
+
+
+async def cmd_wait(args: argparse.Namespace) -> int:
+    from splatops.cli.kube import connect
+
+    async with connect(_target(args)) as kube:
+        await kube.get_training(args.name)  # NotFound before any progress output
+        return await _wait(kube, args.name, args.timeout, args.interval)
+
+
+async def cmd_logs(args: argparse.Namespace) -> int:
+    from splatops.cli.kube import NotFound, connect
+
+    async with connect(_target(args)) as kube:
+        resource = await kube.get_training(args.name)
+        pods = await kube.training_pods(args.name)
+        if not pods:
+            phase = (resource.get("status") or {}).get("phase") or "Pending"
+            raise NotFound(f"training {args.name!r} has no trainer pod yet (phase {phase})")
+        pod = pods[-1]["metadata"]["name"]
+        if args.follow:
+            async for chunk in kube.follow_pod_log(pod):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+        else:
+            sys.stdout.write(await kube.pod_log(pod))
+    return EXIT_OK
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    from splatops.cli.kube import connect
+
+    async with connect(_target(args)) as kube:
+        items = await kube.list_trainings()
+    items.sort(key=lambda r: (r["metadata"].get("creationTimestamp") or "", r["metadata"]["name"]))
+    if args.output == "json":
+        print(json.dumps([{"name": r["metadata"]["name"], **original.original_status(r)} for r in items], indent=2))
+    elif not items:
+        print(f"No trainings found in namespace {kube.namespace}.", file=sys.stderr)
+    else:
+        print(original.format_table(original.table_row(r) for r in items))
+    return EXIT_OK
+
+
+async def _download(kube: Any, target: Any, name: str, dest: pathlib.Path, image: str | None) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from splatops.cli import download as dl
+    from splatops.cli.kube import kubeconfig_path
+
+    resource = await kube.get_training(name)
+    phase = (resource.get("status") or {}).get("phase")
+    if phase != "Succeeded":
+        raise dl.DownloadError(f"training {name!r} is {phase or 'Pending'}: there is no results.ply to download yet")
+    local = dl.local_model_file(resource, dl.local_volumes(kubeconfig_path(target)))
+    console = Console(file=sys.stderr)
+    with Progress("[bold]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task(dest.name, total=dl.expected_bytes(resource))
+
+        def show(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        if local is not None:
+            got = dl.copy_local(local, dest, show)
+        else:
+            got = await dl.download_via_pod(kube, resource, dest, show, image or dl.DOWNLOAD_IMAGE)
+    try:
+        dl.check_size(resource, got)
+    except dl.DownloadError:
+        dest.unlink(missing_ok=True)
+        raise
+    print(f"{dest} ({got / 1048576:.2f} MB) from {name}", flush=True)
+    return EXIT_OK
+
+
+async def cmd_download(args: argparse.Namespace) -> int:
+    from splatops.cli.kube import connect
+
+    target = _target(args)
+    async with connect(target) as kube:
+        return await _download(kube, target, args.name, pathlib.Path(args.output), args.image)
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from splatops.controller import main as controller_main
+
+    result = controller_main.run()
+    if inspect.isawaitable(result):
+        asyncio.run(result)
+    return EXIT_OK
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from splatops.gateway import app as gateway_app
+
+    return gateway_app.serve(args.host, args.port, _target(args))
+
+
+ASYNC_COMMANDS = {
+    "train": cmd_train, "status": cmd_status, "wait": cmd_wait, "logs": cmd_logs,
+    "list": cmd_list, "download": cmd_download,
+}
+
+
+def _failure(exc: BaseException) -> int | None:
+    """Exit code and message for the errors a user can act on (None: not one of those)."""
+    from splatops.cli.download import DownloadError
+    from splatops.cli.kube import ClusterUnavailable, Conflict, NotFound
+
+    if isinstance(exc, (ClusterUnavailable, NotFound, Conflict, DownloadError, FileNotFoundError)):
+        _err(str(exc))
+        return EXIT_FAILED
+    return None
+
+
+async def amain(argv: Sequence[str]) -> int:
+    """The async commands (train, status, wait, logs, list, download) inside a running loop."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command not in ASYNC_COMMANDS:
+        raise ValueError(f"{args.command} is not an async command")
+    try:
+        return await ASYNC_COMMANDS[args.command](args)
+    except UsageError as exc:
+        parser.exit(EXIT_USAGE, f"{parser.prog} {args.command}: error: {exc}\n")
+    except Exception as exc:
+        code = _failure(exc)
+        if code is None:
+            raise
+        return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "operator":
+            return cmd_operator(args)
+        if args.command == "gateway":
+            return cmd_gateway(args)
+        if args.command == "local":
+            from splatops.local import run as local_run
+
+            return local_run.main(args)
+        return asyncio.run(amain(list(sys.argv[1:] if argv is None else argv)))
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILED
+    except Exception as exc:
+        code = _failure(exc)
+        if code is None:
+            raise
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

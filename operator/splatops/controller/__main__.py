@@ -1,0 +1,3 @@
+from splatops.controller.main import main
+
+main()

@@ -1,0 +1,223 @@
+"""Build the trainer's batch/v1 Job from a GaussianSplatTraining: a pure function of (resource, settings).
+
+Deterministic: the same resource always gives the same Job (name included), so a retried or
+restarted operator that sees 409 on create knows the existing Job is its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from typing import Any, Mapping
+
+from splatops import contract, names
+from splatops.api.models import Spec, parse_spec
+from splatops.controller.settings import Settings
+
+JOB_NAME_PREFIX = "gst-"
+MAX_JOB_NAME = 63  # the Job controller copies the name into a pod label (63 characters)
+TERMINATION_MESSAGE_PATH = contract.TERMINATION_LOG
+SHM_VOLUME = "dshm"
+TMP_VOLUME = "tmp"
+RUN_AS_USER = 1000
+
+
+def job_name(training_name: str) -> str:
+    """`gst-<name>`; names too long for a label get truncated plus a stable hash suffix."""
+    name = f"{JOB_NAME_PREFIX}{training_name}"
+    if len(name) <= MAX_JOB_NAME:
+        return name
+    digest = hashlib.sha256(training_name.encode()).hexdigest()[:8]
+    head = name[: MAX_JOB_NAME - len(digest) - 1].rstrip("-.")
+    return f"{head}-{digest}"
+
+
+def child_labels(training_name: str) -> dict[str, str]:
+    """The operator's own labels for Jobs and pods (never labels copied from the resource)."""
+    return {
+        names.LABEL_NAME: "splatops",
+        names.LABEL_COMPONENT: names.COMPONENT_TRAINER,
+        names.LABEL_MANAGED_BY: names.MANAGED_BY,
+        names.LABEL_TRAINING: _label_value(training_name),
+    }
+
+
+def _label_value(value: str) -> str:
+    if len(value) <= 63:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
+    return f"{value[:54].rstrip('-._')}-{digest}"
+
+
+def scene_dir(spec: Spec) -> str:
+    return posixpath.normpath(posixpath.join(names.SCENE_MOUNT, spec.scene.path))
+
+
+def model_path(spec: Spec) -> str:
+    """Where results.ply lands, relative to the volume root (what status.modelPath reports)."""
+    return posixpath.normpath(posixpath.join(spec.scene.path, contract.OUTPUT_DIR, contract.RESULT_PLY))
+
+
+def trainer_env(training: Mapping[str, Any], spec: Spec, settings: Settings) -> list[dict[str, Any]]:
+    env = {
+        contract.ENV_SCENE_DIR: scene_dir(spec),
+        contract.ENV_SCENE_ID: training["metadata"]["name"],
+        contract.ENV_DATA_FACTOR: str(spec.data_factor),
+        contract.ENV_MAX_STEPS: str(spec.max_steps),
+        contract.ENV_STRATEGY: spec.strategy,
+        contract.ENV_SH_DEGREE: str(spec.sh_degree),
+        contract.ENV_SEED: str(spec.seed),
+        contract.ENV_DEVICE: "cuda",
+        contract.ENV_METRICS_PORT: str(settings.trainer_metrics_port),
+        contract.ENV_TERMINATION_LOG: TERMINATION_MESSAGE_PATH,
+    }
+    if spec.eval_every is not None:
+        env[contract.ENV_EVAL_EVERY] = str(spec.eval_every)
+    if spec.checkpoint_every is not None:
+        env[contract.ENV_CHECKPOINT_EVERY] = str(spec.checkpoint_every)
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def node_affinity(spec: Spec, settings: Settings) -> dict[str, Any] | None:
+    """The spec's affinity replaces the operator's default GPU-pool affinity (both optional)."""
+    if spec.affinity:
+        return dict(spec.affinity)
+    if not settings.gpu_node_label_key:
+        return None
+    term = {"key": settings.gpu_node_label_key, "operator": "In", "values": list(settings.gpu_node_label_values)}
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [term]}]}
+        }
+    }
+
+
+def tolerations(spec: Spec, settings: Settings) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = [dict(t) for t in settings.tolerations]
+    gpu = {"key": settings.gpu_resource_name, "operator": "Exists", "effect": "NoSchedule"}
+    if not any(t.get("key") == gpu["key"] and t.get("effect") in (None, "NoSchedule") for t in result):
+        result.append(gpu)
+    for tol in spec.tolerations or []:
+        item = tol.model_dump(by_alias=True, exclude_none=True)
+        if item not in result:
+            result.append(item)
+    return result
+
+
+def resources(spec: Spec, settings: Settings) -> dict[str, Any]:
+    memory = spec.resources.memory or settings.default_memory
+    cpu = spec.resources.cpu or settings.default_cpu
+    gpus = str(spec.resources.gpus)
+    return {
+        "requests": {"cpu": cpu, "memory": memory, settings.gpu_resource_name: gpus},
+        "limits": {"memory": memory, settings.gpu_resource_name: gpus},
+    }
+
+
+def owner_reference(training: Mapping[str, Any]) -> dict[str, Any]:
+    meta = training["metadata"]
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool = False) -> dict[str, Any]:
+    """The Job for `training`. `suspend=True` creates it held back (operator queue, or Kueue)."""
+    meta = training["metadata"]
+    spec = parse_spec(training.get("spec") or {})
+    name = meta["name"]
+    labels = child_labels(name)
+    job_labels = dict(labels)
+    if spec.queue_name:
+        job_labels[names.KUEUE_QUEUE_LABEL] = spec.queue_name
+        suspend = True  # Kueue unsuspends it on admission
+    container: dict[str, Any] = {
+        "name": names.TRAINER_CONTAINER,
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": spec.image_pull_policy or settings.image_pull_policy,
+        "env": trainer_env(training, spec, settings),
+        "ports": [{"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"}],
+        "resources": resources(spec, settings),
+        "volumeMounts": [
+            {"name": names.SCENE_VOLUME, "mountPath": names.SCENE_MOUNT},
+            {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+        ],
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": names.SCENE_VOLUME, "persistentVolumeClaim": {"claimName": spec.scene.claim_name}},
+            {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
+            {"name": TMP_VOLUME, "emptyDir": {}},
+        ],
+        "tolerations": tolerations(spec, settings),
+    }
+    affinity = node_affinity(spec, settings)
+    if affinity:
+        pod_spec["affinity"] = affinity
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "activeDeadlineSeconds": spec.active_deadline_seconds,
+        "completions": 1,
+        "parallelism": 1,
+        "suspend": bool(suspend or spec.suspend),
+        # Replacement pods only once the old one is gone: two trainers must never share the output dir.
+        "podReplacementPolicy": "Failed",
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": names.TRAINER_CONTAINER,
+                        "operator": "In",
+                        "values": [int(contract.ExitCode.INVALID_INPUT), int(contract.ExitCode.OUT_OF_MEMORY)],
+                    },
+                },
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name),
+            "namespace": meta.get("namespace"),
+            "labels": job_labels,
+            "ownerReferences": [owner_reference(training)],
+        },
+        "spec": job_spec,
+    }
+

@@ -1,0 +1,66 @@
+"""kubernetes_asyncio access for the handlers: configured the way kopf logs in (in-cluster, else KUBECONFIG)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.config.config_exception import ConfigException
+
+from splatops import names
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+@dataclasses.dataclass
+class Kube:
+    api: client.ApiClient
+    batch: client.BatchV1Api
+    core: client.CoreV1Api
+    custom: client.CustomObjectsApi
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def create_job(self, namespace: str, job: dict[str, Any]) -> dict[str, Any]:
+        created = await self.batch.create_namespaced_job(namespace, job, _preload_content=False)
+        return await created.json()
+
+    async def read_job(self, namespace: str, name: str) -> dict[str, Any]:
+        resp = await self.batch.read_namespaced_job(name, namespace, _preload_content=False)
+        return await resp.json()
+
+    async def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        resp = await self.batch.patch_namespaced_job(name, namespace, patch, _content_type=MERGE_PATCH, _preload_content=False)
+        return await resp.json()
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await self.custom.patch_namespaced_custom_object_status(
+            names.GROUP, names.VERSION, namespace, names.PLURAL, name, {"status": status},
+            _content_type=MERGE_PATCH, _preload_content=False,
+        )
+
+    async def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        resp = await self.core.list_namespaced_pod(
+            namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}", _preload_content=False
+        )
+        return list((await resp.json()).get("items") or [])
+
+    async def log_tail(self, namespace: str, pod: str, lines: int) -> str:
+        resp = await self.core.read_namespaced_pod_log(
+            pod, namespace, container=names.TRAINER_CONTAINER, tail_lines=lines, _preload_content=False
+        )
+        return await resp.text()
+
+
+async def connect() -> Kube:
+    cfg = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=cfg)
+    except ConfigException:  # not in a pod: KUBECONFIG or ~/.kube/config, as kopf does
+        # Read KUBECONFIG now: kubernetes_asyncio captures its default path at import time.
+        await config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg)
+    api = client.ApiClient(configuration=cfg)
+    return Kube(api=api, batch=client.BatchV1Api(api), core=client.CoreV1Api(api), custom=client.CustomObjectsApi(api))

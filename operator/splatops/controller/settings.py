@@ -1,0 +1,142 @@
+"""The operator's one typed configuration, read from `SPLATOPS_OPERATOR_*` environment variables.
+
+Validated once at startup (`Settings.from_env()`); a bad value stops the operator with a message
+naming the variable, instead of failing later inside a handler.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "SPLATOPS_OPERATOR_"
+
+DEFAULT_GPU_PRODUCT_KEY = "nvidia.com/gpu.product"
+DEFAULT_GPU_PRODUCTS = ("NVIDIA-A10G",)
+DEFAULT_TOLERATIONS: tuple[dict[str, Any], ...] = (
+    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+)
+
+
+class SettingsError(ValueError):
+    """Startup configuration is invalid; the message names each offending variable."""
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _json_value(value: Any, what: str) -> Any:
+    if isinstance(value, str):
+        if not value.strip():
+            return []
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{what} must be JSON ({exc})") from exc
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything the operator can be told. Field names map to `SPLATOPS_OPERATOR_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # -- what to watch
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated namespaces to watch (globs allowed); empty = cluster-wide.",
+    )
+    # -- the trainer Job
+    trainer_image: str = Field("ghcr.io/splatops/trainer:0.1.0", min_length=1)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    gpu_resource_name: str = Field("nvidia.com/gpu", min_length=1)
+    gpu_node_label_key: str = Field(DEFAULT_GPU_PRODUCT_KEY, description="Node label of the GPU pool; empty = no affinity.")
+    gpu_node_label_values: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_GPU_PRODUCTS))
+    tolerations: Annotated[list[dict[str, Any]], NoDecode] = Field(
+        default_factory=lambda: [dict(t) for t in DEFAULT_TOLERATIONS],
+        description="JSON list of tolerations added to every trainer pod.",
+    )
+    default_memory: str = "24Gi"
+    default_cpu: str = "4"
+    shm_size: str = Field("8Gi", description="Size limit of the /dev/shm memory emptyDir.")
+    trainer_metrics_port: int = Field(9090, ge=1, le=65535)
+    # -- admission
+    max_concurrent: int = Field(0, ge=0, description="Cap on trainings running at once; 0 = no cap.")
+    # -- progress
+    progress_interval: float = Field(15.0, gt=0, description="Seconds between pod-log progress polls.")
+    status_min_interval: float = Field(10.0, ge=0, description="Minimum seconds between progress status writes per resource.")
+    log_tail_lines: int = Field(200, ge=1, le=100_000)
+    unschedulable_grace: float = Field(600.0, ge=0, description="Seconds a pod may stay Unschedulable before the training fails.")
+    # -- serving
+    metrics_port: int = Field(8080, ge=0, le=65535, description="Prometheus /metrics port; 0 = off.")
+    liveness_port: int = Field(8081, ge=0, le=65535, description="kopf liveness port; 0 = off.")
+    liveness_path: str = "/healthz"
+    # -- high availability (kopf peering)
+    standalone: bool = Field(False, description="Run without peering (single replica only).")
+    peering_name: str = Field("splatops", min_length=1)
+    peering_mandatory: bool = Field(False, description="Fail if the peering object does not exist.")
+    priority: int = Field(0, description="kopf peering priority; give each replica a distinct one.")
+    # -- watching (never go silent on a stalled watch)
+    watch_server_timeout: float = Field(300.0, gt=0)
+    watch_client_timeout: float = Field(330.0, gt=0)
+    watch_connect_timeout: float = Field(30.0, gt=0)
+    watch_inactivity_timeout: float = Field(600.0, gt=0)
+    # -- kopf posting
+    event_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="kopf log lines at or above this level are also posted as Kubernetes Events.")
+
+    @field_validator("namespaces", "gpu_node_label_values", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("tolerations", mode="before")
+    @classmethod
+    def _tolerations(cls, value: Any) -> Any:
+        value = _json_value(value, "tolerations")
+        if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+            raise ValueError("tolerations must be a JSON list of objects")
+        return value
+
+    @field_validator("liveness_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("liveness_path must start with '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if self.gpu_node_label_key and not self.gpu_node_label_values:
+            raise ValueError("gpu_node_label_values must not be empty when gpu_node_label_key is set")
+        if self.watch_client_timeout <= self.watch_server_timeout:
+            raise ValueError("watch_client_timeout must exceed watch_server_timeout so the server ends watches first")
+        if self.metrics_port and self.metrics_port == self.liveness_port:
+            raise ValueError("metrics_port and liveness_port must differ")
+        return self
+
+    @property
+    def liveness_endpoint(self) -> str | None:
+        return f"http://0.0.0.0:{self.liveness_port}{self.liveness_path}" if self.liveness_port else None
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Settings":
+        """Read and validate the environment; raise SettingsError naming each bad variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise SettingsError(format_errors(exc)) from None
+
+
+def format_errors(exc: ValidationError) -> str:
+    lines = ["invalid operator settings:"]
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        env = f"{ENV_PREFIX}{field.upper()}" if field else "(settings)"
+        lines.append(f"  {env}: {err['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,260 @@
+"""Map what the cluster shows (Job, pods, trainer result, progress) to the resource's desired status.
+
+Pure functions only; the handlers feed them objects from kopf's indices and write the difference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping
+
+from splatops import contract, names
+from splatops.api.models import CONDITION_TYPES, Phase
+from splatops.controller import failures
+from splatops.controller.timeutil import format_time
+
+# Reasons of non-failure phases.
+REASON_CREATED = "JobCreated"
+REASON_WAITING_SLOT = "WaitingForSlot"
+REASON_WAITING_KUEUE = "WaitingForKueue"
+REASON_PREEMPTED = "Preempted"
+REASON_SUSPENDED = "SuspendedByUser"
+REASON_RUNNING = "TrainerRunning"
+REASON_COMPLETE = "TrainingComplete"
+REASON_RETRYING = "Retrying"
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """Everything the mapping looks at, gathered by the handler."""
+
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]  # current status of the resource
+    generation: int | None
+    job: Mapping[str, Any] | None
+    pods: tuple[Mapping[str, Any], ...] = ()
+    queued_by_operator: bool = False  # waiting under the operator's own cap
+    now: float = 0.0
+    unschedulable_grace: float = 600.0
+    model_path: str | None = None  # where results.ply lands (relative to the volume)
+
+
+def _pod_sort_key(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("creationTimestamp") or "")
+
+
+def running_pod(pods: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    for pod in sorted(pods, key=_pod_sort_key, reverse=True):
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        state = (failures.trainer_status(pod) or {}).get("state") or {}
+        if (pod.get("status") or {}).get("phase") == "Running" and "running" in state:
+            return pod
+    return None
+
+
+def attempts(job: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]], previous: int | None) -> int:
+    """Pods started so far: the Job's counters, or the pods we saw, never going backwards."""
+    st = (job or {}).get("status") or {}
+    counted = int(st.get("active") or 0) + int(st.get("succeeded") or 0) + int(st.get("failed") or 0)
+    seen = len({(p.get("metadata") or {}).get("uid") or (p.get("metadata") or {}).get("name") for p in pods})
+    return max(counted, seen, previous or 0)
+
+
+def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
+    """(phase, reason, message) from the observations."""
+    prev = obs.status.get("phase")
+    job = obs.job
+    job_finished = bool(failures.job_condition(job, "Complete") or failures.job_condition(job, "Failed"))
+    if prev in (Phase.SUCCEEDED.value, Phase.FAILED.value):
+        # Terminal is final (the spec is immutable, nothing re-runs it). Only a generic failure
+        # reason may still be refined, once the failed pod's termination message is visible.
+        if prev == Phase.FAILED.value and job_finished and obs.status.get("reason") == contract.Reason.TRAINER_ERROR.value:
+            better = failures.classify_job_failure(job, obs.pods)
+            if better.reason != contract.Reason.TRAINER_ERROR.value:
+                return Phase.FAILED, better.reason, better.message
+        return Phase(prev), str(obs.status.get("reason") or ""), str(obs.status.get("message") or "")
+    if job is None:
+        if obs.queued_by_operator:
+            return Phase.QUEUED, REASON_WAITING_SLOT, "Waiting for a free training slot (operator cap)."
+        return Phase.PENDING, REASON_CREATED, "Creating the training Job."
+    if failures.job_condition(job, "Complete") or failures.job_condition(job, "SuccessCriteriaMet"):
+        return Phase.SUCCEEDED, REASON_COMPLETE, "Training complete."
+    if failures.job_condition(job, "Failed") or failures.job_condition(job, "FailureTarget"):
+        failure = failures.classify_job_failure(job, obs.pods)
+        return Phase.FAILED, failure.reason, failure.message
+    stuck = failures.stuck(obs.pods, obs.now, obs.unschedulable_grace)
+    if stuck is not None:
+        return Phase.FAILED, stuck.reason, stuck.message
+    job_suspended = bool((job.get("spec") or {}).get("suspend"))
+    if obs.spec.get("suspend"):
+        return Phase.SUSPENDED, REASON_SUSPENDED, "Suspended (spec.suspend); set it to false to resume from the last checkpoint."
+    if job_suspended:
+        if obs.spec.get("queueName"):
+            # Kueue re-suspends a preempted Job without any DisruptionTarget: if it ever ran, it was preempted.
+            if prev == Phase.RUNNING.value or obs.status.get("startTime") or obs.status.get("reason") == REASON_PREEMPTED:
+                return Phase.QUEUED, REASON_PREEMPTED, "Preempted by Kueue; resumes from the last checkpoint when readmitted."
+            return Phase.QUEUED, REASON_WAITING_KUEUE, f"Waiting for Kueue to admit the Job (queue {obs.spec['queueName']})."
+        return Phase.QUEUED, REASON_WAITING_SLOT, "Waiting for a free training slot (operator cap)."
+    if running_pod(obs.pods) is not None:
+        return Phase.RUNNING, REASON_RUNNING, "Training."
+    if any((p.get("status") or {}).get("phase") == "Succeeded" for p in obs.pods):
+        return Phase.RUNNING, REASON_RUNNING, "Training finished; the Job is completing."
+    detail = failures.pending_detail(obs.pods)
+    if detail is not None:
+        return Phase.PENDING, detail[0], detail[1]
+    if int(((job.get("status") or {}).get("failed")) or 0) > 0:
+        return Phase.PENDING, REASON_RETRYING, "A trainer pod failed; the Job is retrying it (resumes from the last checkpoint)."
+    return Phase.PENDING, REASON_CREATED, "Waiting for the trainer pod to start."
+
+
+def conditions(previous: Iterable[Mapping[str, Any]] | None, phase: Phase, reason: str, message: str,
+               now: float, generation: int | None) -> list[dict[str, Any]]:
+    """One condition per phase type: the current phase's is True, the rest False.
+
+    lastTransitionTime only moves when a condition's status flips (metav1.Condition semantics).
+    """
+    old = {c.get("type"): c for c in previous or []}
+    stamp = format_time(now)
+    result = []
+    for type_ in CONDITION_TYPES:
+        status = "True" if phase.value == type_ else "False"
+        prior = old.get(type_)
+        cond = {
+            "type": type_,
+            "status": status,
+            "reason": reason if status == "True" else (prior.get("reason") if prior and prior.get("status") == status else f"Not{type_}"),
+            "message": message if status == "True" else "",
+            "lastTransitionTime": prior["lastTransitionTime"] if prior and prior.get("status") == status and prior.get("lastTransitionTime") else stamp,
+        }
+        if generation is not None:
+            cond["observedGeneration"] = generation
+        result.append(cond)
+    return result
+
+
+def _succeeded_result(pods: Iterable[Mapping[str, Any]]) -> contract.Result | None:
+    for pod in sorted(pods, key=_pod_sort_key, reverse=True):
+        result = failures.result_of(pod)
+        if result is not None and result.succeeded:
+            return result
+    return None
+
+
+def desired_status(obs: Observed) -> dict[str, Any]:
+    """The full status the resource should have (progress excluded: the timer owns it)."""
+    phase, reason, message = desired_phase(obs)
+    prev = obs.status
+    out: dict[str, Any] = {
+        "phase": phase.value,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": obs.generation,
+        "attempts": attempts(obs.job, obs.pods, prev.get("attempts")),
+    }
+    if obs.job is not None:
+        out["jobName"] = (obs.job.get("metadata") or {}).get("name")
+    job_status = (obs.job or {}).get("status") or {}
+    start = prev.get("startTime") or job_status.get("startTime")
+    if start is None and phase == Phase.RUNNING:
+        start = format_time(obs.now)
+    if start:
+        out["startTime"] = start
+    if phase == Phase.QUEUED:
+        out["queuedAt"] = prev.get("queuedAt") if prev.get("phase") == Phase.QUEUED.value and prev.get("queuedAt") else format_time(obs.now)
+    elif prev.get("queuedAt"):
+        out["queuedAt"] = prev["queuedAt"]
+    if phase.terminal:
+        out["completionTime"] = prev.get("completionTime") or job_status.get("completionTime") or format_time(obs.now)
+    if phase == Phase.SUCCEEDED:
+        result = _succeeded_result(obs.pods)
+        if result is not None or not prev.get("modelPath"):
+            out.update(result_fields(result, obs.model_path))
+        final = final_progress(prev.get("progress"), result)
+        if final is not None:
+            out["progress"] = final
+    out["conditions"] = conditions(prev.get("conditions"), phase, reason, message, obs.now, obs.generation)
+    return out
+
+
+def final_progress(progress: Mapping[str, Any] | None, result: contract.Result | None) -> dict[str, Any] | None:
+    """On success the last polled progress is stale: show the finished count."""
+    if not progress:
+        return None
+    max_steps = int(progress.get("maxSteps") or 0)
+    step = (result.steps if result is not None and result.steps else None) or max_steps
+    out = {**progress, "step": step, "percent": 100.0, "etaSeconds": 0.0}
+    if result is not None and result.psnr is not None:
+        out["psnr"] = result.psnr
+    if progress.get("loss") is not None:
+        out["message"] = contract.format_progress_message(step, max_steps, float(progress["loss"]))
+    return out
+
+
+def result_fields(result: contract.Result | None, default_model_path: str | None) -> dict[str, Any]:
+    """modelPath, modelSizeMB, metrics, config from the trainer's termination message."""
+    fields: dict[str, Any] = {}
+    if default_model_path:
+        fields["modelPath"] = default_model_path
+    if result is None:
+        return fields
+    if result.model_path:
+        fields["modelPath"] = volume_relative(result.model_path, default_model_path)
+    if result.model_size_mb is not None:
+        fields["modelSizeMB"] = result.model_size_mb
+    metrics = {
+        "psnr": result.psnr,
+        "ssim": result.ssim,
+        "numGaussians": result.num_gaussians,
+        "steps": result.steps,
+        "durationSeconds": result.duration_s,
+    }
+    metrics = {k: v for k, v in metrics.items() if v is not None}
+    if metrics:
+        fields["metrics"] = metrics
+    if result.config:
+        fields["config"] = result.config
+    return fields
+
+
+def volume_relative(path: str, fallback: str | None) -> str:
+    """The trainer reports paths inside the pod (/data/...); users want them inside the volume."""
+    prefix = names.SCENE_MOUNT.rstrip("/") + "/"
+    if path.startswith(prefix):
+        return path[len(prefix):]
+    return path if not path.startswith("/") else (fallback or path)
+
+
+def progress_status(progress: contract.Progress, now: float) -> dict[str, Any]:
+    """status.progress from a parsed trainer progress line."""
+    out: dict[str, Any] = {
+        "step": progress.step,
+        "maxSteps": progress.max_steps,
+        "percent": progress.percent,
+        "loss": progress.loss,
+        "message": progress.message(),
+        "updatedAt": format_time(now),
+    }
+    optional = {
+        "psnr": progress.psnr,
+        "ssim": progress.ssim,
+        "numGaussians": progress.num_gaussians,
+        "stepsPerSec": progress.steps_per_sec,
+        "etaSeconds": round(progress.eta_s, 1) if progress.eta_s is not None else None,
+    }
+    out.update({k: v for k, v in optional.items() if v is not None})
+    return out
+
+
+def should_write_status(last_write: float | None, now: float, interval: float) -> bool:
+    """Throttle: at most one progress write per resource per `interval` seconds."""
+    return last_write is None or now - last_write >= interval
+
+
+def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch turning `current` into `desired` (only changed keys; empty = no write)."""
+    return {k: v for k, v in desired.items() if current.get(k) != v}
+
+
+def phase_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    return current.get("phase") != desired.get("phase")

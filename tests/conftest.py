@@ -1,0 +1,40 @@
+"""Shared fixtures for every test directory.
+
+`synthetic_scene`: the directory of a small synthetic COLMAP scene (splatops_trainer.synthetic),
+generated once per session; treat it as read-only. `synthetic_scene_info`: the same scene's
+SyntheticScene (ground-truth Gaussians, cameras, points). `scene_copy`: a private copy of the
+directory in tmp_path, free to modify.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+try:  # Pillow must load before pycolmap (pycolmap's zlib symbols break Pillow's PNG encoder)
+    import PIL.Image  # noqa: F401
+except ImportError:  # the operator-only install has neither
+    pass
+
+
+@pytest.fixture(scope="session")
+def synthetic_scene_info(tmp_path_factory: pytest.TempPathFactory):  # -> SyntheticScene
+    """The default synthetic scene (12 views, 64x48, PINHOLE, binary model, seed 0)."""
+    synthetic = pytest.importorskip("splatops_trainer.synthetic")
+    return synthetic.make_synthetic_scene(tmp_path_factory.mktemp("synthetic") / "scene", seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_scene(synthetic_scene_info) -> Path:
+    """The synthetic scene's directory (images/, colmap/sparse_initial/); read-only."""
+    return Path(synthetic_scene_info.root)
+
+
+@pytest.fixture
+def scene_copy(synthetic_scene, tmp_path: Path) -> Path:
+    """A fresh copy of the synthetic scene directory, private to the test (modify freely)."""
+    dst = tmp_path / "scene"
+    shutil.copytree(synthetic_scene, dst, symlinks=True)
+    return dst

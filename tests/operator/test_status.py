@@ -1,0 +1,236 @@
+"""Status mapping, failure classification, progress, throttling, queue admission: table-driven."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from op_fixtures import T0, T0_EPOCH, failed_msg, job, pod, result_msg, terminated
+
+from splatops import contract
+from splatops.api.models import Phase, Status
+from splatops.controller import failures, queue, status
+
+R = contract.Reason
+NOW = T0_EPOCH + 100
+SPEC = {"scene": {"claimName": "scenes", "path": "fox"}}
+
+
+def observe(job_: dict[str, Any] | None, *pods: dict[str, Any], spec: dict[str, Any] | None = None,
+            prev: dict[str, Any] | None = None, queued: bool = False, grace: float = 600.0) -> status.Observed:
+    return status.Observed(spec={**SPEC, **(spec or {})}, status=prev or {}, generation=1, job=job_, pods=tuple(pods),
+                           queued_by_operator=queued, now=NOW, unschedulable_grace=grace, model_path="fox/gsplat/results.ply")
+
+
+UNSCHED = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes: Insufficient nvidia.com/gpu",
+            "lastTransitionTime": T0}]
+DISRUPTED = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]
+
+PHASE_TABLE = [
+    ("no job yet", observe(None), Phase.PENDING, status.REASON_CREATED),
+    ("no job, cap reached", observe(None, queued=True), Phase.QUEUED, status.REASON_WAITING_SLOT),
+    ("job suspended by operator queue", observe(job(suspend=True)), Phase.QUEUED, status.REASON_WAITING_SLOT),
+    ("kueue not yet admitted", observe(job(suspend=True), spec={"queueName": "q"}), Phase.QUEUED, status.REASON_WAITING_KUEUE),
+    ("kueue preemption of a running job", observe(job(suspend=True), spec={"queueName": "q"}, prev={"phase": "Running"}),
+     Phase.QUEUED, status.REASON_PREEMPTED),
+    ("kueue preemption seen after the pod went", observe(job(suspend=True), spec={"queueName": "q"},
+                                                      prev={"phase": "Pending", "startTime": T0}),
+     Phase.QUEUED, status.REASON_PREEMPTED),
+    ("user suspend", observe(job(suspend=True), spec={"suspend": True}), Phase.SUSPENDED, status.REASON_SUSPENDED),
+    ("pod pending", observe(job(active=1), pod("Pending")), Phase.PENDING, status.REASON_CREATED),
+    ("pod running", observe(job(active=1), pod("Running", running=True)), Phase.RUNNING, status.REASON_RUNNING),
+    ("pod done, job completing", observe(job(), pod("Succeeded", terminated=terminated(0))), Phase.RUNNING, status.REASON_RUNNING),
+    ("retry after disruption", observe(job(active=1), pod("Failed", terminated=terminated(137), conditions=DISRUPTED),
+                                       pod("Running", running=True, name="p2", created="2026-01-01T00:01:00Z")),
+     Phase.RUNNING, status.REASON_RUNNING),
+    ("retrying after exit 1", observe(job(failed=1), pod("Failed", terminated=terminated(1))), Phase.PENDING, status.REASON_RETRYING),
+    ("complete", observe(job(("Complete", "Completed")), pod("Succeeded", terminated=terminated(0, result_msg(status="complete")))),
+     Phase.SUCCEEDED, status.REASON_COMPLETE),
+    ("deadline", observe(job(("Failed", "DeadlineExceeded"))), Phase.FAILED, R.DEADLINE_EXCEEDED.value),
+    ("oom via termination message", observe(job(("Failed", "PodFailurePolicy")), pod("Failed", terminated=terminated(3, failed_msg(R.OUT_OF_MEMORY, contract.MSG_OOM)))),
+     Phase.FAILED, R.OUT_OF_MEMORY.value),
+    ("colmap missing", observe(job(("Failed", "PodFailurePolicy")), pod("Failed", terminated=terminated(2, failed_msg(R.COLMAP_NOT_FOUND, contract.MSG_COLMAP_NOT_FOUND)))),
+     Phase.FAILED, R.COLMAP_NOT_FOUND.value),
+    ("no images", observe(job(("Failed", "PodFailurePolicy")), pod("Failed", terminated=terminated(2, failed_msg(R.NO_IMAGES, contract.MSG_NO_IMAGES)))),
+     Phase.FAILED, R.NO_IMAGES.value),
+    ("exit 3 without message", observe(job(("Failed", "PodFailurePolicy")), pod("Failed", terminated=terminated(3, "Traceback..."))),
+     Phase.FAILED, R.OUT_OF_MEMORY.value),
+    ("host OOMKilled", observe(job(("Failed", "BackoffLimitExceeded")), pod("Failed", terminated=terminated(137, "", "OOMKilled"))),
+     Phase.FAILED, R.OOM_KILLED.value),
+    ("backoff exhausted", observe(job(("Failed", "BackoffLimitExceeded")), pod("Failed", terminated=terminated(1, "boom"))),
+     Phase.FAILED, R.BACKOFF_LIMIT_EXCEEDED.value),
+    ("image pull backoff", observe(job(active=1), pod("Pending", waiting=("ImagePullBackOff", "Back-off pulling image"))),
+     Phase.FAILED, R.IMAGE_PULL.value),
+    ("image pull transient", observe(job(active=1), pod("Pending", waiting=("ErrImagePull", "timeout"))), Phase.PENDING, R.IMAGE_PULL.value),
+    ("unschedulable within grace", observe(job(active=1), pod("Pending", conditions=UNSCHED)), Phase.PENDING, "Unschedulable"),
+    ("unschedulable past grace", observe(job(active=1), pod("Pending", conditions=UNSCHED), grace=60), Phase.FAILED, R.UNSCHEDULABLE.value),
+    ("terminal is sticky", observe(job(suspend=True), prev={"phase": "Failed", "reason": "Unschedulable", "message": "m"}),
+     Phase.FAILED, "Unschedulable"),
+]
+
+
+@pytest.mark.parametrize(("case", "obs", "phase", "reason"), PHASE_TABLE, ids=[c[0] for c in PHASE_TABLE])
+def test_phase_mapping(case: str, obs: status.Observed, phase: Phase, reason: str) -> None:
+    got_phase, got_reason, message = status.desired_phase(obs)
+    assert (got_phase, got_reason) == (phase, reason)
+    assert message
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("oom via termination message", contract.MSG_OOM),
+        ("colmap missing", contract.MSG_COLMAP_NOT_FOUND),
+        ("no images", contract.MSG_NO_IMAGES),
+        ("deadline", "activeDeadlineSeconds"),
+        ("image pull backoff", "image"),
+        ("unschedulable past grace", "No GPU node"),
+        ("host OOMKilled", "spec.resources.memory"),
+    ],
+)
+def test_failure_messages_are_actionable(case: str, needle: str) -> None:
+    obs = {c[0]: c[1] for c in PHASE_TABLE}[case]
+    assert needle in status.desired_phase(obs)[2]
+
+
+def test_succeeded_status_has_result_fields_and_validates() -> None:
+    config = {"scene_id": "fox", "data_factor": 1, "max_steps": 100}
+    msg = result_msg(status="complete", model_path="/data/fox/gsplat/results.ply", model_size_mb=12.5, num_gaussians=1000,
+                     psnr=28.1, ssim=0.9, steps=100, duration_s=42.0, config=config)
+    prev = {"phase": "Running", "startTime": T0, "progress": {"step": 90, "maxSteps": 100, "percent": 90.0, "loss": 0.02,
+                                                               "message": "Iteration 90/100 | Loss: 0.0200", "updatedAt": T0}}
+    out = status.desired_status(observe(job(("Complete", "Completed"), succeeded=1), pod("Succeeded", terminated=terminated(0, msg)), prev=prev))
+    assert out["phase"] == "Succeeded" and out["modelPath"] == "fox/gsplat/results.ply" and out["modelSizeMB"] == 12.5
+    assert out["metrics"] == {"psnr": 28.1, "ssim": 0.9, "numGaussians": 1000, "steps": 100, "durationSeconds": 42.0}
+    assert out["config"] == config and out["completionTime"] and out["startTime"] == T0
+    assert out["progress"]["percent"] == 100.0 and out["progress"]["message"] == "Iteration 100/100 | Loss: 0.0200"
+    conds = {c["type"]: c["status"] for c in out["conditions"]}
+    assert conds == {"Queued": "False", "Running": "False", "Suspended": "False", "Succeeded": "True", "Failed": "False"}
+    Status.model_validate(out)  # the written status fits the CRD's status schema models
+
+
+def test_conditions_keep_transition_time_when_unchanged() -> None:
+    first = status.conditions(None, Phase.RUNNING, "TrainerRunning", "Training.", T0_EPOCH, 1)
+    later = status.conditions(first, Phase.RUNNING, "TrainerRunning", "Training.", T0_EPOCH + 500, 1)
+    assert later == first
+    done = status.conditions(later, Phase.SUCCEEDED, "TrainingComplete", "ok", T0_EPOCH + 900, 1)
+    times = {c["type"]: c["lastTransitionTime"] for c in done}
+    assert times["Succeeded"] != times["Queued"] and times["Running"] == times["Succeeded"]
+
+
+def test_queued_at_is_kept_while_queued() -> None:
+    prev = {"phase": "Queued", "queuedAt": "2025-12-31T00:00:00Z"}
+    assert status.desired_status(observe(job(suspend=True), prev=prev))["queuedAt"] == "2025-12-31T00:00:00Z"
+
+
+def test_status_patch_only_changes() -> None:
+    out = status.desired_status(observe(job(active=1), pod("Running", running=True)))
+    assert status.status_patch(out, out) == {}
+    assert status.status_patch({**out, "phase": "Pending"}, out) == {"phase": "Running"}
+
+
+@pytest.mark.parametrize(
+    ("job_", "pods", "previous", "expected"),
+    [(None, (), None, 0), (job(active=1), (pod(),), None, 1), (job(failed=2, active=1), (), 1, 3), (job(), (), 4, 4)],
+)
+def test_attempts(job_: Any, pods: tuple[Any, ...], previous: int | None, expected: int) -> None:
+    assert status.attempts(job_, pods, previous) == expected
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+LOG = "\n".join([
+    "loading scene...",
+    json.dumps({"event": "progress", "step": 100, "max_steps": 30000, "loss": 0.5, "steps_per_sec": 100.0}),
+    json.dumps({"event": "eval", "step": 7000, "max_steps": 30000, "loss": 0.03, "psnr": 27.5, "ssim": 0.88}),
+    "WARNING something",
+    json.dumps({"event": "progress", "step": 15234, "max_steps": 30000, "loss": 0.0234, "num_gaussians": 812345,
+                "steps_per_sec": 140.2, "elapsed_s": 108.7}),
+])
+
+
+def test_progress_from_log_tail() -> None:
+    progress = contract.last_progress(LOG)
+    assert progress is not None
+    out = status.progress_status(progress, T0_EPOCH)
+    assert out["message"] == "Iteration 15234/30000 | Loss: 0.0234"
+    assert out["step"] == 15234 and out["percent"] == 50.78 and out["psnr"] == 27.5 and out["numGaussians"] == 812345
+    assert out["etaSeconds"] == pytest.approx((30000 - 15234) / 140.2, abs=0.1) and out["updatedAt"] == T0
+
+
+@pytest.mark.parametrize(
+    ("last", "now", "interval", "write"),
+    [(None, 0.0, 10.0, True), (100.0, 105.0, 10.0, False), (100.0, 110.0, 10.0, True), (100.0, 100.0, 0.0, True)],
+)
+def test_should_write_status(last: float | None, now: float, interval: float, write: bool) -> None:
+    assert status.should_write_status(last, now, interval) is write
+
+
+# --- queue ------------------------------------------------------------------------------------------
+
+W = [queue.Waiting("2026-01-01T00:00:0%dZ" % i, "default", f"t{i}") for i in range(5)]
+
+
+@pytest.mark.parametrize(
+    ("running", "waiting", "cap", "admitted"),
+    [
+        (0, W[:3], 2, ["t0", "t1"]),
+        (2, W[:3], 2, []),
+        (3, W[:3], 2, []),
+        (1, list(reversed(W)), 3, ["t0", "t1"]),
+        (10, W, 0, ["t0", "t1", "t2", "t3", "t4"]),
+        (0, [], 2, []),
+    ],
+)
+def test_queue_admission_fcfs(running: int, waiting: list[queue.Waiting], cap: int, admitted: list[str]) -> None:
+    assert [w.name for w in queue.admit(running, waiting, cap)] == admitted
+
+
+# --- failures: direct --------------------------------------------------------------------------------
+
+
+def test_unknown_termination_message_falls_back_to_exit_code() -> None:
+    failure = failures.from_terminated(pod("Failed", terminated=terminated(1, "Traceback: KeyError")))
+    assert failure is not None and failure.reason == R.TRAINER_ERROR.value and "exit" in failure.message
+
+
+def test_successful_container_is_no_failure() -> None:
+    assert failures.from_terminated(pod("Succeeded", terminated=terminated(0))) is None
+
+
+@pytest.mark.parametrize(
+    ("prev_reason", "expected"),
+    [(R.TRAINER_ERROR.value, R.OUT_OF_MEMORY.value), (R.COLMAP_NOT_FOUND.value, R.COLMAP_NOT_FOUND.value)],
+)
+def test_terminal_reason_refined_only_when_generic(prev_reason: str, expected: str) -> None:
+    obs = observe(job(("Failed", "PodFailurePolicy")), pod("Failed", terminated=terminated(3, failed_msg(R.OUT_OF_MEMORY, contract.MSG_OOM))),
+                  prev={"phase": "Failed", "reason": prev_reason, "message": "m"})
+    assert status.desired_phase(obs)[:2] == (Phase.FAILED, expected)
+
+
+def test_stale_pods_never_downgrade_a_specific_reason() -> None:
+    obs = observe(job(("Failed", "PodFailurePolicy")), pod("Pending"), prev={"phase": "Failed", "reason": R.OUT_OF_MEMORY.value, "message": "m"})
+    assert status.desired_phase(obs)[1] == R.OUT_OF_MEMORY.value
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "needle"),
+    [
+        (json.dumps({"status": "failed", "reason": "NoImages"}), "NoImages", contract.MSG_NO_IMAGES),
+        (json.dumps({"status": "failed", "reason": "SomethingNew", "error": "odd"}), "SomethingNew", "odd"),
+        (json.dumps({"status": "failed", "reason": "SomethingNew"}), "SomethingNew", "kubectl logs"),
+    ],
+)
+def test_trainer_reason_without_words_gets_an_actionable_message(message: str, reason: str, needle: str) -> None:
+    failure = failures.from_terminated(pod("Failed", terminated=terminated(2, message)))
+    assert failure is not None and failure.reason == reason and needle in failure.message
+
+
+@pytest.mark.parametrize(
+    ("reported", "expected"),
+    [("/data/scenes/fox/gsplat/results.ply", "scenes/fox/gsplat/results.ply"), ("scenes/fox/gsplat/results.ply", "scenes/fox/gsplat/results.ply"),
+     ("/elsewhere/results.ply", "fallback.ply")],
+)
+def test_model_path_is_volume_relative(reported: str, expected: str) -> None:
+    assert status.volume_relative(reported, "fallback.ply") == expected

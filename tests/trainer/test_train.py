@@ -1,0 +1,242 @@
+"""Training on the CPU (pure-PyTorch rasteriser) on a tiny synthetic scene.
+
+Covers: loss falls and held-out PSNR rises (both strategies), an interrupted-and-resumed run ends
+where an uninterrupted one does, checkpoint rotation, the NaN guard, splat initialisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from splatops.contract import EVENT_EVAL, Progress, Reason
+from splatops_trainer import checkpoint as ck
+from splatops_trainer import train as train_mod
+from splatops_trainer.config import TrainerConfig
+from splatops_trainer.dataset import SceneData
+from splatops_trainer.scene import load_scene
+from splatops_trainer.splats import init_splats, knn_mean_distance, means_lr
+from splatops_trainer.synthetic import make_synthetic_scene
+from splatops_trainer.train import TrainingDivergedError, train
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_scene(root, n_views=10, width=40, height=30, n_gaussians=400, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def scene(scene_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> SceneData:
+    cfg = TrainerConfig(scene_dir=scene_dir, output_dir=tmp_path_factory.mktemp("load"), test_every=5)
+    data = load_scene(cfg)
+    assert len(data.test) == 2 and len(data.train) == 8
+    return data
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    # Bit-for-bit resume comparisons need a fixed reduction order; CI has one core per job anyway.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Recorder:
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.progress: list[Progress] = []
+        self.evals: list[Progress] = []
+        self.stop_at = stop_at
+
+    def on_progress(self, p: Progress) -> None:
+        self.progress.append(p)
+        if self.stop_at is not None and p.step == self.stop_at:
+            raise KeyboardInterrupt("simulated pod kill")
+
+    def on_eval(self, p: Progress) -> None:
+        self.evals.append(p)
+
+
+def _cfg(scene_dir: Path, out: Path, **kw: object) -> TrainerConfig:
+    base: dict[str, object] = dict(
+        scene_dir=scene_dir, output_dir=out, test_every=5, device="cpu", sh_degree=1,
+        sh_degree_interval=50, progress_every=10, eval_every=0, checkpoint_every=0, metrics_port=0,
+    )
+    base.update(kw)
+    return TrainerConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["default", "mcmc"])
+def test_loss_falls_and_heldout_psnr_rises(scene_dir: Path, scene: SceneData, tmp_path: Path, strategy: str) -> None:
+    cfg = _cfg(scene_dir, tmp_path, strategy=strategy, max_steps=150, eval_every=15, cap_max=800)
+    rec = Recorder()
+    out = train(cfg, scene, rec, CPU)
+    assert out.steps == 150 and out.resumed_from is None
+    assert [p.step for p in rec.progress] == list(range(10, 151, 10))
+    assert rec.evals[0].event == EVENT_EVAL and rec.evals[-1].step == 150
+    first, last = rec.progress[0].loss, rec.progress[-1].loss
+    assert last < 0.7 * first, f"loss {first:.4f} -> {last:.4f}"
+    assert out.psnr is not None and out.ssim is not None
+    assert out.psnr > rec.evals[0].psnr + 2.0, [e.psnr for e in rec.evals]
+    assert out.psnr == pytest.approx(rec.evals[-1].psnr)
+    assert out.num_gaussians == out.splats["means"].shape[0] > 0
+    if strategy == "mcmc":
+        assert out.num_gaussians <= 800
+    assert all(v.device.type == "cpu" and not v.requires_grad for v in out.splats.values())
+    assert all(torch.isfinite(v).all() for v in out.splats.values())
+    assert out.steps_per_sec > 0 and out.duration_s > 0
+    assert rec.progress[-1].num_gaussians == out.num_gaussians
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("strategy", "stop_at"), [("default", 20), ("mcmc", 30)])
+def test_resumed_run_ends_where_uninterrupted_run_ends(
+    scene_dir: Path, scene: SceneData, tmp_path: Path, strategy: str, stop_at: int
+) -> None:
+    kw = dict(strategy=strategy, max_steps=60, checkpoint_every=10, cap_max=600)
+    straight = train(_cfg(scene_dir, tmp_path / "a", **kw), scene, Recorder(), CPU)
+
+    cfg_b = _cfg(scene_dir, tmp_path / "b", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b, scene, Recorder(stop_at=stop_at), CPU)
+    assert [s for s, _ in ck.list_checkpoints(ck.checkpoint_dir(cfg_b))] == [stop_at, stop_at - 10]
+    rec = Recorder()
+    resumed = train(cfg_b, scene, rec, CPU)
+    assert resumed.resumed_from == stop_at
+    assert rec.progress[0].step == stop_at + 10  # continued, did not start over
+    assert resumed.num_gaussians == straight.num_gaussians
+    for k, v in straight.splats.items():
+        torch.testing.assert_close(resumed.splats[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert resumed.final_loss == pytest.approx(straight.final_loss, rel=1e-5)
+    assert resumed.psnr == pytest.approx(straight.psnr, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_resume_skips_corrupt_newest_checkpoint(scene_dir: Path, scene: SceneData, tmp_path: Path) -> None:
+    cfg = _cfg(scene_dir, tmp_path, max_steps=30, checkpoint_every=10, keep_checkpoints=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, scene, Recorder(stop_at=20), CPU)
+    ck.checkpoint_path(cfg, 20).write_bytes(b"\x00garbage")
+    resumed = train(cfg, scene, Recorder(), CPU)
+    assert resumed.resumed_from == 10
+    assert [s for s, _ in ck.list_checkpoints(ck.checkpoint_dir(cfg))] == [30, 20, 10]
+    assert ck.load_latest(cfg).step == 30  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_finished_run_is_not_retrained(scene_dir: Path, scene: SceneData, tmp_path: Path) -> None:
+    cfg = _cfg(scene_dir, tmp_path, max_steps=20, keep_checkpoints=1)
+    first = train(cfg, scene, Recorder(), CPU)
+    rec = Recorder()
+    again = train(cfg, scene, rec, CPU)
+    assert again.resumed_from == 20 and rec.progress == []
+    assert again.psnr == pytest.approx(first.psnr, abs=1e-5)
+    for k, v in first.splats.items():
+        assert torch.equal(again.splats[k], v)
+    assert [s for s, _ in ck.list_checkpoints(ck.checkpoint_dir(cfg))] == [20]
+
+
+def test_no_resume_starts_over(scene_dir: Path, scene: SceneData, tmp_path: Path) -> None:
+    cfg = _cfg(scene_dir, tmp_path, max_steps=10)
+    train(cfg, scene, Recorder(), CPU)
+    again = train(dataclasses.replace(cfg, resume=False), scene, Recorder(), CPU)
+    assert again.resumed_from is None
+
+
+def test_non_finite_loss_raises_diverged_and_saves_nothing(
+    scene_dir: Path, scene: SceneData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train_mod, "ssim_loss_term", lambda a, b: torch.full((), float("nan")))
+    cfg = _cfg(scene_dir, tmp_path, max_steps=30, checkpoint_every=10)
+    with pytest.raises(TrainingDivergedError, match="diverged") as err:
+        train(cfg, scene, Recorder(), CPU)
+    assert err.value.reason == Reason.TRAINING_DIVERGED
+    assert ck.list_checkpoints(ck.checkpoint_dir(cfg)) == []
+
+
+def test_init_splats(scene: SceneData) -> None:
+    splats = init_splats(scene, sh_degree=3, init_opacity=0.1, init_scale=1.0, device=CPU)
+    n = scene.points.shape[0]
+    assert {k: tuple(v.shape) for k, v in splats.items()} == {
+        "means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,), "sh0": (n, 1, 3), "shN": (n, 15, 3),
+    }
+    torch.testing.assert_close(torch.sigmoid(splats["opacities"]), torch.full((n,), 0.1))
+    assert torch.isfinite(splats["scales"]).all()
+
+
+@pytest.mark.parametrize(("chunk", "k"), [(1, 1), (3, 2), (1000, 3)])
+def test_knn_mean_distance(chunk: int, k: int) -> None:
+    pts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [3, 0, 0], [7, 0, 0]])
+    expected = {1: [1.0, 1.0, 2.0, 4.0], 2: [2.0, 1.5, 2.5, 5.0], 3: [11 / 3, 3.0, 3.0, 17 / 3]}[k]
+    torch.testing.assert_close(knn_mean_distance(pts, k=k, chunk=chunk), torch.tensor(expected))
+
+
+@pytest.mark.parametrize(("step", "factor"), [(0, 1.0), (500, 0.1), (1000, 0.01), (2000, 0.01)])
+def test_means_lr_decays_to_one_percent(step: int, factor: float) -> None:
+    assert means_lr(step, 1000, scene_scale=2.0) == pytest.approx(1.6e-4 * 2.0 * factor)
+
+
+@pytest.mark.parametrize(("h", "w", "seed"), [(30, 40, 0), (37, 129, 1), (5, 9, 2), (64, 64, 3)])
+def test_training_ssim_matches_image_metrics(h: int, w: int, seed: int) -> None:
+    from splatops_trainer.image_metrics import ssim
+
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(2, h, w, 3, generator=g, requires_grad=True)
+    b = (a.detach() + 0.1 * torch.randn(2, h, w, 3, generator=g)).clamp(0, 1)
+    ours, ref = train_mod.ssim_loss_term(a, b), ssim(a, b)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    (ga,) = torch.autograd.grad(ours, a)
+    (gr,) = torch.autograd.grad(ref, a)
+    torch.testing.assert_close(ga, gr, rtol=1e-4, atol=1e-7)
+
+
+def test_init_splats_does_not_alias_the_scene(scene: SceneData) -> None:
+    splats = init_splats(scene, sh_degree=0, init_opacity=0.1, init_scale=1.0, device=CPU)
+    before = scene.points.clone()
+    with torch.no_grad():
+        splats["means"].add_(1.0)  # what Adam does in place
+    assert torch.equal(scene.points, before)
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_direct_fused_adam_matches_torch_adam(steps: int) -> None:
+    from splatops_trainer.splats import make_optimizers
+
+    def make() -> tuple[torch.nn.ParameterDict, dict]:
+        g = torch.Generator().manual_seed(0)
+        ps = torch.nn.ParameterDict(
+            {k: torch.nn.Parameter(torch.randn(*shape, generator=g)) for k, shape in
+             {"means": (5, 3), "scales": (5, 3), "quats": (5, 4), "opacities": (5,), "sh0": (5, 1, 3), "shN": (5, 3, 3)}.items()}
+        )
+        opts = make_optimizers(ps, scene_scale=2.0)
+        for o in opts.values():
+            o.param_groups[0]["params"][0]  # one group, one param
+            o.defaults["fused"] = True
+            o.param_groups[0]["fused"] = True  # torch's own fused CPU kernel as the reference
+        return ps, opts
+
+    ref, ref_opts = make()
+    ours, our_opts = make()
+    for i in range(steps):
+        for ps in (ref, ours):
+            loss = sum(((v - 0.1 * (i + 1)) ** 2).sum() for v in ps.values())
+            loss.backward()
+        for o in ref_opts.values():
+            o.step()
+            o.zero_grad(set_to_none=True)
+        train_mod.fused_adam_step(our_opts)
+    for k in ref:
+        torch.testing.assert_close(ours[k], ref[k], rtol=0, atol=0)
+        assert ours[k].grad is None
+        sr, so = ref_opts[k].state[ref[k]], our_opts[k].state[ours[k]]
+        assert sr.keys() == so.keys()
+        for key in sr:
+            torch.testing.assert_close(so[key], sr[key], rtol=0, atol=0)

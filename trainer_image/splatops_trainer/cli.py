@@ -1,0 +1,326 @@
+"""`splatops-train`: validate, load, train, write results.ply + config.json + the termination message.
+
+Every TrainerConfig field is an option, as a flag (`--max-steps`) and as an environment variable
+(`SPLATOPS_MAX_STEPS`); flags win. Exit codes follow `contract.ExitCode`: 2 for bad input (decided
+before the GPU is touched), 3 for CUDA out of memory, 1 for anything else. An earlier results.ply
+is only ever replaced atomically by a new complete one, never deleted or truncated on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from splatops import contract
+
+from . import atomic
+from .config import TrainerConfig
+from .errors import TrainerError, invalid_options
+from .report import Reporter, write_error_log, write_termination_message
+
+log = logging.getLogger("splatops_trainer")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class Terminated(BaseException):
+    """SIGTERM (pod eviction or deletion): stop now; the retried pod resumes from a checkpoint.
+
+    A BaseException (like KeyboardInterrupt) so that no `except Exception` on the way swallows it.
+    """
+
+
+# --- Options -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    name: str  # dataclass field
+    convert: Callable[[str], Any]
+    choices: tuple[str, ...] | None
+    is_bool: bool
+    optional: bool
+    required: bool
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return contract.ENV_PREFIX + self.name.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def options() -> list[Option]:
+    """One Option per TrainerConfig field, derived from its type (so new fields need no CLI code)."""
+    hints = typing.get_type_hints(TrainerConfig)
+    result = []
+    for field in dataclasses.fields(TrainerConfig):
+        tp, optional = hints[field.name], False
+        args = typing.get_args(tp)
+        if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+            optional = type(None) in args
+            (tp,) = [a for a in args if a is not type(None)]
+        choices = None
+        if typing.get_origin(tp) is typing.Literal:
+            choices = tuple(str(a) for a in typing.get_args(tp))
+            convert: Callable[[str], Any] = str
+        elif tp is bool:
+            convert = _parse_bool
+        elif tp in (int, float, str, Path):
+            convert = tp
+        else:  # a field type this generic builder does not know: fail loudly in tests
+            raise TypeError(f"TrainerConfig.{field.name}: unsupported option type {tp!r}")
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        result.append(Option(field.name, convert, choices, tp is bool, optional, required))
+    return result
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # exit code 2 with our reporting, not argparse's
+        raise invalid_options(f"Invalid options: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="splatops-train",
+        description="Train a 3D Gaussian Splatting model (gsplat) from a COLMAP scene. Every option "
+        f"can also be set as an environment variable {contract.ENV_PREFIX}<OPTION> (flags win).",
+    )
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainerConfig)}
+    for opt in options():
+        default = defaults[opt.name]
+        shown = "required" if opt.required else f"default {default}" if default is not None else "default: derived"
+        help_text = f"{shown}; env {opt.env}"
+        if opt.is_bool:
+            parser.add_argument(opt.flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(
+                opt.flag, type=opt.convert, choices=opt.choices, default=None, help=help_text,
+                metavar=None if opt.choices else opt.name.upper(),
+            )
+    return parser
+
+
+def resolve_options(argv: Sequence[str] | None, env: Mapping[str, str]) -> dict[str, Any]:
+    """Flags, then SPLATOPS_* env vars, then the dataclass defaults (left out here)."""
+    ns = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    for opt in options():
+        if ns.get(opt.name) is not None:
+            values[opt.name] = ns[opt.name]
+            continue
+        raw = env.get(opt.env)
+        if raw is None or (raw == "" and not opt.required):
+            continue  # unset, or set empty by a template: keep the default
+        try:
+            value = opt.convert(raw)
+        except (TypeError, ValueError) as exc:
+            raise invalid_options(f"Invalid options: {opt.env}={raw!r}: {exc}") from exc
+        if opt.choices is not None and str(value) not in opt.choices:
+            raise invalid_options(f"Invalid options: {opt.env}={raw!r}: choose from {', '.join(opt.choices)}")
+        values[opt.name] = value
+    for opt in options():
+        if opt.required and opt.name not in values:
+            raise invalid_options(f"Invalid options: {opt.flag} (or {opt.env}) is required")
+    return values
+
+
+def build_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> TrainerConfig:
+    return TrainerConfig(**resolve_options(argv, os.environ if env is None else env))
+
+
+# --- Running -------------------------------------------------------------------------------------
+
+
+def resolve_device(requested: str) -> Any:
+    import torch
+
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise TrainerError(
+            contract.Reason.TRAINER_ERROR,
+            "device cuda was requested but no CUDA device is visible: check the pod's GPU request "
+            "and the node's NVIDIA device plugin, or use --device cpu.",
+        )
+    log.warning("no CUDA device visible: training on the CPU (slow; fine only for tiny scenes)")
+    return torch.device("cpu")
+
+
+def is_oom(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def classify(exc: BaseException) -> tuple[contract.Reason, str]:
+    """The contract reason and user message for any failure."""
+    if isinstance(exc, TrainerError):
+        return exc.reason, exc.message
+    if is_oom(exc):
+        return contract.Reason.OUT_OF_MEMORY, contract.MSG_OOM
+    if type(exc).__name__ == "TrainingDivergedError":  # train.py's; matched by name to stay decoupled
+        return contract.Reason.TRAINING_DIVERGED, str(exc)
+    if isinstance(exc, Terminated):
+        return contract.Reason.TRAINER_ERROR, str(exc)
+    return contract.Reason.TRAINER_ERROR, f"{type(exc).__name__}: {exc}"
+
+
+def effective_config(cfg: TrainerConfig, device: Any) -> dict[str, Any]:
+    """config.json: the original keys first (scene_id, data_factor, max_steps, timestamp), then all."""
+    data = cfg.to_dict()
+    head = {k: data.pop(k) for k in ("scene_id", "data_factor", "max_steps")}
+    return {**head, "timestamp": time.time(), **data, "resolved_device": str(device)}
+
+
+def run(cfg: TrainerConfig, reporter: Reporter) -> contract.Result:
+    """Check, load, train, write outputs. Raises on any failure (main() reports it)."""
+    from . import scene as scene_mod
+
+    check = scene_mod.check_scene(cfg)  # exit 2 material is decided here, before any CUDA use
+    device = resolve_device(cfg.device)
+    data = scene_mod.load_scene(cfg, check)
+    log.info("scene %s: %d train / %d test views, %d points", cfg.scene_id, len(data.train), len(data.test), len(data.points))
+
+    from .ply import write_ply
+    from .train import train
+
+    reporter.start()
+    outcome = train(cfg, data, reporter, device)
+    out = cfg.out
+    stats = write_ply(out / contract.RESULT_PLY, outcome.splats)
+    if stats.dropped:
+        log.warning("dropped %d Gaussians with non-finite values from results.ply", stats.dropped)
+    config = effective_config(cfg, device)
+    atomic.write_json(out / contract.CONFIG_FILE, config)
+    (out / contract.ERROR_LOG).unlink(missing_ok=True)  # a previous failure's, now misleading
+    psnr = round(outcome.psnr, 4) if outcome.psnr is not None else None
+    ssim = round(outcome.ssim, 4) if outcome.ssim is not None else None
+    reporter.log(
+        f"Training complete | Iteration {outcome.steps}/{cfg.max_steps} | Gaussians: {stats.written}"
+        + (f" | PSNR: {psnr:.2f} dB | SSIM: {ssim:.4f}" if psnr is not None and ssim is not None else "")
+        + f" | results.ply {stats.size_mb} MB"
+        + (f" | dropped {stats.dropped} non-finite" if stats.dropped else "")
+    )
+    return contract.Result(
+        status=contract.STATUS_COMPLETE,
+        model_path=str(stats.path.resolve()),
+        model_size_mb=stats.size_mb,
+        num_gaussians=stats.written,
+        psnr=psnr,
+        ssim=ssim,
+        steps=outcome.steps,
+        duration_s=round(outcome.duration_s, 2),
+        config=config,
+    )
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: let the failure report finish
+    raise Terminated(
+        "Terminated by SIGTERM (pod eviction or deletion); a retried pod resumes from the last "
+        "checkpoint in gsplat/results/checkpoints."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fallback:
+    """Where to report a failure that happened before a TrainerConfig existed (bad options)."""
+
+    termination_log: Path
+    out_dir: Path | None  # the scene's output directory, if the scene directory exists
+
+
+def _fallback(argv: Sequence[str] | None, env: Mapping[str, str]) -> _Fallback:
+    pre = _Parser(add_help=False)
+    for name in ("scene_dir", "output_dir", "termination_log"):
+        pre.add_argument("--" + name.replace("_", "-"))
+    try:
+        ns = pre.parse_known_args(argv)[0]
+    except TrainerError:  # e.g. `--scene-dir` without a value: fall back to the environment
+        ns = argparse.Namespace(scene_dir=None, output_dir=None, termination_log=None)
+    get = lambda name: getattr(ns, name) or env.get(contract.ENV_PREFIX + name.upper()) or None  # noqa: E731
+    scene_dir = get("scene_dir")
+    out = get("output_dir") or (Path(scene_dir) / contract.OUTPUT_DIR if scene_dir else None)
+    return _Fallback(
+        termination_log=Path(get("termination_log") or contract.TERMINATION_LOG),
+        out_dir=Path(out) if out and scene_dir and Path(scene_dir).is_dir() else None,
+    )
+
+
+def _fail(cfg: TrainerConfig | None, fallback: _Fallback, exc: BaseException, reporter: Reporter | None) -> int:
+    reason, message = classify(exc)
+    code = exc.exit_code if isinstance(exc, TrainerError) else int(contract.EXIT_CODE_FOR_REASON.get(reason, contract.ExitCode.ERROR))
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if reason is contract.Reason.TRAINER_ERROR and not isinstance(exc, (TrainerError, Terminated)):
+        logging.getLogger("splatops_trainer").error("unexpected failure", exc_info=exc)
+    print(json.dumps({"event": contract.EVENT_FAILED, "reason": reason.value, "error": message}), flush=True)
+    if reporter is not None:
+        reporter.log(f"Training failed: {message}")
+    # error.log only where the scene exists: never create a scene directory for a wrong path.
+    out_dir = (cfg.out if cfg.scene_dir.is_dir() else None) if cfg is not None else fallback.out_dir
+    if out_dir is not None:
+        write_error_log(out_dir, reason.value, message, None if isinstance(exc, TrainerError) else exc)
+    write_termination_message(
+        cfg.termination_log if cfg is not None else fallback.termination_log,
+        contract.Result(status=contract.STATUS_FAILED, reason=reason.value, error=message),
+    )
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg: TrainerConfig | None = None
+    reporter: Reporter | None = None
+    # Signal handlers can only be installed from the main thread (tests may call main() elsewhere).
+    installed = _main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if installed else None
+    try:
+        cfg = build_config(argv)
+        reporter = Reporter(cfg)
+        result = run(cfg, reporter)
+        print(json.dumps({"event": contract.EVENT_COMPLETE, "model_path": result.model_path}), flush=True)
+        write_termination_message(cfg.termination_log, result)
+        return int(contract.ExitCode.COMPLETE)
+    except (Exception, Terminated) as exc:  # noqa: BLE001 - every failure is reported, then exits non-zero
+        return _fail(cfg, _fallback(argv, os.environ), exc, reporter)
+    finally:
+        if reporter is not None:
+            reporter.close()
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""Scene checking and loading: COLMAP model + images in, `dataset.SceneData` out.
+
+`check_scene` decides everything that can be wrong with the input (exit code 2) on the CPU,
+before the GPU is touched, with the original pipeline's messages. `load_scene` then reads the
+images: undistorted (SIMPLE_RADIAL, RADIAL, OPENCV) and downscaled by `data_factor` once, into a
+cache under the output directory that later runs (and resumed pods) reuse.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image  # before pycolmap: its bundled zlib symbols can break Pillow's PNG encoder
+
+import pycolmap  # noqa: I001 (order matters, see above)
+import torch
+
+from splatops import contract
+
+from . import atomic
+from .config import TrainerConfig
+from .dataset import SceneData, View
+from .errors import TrainerError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+PINHOLE_MODELS = frozenset({"SIMPLE_PINHOLE", "PINHOLE"})
+UNDISTORTED_MODELS = frozenset({"SIMPLE_RADIAL", "RADIAL", "OPENCV"})
+CACHE_VERSION = 1
+_LISTED_MISSING = 5  # how many missing image names an error message lists
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneCheck:
+    """What `check_scene` found: enough to load the scene without re-deciding anything."""
+
+    scene_dir: Path
+    model_dir: Path
+    images_dir: Path
+    reconstruction: pycolmap.Reconstruction
+    image_names: tuple[str, ...]  # registered images, sorted by name
+    camera_models: dict[int, str]
+
+
+# --- Checks --------------------------------------------------------------------------------------
+
+
+def has_model(directory: Path) -> bool:
+    return any(
+        all((directory / f"{part}{ext}").is_file() for part in ("cameras", "images", "points3D"))
+        for ext in (".bin", ".txt")
+    )
+
+
+def ensure_sparse_link(scene_dir: Path) -> None:
+    """Create `sparse/0 -> ../colmap/sparse_initial` (as the original pipeline did) if missing.
+
+    Never replaces an existing sparse/0 (file, directory or link, even a dangling one). A
+    read-only volume only costs the link, not the run: the model is read from its real path.
+    """
+    link = scene_dir / contract.SPARSE_DIR
+    if os.path.lexists(link) or not has_model(scene_dir / contract.COLMAP_DIR):
+        return
+    try:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(contract.SPARSE_LINK_TARGET, link, target_is_directory=True)
+    except FileExistsError:
+        pass  # another process made it between our check and now: theirs stands
+    except OSError as exc:
+        print(f"warning: could not create {link}: {exc}", file=sys.stderr)
+
+
+def find_model_dir(scene_dir: Path) -> Path:
+    for rel in (contract.COLMAP_DIR, contract.SPARSE_DIR):
+        if has_model(scene_dir / rel):
+            return scene_dir / rel
+    raise TrainerError(
+        contract.Reason.COLMAP_NOT_FOUND,
+        f"{contract.MSG_COLMAP_NOT_FOUND}: expected cameras, images and points3D (.bin or .txt) "
+        f"in {scene_dir / contract.COLMAP_DIR} or {scene_dir / contract.SPARSE_DIR}. "
+        "Run the COLMAP conversion for this scene first.",
+    )
+
+
+def list_images(images_dir: Path) -> set[str]:
+    if not images_dir.is_dir():
+        return set()
+    return {
+        p.relative_to(images_dir).as_posix()
+        for p in images_dir.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    }
+
+
+def read_model(model_dir: Path) -> pycolmap.Reconstruction:
+    try:
+        recon = pycolmap.Reconstruction(str(model_dir))
+    except Exception as exc:  # pycolmap raises plain RuntimeError/ValueError for corrupt files
+        raise TrainerError(
+            contract.Reason.INVALID_MODEL,
+            f"COLMAP model in {model_dir} could not be read ({exc}). "
+            "Re-run the COLMAP conversion; the files may be truncated or corrupt.",
+        ) from exc
+    if not [i for i in recon.images.values() if i.has_pose]:
+        raise TrainerError(
+            contract.Reason.INVALID_MODEL,
+            f"COLMAP model in {model_dir} has no registered images. Re-run the COLMAP conversion.",
+        )
+    if recon.num_points3D() == 0:
+        raise TrainerError(
+            contract.Reason.INVALID_MODEL,
+            f"COLMAP model in {model_dir} has no 3D points; the Gaussians are initialised from "
+            "them. Re-run the COLMAP conversion (with triangulation).",
+        )
+    return recon
+
+
+def check_cameras(recon: pycolmap.Reconstruction) -> dict[int, str]:
+    models = {int(cid): cam.model.name for cid, cam in recon.cameras.items()}
+    bad = {cid: m for cid, m in models.items() if m not in PINHOLE_MODELS | UNDISTORTED_MODELS}
+    if bad:
+        listed = ", ".join(f"camera {cid}: {m}" for cid, m in sorted(bad.items()))
+        raise TrainerError(
+            contract.Reason.UNSUPPORTED_CAMERA,
+            f"Unsupported camera model ({listed}). Supported: PINHOLE, SIMPLE_PINHOLE directly; "
+            "SIMPLE_RADIAL, RADIAL, OPENCV are undistorted by the trainer. Undistort the images "
+            "first (colmap image_undistorter) and use the resulting PINHOLE model.",
+        )
+    return models
+
+
+def check_scene(cfg: TrainerConfig) -> SceneCheck:
+    """Every input check that needs no GPU; raises TrainerError (exit code 2) on bad input."""
+    scene_dir = cfg.scene_dir
+    if not scene_dir.is_dir():
+        raise TrainerError(
+            contract.Reason.COLMAP_NOT_FOUND,
+            f"{contract.MSG_COLMAP_NOT_FOUND}: scene directory {scene_dir} does not exist.",
+        )
+    ensure_sparse_link(scene_dir)
+    model_dir = find_model_dir(scene_dir)
+    images_dir = scene_dir / contract.IMAGES_DIR
+    on_disk = list_images(images_dir)
+    if not on_disk:
+        raise TrainerError(
+            contract.Reason.NO_IMAGES,
+            f"{contract.MSG_NO_IMAGES} in {images_dir}. Upload the scene's images first.",
+        )
+    recon = read_model(model_dir)
+    models = check_cameras(recon)
+    names = sorted(i.name for i in recon.images.values() if i.has_pose)
+    missing = [n for n in names if n not in on_disk]
+    if missing:
+        shown = ", ".join(missing[:_LISTED_MISSING]) + (", ..." if len(missing) > _LISTED_MISSING else "")
+        raise TrainerError(
+            contract.Reason.MISSING_IMAGES,
+            f"{len(missing)} of {len(names)} images named in the COLMAP model are missing from "
+            f"{images_dir}: {shown}. Upload them or re-run the COLMAP conversion.",
+        )
+    return SceneCheck(
+        scene_dir=scene_dir,
+        model_dir=model_dir,
+        images_dir=images_dir,
+        reconstruction=recon,
+        image_names=tuple(names),
+        camera_models=models,
+    )
+
+
+# --- Loading -------------------------------------------------------------------------------------
+
+
+def _needs_undistortion(cam: pycolmap.Camera) -> bool:
+    if cam.model.name in PINHOLE_MODELS:
+        return False
+    # Distortion coefficients that are all zero (common for generated models) are a pinhole.
+    extra = np.asarray(cam.params)[list(cam.extra_params_idxs())]
+    return bool(np.any(extra != 0.0))
+
+
+def _pinhole_k(cam: pycolmap.Camera) -> np.ndarray:
+    return np.array(
+        [[cam.focal_length_x, 0.0, cam.principal_point_x], [0.0, cam.focal_length_y, cam.principal_point_y], [0, 0, 1]],
+        dtype=np.float64,
+    )
+
+
+def _camera_signature(cam: pycolmap.Camera) -> list[Any]:
+    return [cam.model.name, int(cam.width), int(cam.height), [float(p) for p in cam.params]]
+
+
+def _scaled_size(width: int, height: int, factor: int) -> tuple[int, int]:
+    return max(1, round(width / factor)), max(1, round(height / factor))
+
+
+def process_image(path: Path, cam: pycolmap.Camera, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read one image; undistort if its camera needs it; downscale. Returns (uint8 HxWx3, K)."""
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    cam = pycolmap.Camera(model=cam.model.name, width=cam.width, height=cam.height, params=cam.params)
+    h, w = rgb.shape[:2]
+    if (w, h) != (cam.width, cam.height):
+        # Images stored at another resolution than the model's (e.g. pre-downscaled): follow them.
+        cam.rescale(w, h)
+    if _needs_undistortion(cam):
+        bitmap, cam = pycolmap.undistort_image(
+            pycolmap.UndistortCameraOptions(), pycolmap.Bitmap.from_array(rgb), cam
+        )
+        rgb = np.asarray(bitmap.to_array())
+        if rgb.ndim == 2:
+            rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+    k = _pinhole_k(cam)
+    h, w = rgb.shape[:2]
+    if factor > 1:
+        nw, nh = _scaled_size(w, h, factor)
+        rgb = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.LANCZOS))
+        k[0, :] *= nw / w
+        k[1, :] *= nh / h
+    return np.ascontiguousarray(rgb, dtype=np.uint8), k
+
+
+class ImageCache:
+    """`<output>/cache/images_<factor>/`: processed images plus a manifest of what made them.
+
+    An entry is reused when the source file (size, mtime) and the camera are unchanged.
+    Files and the manifest are written atomically, so a killed pod leaves no half entries.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.manifest_path = root / "manifest.json"
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.hits = 0
+        self.misses = 0
+        self.writable = True
+        self._lock = threading.Lock()  # get() runs on a thread pool
+        try:
+            data = json.loads(self.manifest_path.read_text())
+            if data.get("version") == CACHE_VERSION:
+                self.entries = dict(data.get("entries", {}))
+        except (OSError, ValueError):
+            pass  # no or unreadable manifest: rebuild
+
+    @staticmethod
+    def _key(src: Path, cam: pycolmap.Camera) -> dict[str, Any]:
+        st = src.stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "camera": _camera_signature(cam)}
+
+    def get(self, name: str, src: Path, cam: pycolmap.Camera, factor: int) -> tuple[np.ndarray, np.ndarray]:
+        key = self._key(src, cam)
+        entry = self.entries.get(name)
+        cached = self.root / f"{name}.png"
+        if entry and entry.get("key") == key and cached.is_file():
+            try:
+                with Image.open(cached) as img:
+                    rgb = np.asarray(img.convert("RGB"))
+                with self._lock:
+                    self.hits += 1
+                return rgb, np.asarray(entry["K"], dtype=np.float64)
+            except OSError:
+                pass  # damaged cache file: rebuild it
+        rgb, k = process_image(src, cam, factor)
+        with self._lock:
+            self.misses += 1
+        if self.writable:
+            buf = io.BytesIO()
+            Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+            try:
+                atomic.write_bytes(cached, buf.getvalue())
+                with self._lock:
+                    self.entries[name] = {"key": key, "K": k.tolist()}
+            except OSError as exc:  # read-only or full volume: train anyway, just uncached
+                with self._lock:
+                    if self.writable:
+                        print(f"warning: image cache {self.root} not writable ({exc}); not caching", file=sys.stderr)
+                    self.writable = False
+        return rgb, k
+
+    def save(self) -> None:
+        if self.misses and self.writable:
+            try:
+                atomic.write_json(self.manifest_path, {"version": CACHE_VERSION, "entries": self.entries})
+            except OSError as exc:
+                print(f"warning: could not write {self.manifest_path}: {exc}", file=sys.stderr)
+
+
+def cache_dir(cfg: TrainerConfig) -> Path:
+    return cfg.out / "cache" / f"images_{cfg.data_factor}"
+
+
+def split_names(names: list[str] | tuple[str, ...], test_every: int) -> tuple[list[str], list[str]]:
+    """Every `test_every`-th image (sorted by name, starting with the first) is held out.
+
+    0 holds out nothing; fewer than two images are all used for training.
+    """
+    ordered = sorted(names)
+    if test_every <= 0 or len(ordered) < 2:
+        return ordered, []
+    test = [n for i, n in enumerate(ordered) if i % test_every == 0]
+    train = [n for i, n in enumerate(ordered) if i % test_every != 0]
+    return train, test
+
+
+def camera_centres(recon: pycolmap.Reconstruction, names: list[str] | tuple[str, ...]) -> np.ndarray:
+    by_name = {i.name: i for i in recon.images.values()}
+    return np.stack([np.asarray(by_name[n].projection_center(), dtype=np.float64) for n in names])
+
+
+def scene_scale(centres: np.ndarray) -> float:
+    """1.1 x the largest distance of a camera centre from their mean (the 3DGS normalisation)."""
+    radius = float(np.linalg.norm(centres - centres.mean(axis=0), axis=1).max()) if len(centres) else 0.0
+    return 1.1 * radius if radius > 0 else 1.0
+
+
+def _viewmat(image: pycolmap.Image) -> torch.Tensor:
+    m = np.eye(4, dtype=np.float32)
+    m[:3, :4] = np.asarray(image.cam_from_world().matrix(), dtype=np.float32)
+    return torch.from_numpy(m)
+
+
+def load_scene(cfg: TrainerConfig, check: SceneCheck | None = None) -> SceneData:
+    """Read, undistort and downscale the images (cached), and build the train/test split."""
+    check = check or check_scene(cfg)
+    recon = check.reconstruction
+    by_name = {i.name: i for i in recon.images.values() if i.has_pose}
+    cams = {n: recon.cameras[by_name[n].camera_id] for n in check.image_names}
+    use_cache = cfg.data_factor > 1 or any(_needs_undistortion(c) for c in cams.values())
+    cache = ImageCache(cache_dir(cfg)) if use_cache else None
+
+    def one(name: str) -> View:
+        src = check.images_dir / name
+        if cache is not None:
+            rgb, k = cache.get(name, src, cams[name], cfg.data_factor)
+        else:
+            rgb, k = process_image(src, cams[name], 1)
+        return View(
+            name=name,
+            K=torch.from_numpy(k.astype(np.float32)),
+            viewmat=_viewmat(by_name[name]),
+            image=torch.from_numpy(np.array(rgb, dtype=np.uint8)),
+        )
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            views = {v.name: v for v in pool.map(one, check.image_names)}
+    except (OSError, ValueError) as exc:  # PIL: truncated/corrupt image files
+        raise TrainerError(
+            contract.Reason.NO_IMAGES if isinstance(exc, FileNotFoundError) else contract.Reason.INVALID_MODEL,
+            f"Could not read an input image: {exc}. Replace the damaged file in {check.images_dir}.",
+        ) from exc
+    finally:
+        if cache is not None:
+            cache.save()
+    if cache is not None:
+        log.info("image cache %s: %d reused, %d built", cache.root, cache.hits, cache.misses)
+
+    train_names, test_names = split_names(check.image_names, cfg.test_every)
+    pts = [p for p in recon.points3D.values()]
+    points = torch.from_numpy(np.stack([np.asarray(p.xyz) for p in pts]).astype(np.float32))
+    colors = torch.from_numpy(np.stack([np.asarray(p.color) for p in pts]).astype(np.float32) / 255.0)
+    return SceneData(
+        train=[views[n] for n in train_names],
+        test=[views[n] for n in test_names],
+        points=points,
+        colors=colors,
+        scene_scale=scene_scale(camera_centres(recon, check.image_names)),
+    )
