@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -180,8 +181,23 @@ def crd_yaml() -> str:
     return yaml.safe_dump(build_crd(), sort_keys=False, width=100, allow_unicode=True)
 
 
-def main() -> None:
-    sys.stdout.write(crd_yaml())
+# The CRD ships twice: crds/ (kubectl apply, Argo CD) and the chart's crds/ (Helm). Tests keep
+# both identical to the generator's output; `--write` regenerates them.
+CRD_FILES = ("crds", "charts/splatops/crds")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] != ["--write"]:
+        sys.stdout.write(crd_yaml())
+        return
+    root = Path(args[1]) if len(args) > 1 else Path.cwd()
+    for folder in CRD_FILES:
+        target = root / folder / f"{names.CRD_NAME}.yaml"
+        tmp = target.with_suffix(".yaml.tmp")
+        tmp.write_text(crd_yaml())
+        tmp.replace(target)
+        print(f"wrote {target}", file=sys.stderr)
 
 
 if __name__ == "__main__":
