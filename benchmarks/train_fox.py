@@ -61,29 +61,6 @@ def warm() -> None:
     print(f"warm: rendered {tuple(out.shape)}; gsplat CUDA extension ready", flush=True)
 
 
-def direct_run(args: argparse.Namespace, out: Path, train_fn: object) -> int:
-    import torch
-
-    from splatops_trainer.config import TrainerConfig
-    from splatops_trainer.ply import write_ply
-    from splatops_trainer.scene import load_scene
-
-    class PrintHooks:
-        def on_progress(self, p: object) -> None:
-            print(p.to_json(), flush=True)  # type: ignore[attr-defined]
-
-        on_eval = on_progress
-
-    cfg = TrainerConfig(
-        scene_dir=Path(args.scene), output_dir=out, data_factor=args.data_factor,
-        max_steps=args.steps, strategy=args.strategy, metrics_port=0,
-    )
-    scene = load_scene(cfg)
-    outcome = train_fn(cfg, scene, PrintHooks(), torch.device("cuda"))  # type: ignore[operator]
-    write_ply(out / "results.ply", outcome.splats)
-    return 0
-
-
 def profile(args: argparse.Namespace) -> int:
     """Where a step's time goes: CPU (launch/Python) vs GPU kernels, top ops of each."""
     import tempfile
@@ -129,6 +106,8 @@ def main() -> int:
                     help="instead: train N steps directly under torch.profiler and print the top ops")
     ap.add_argument("--schedule", default="", metavar="K=V,...",
                     help="experiment: override default_schedule fields, e.g. reset_every=1000000")
+    ap.add_argument("--strategy-opts", default="", metavar="K=V,...",
+                    help="experiment: override strategy fields, e.g. absgrad=1,grow_grad2d=0.0008")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more splatops-train flags")
     args = ap.parse_args()
     if args.warm:
@@ -163,12 +142,17 @@ def main() -> int:
         overrides = {k: int(v) for k, v in (kv.split("=") for kv in args.schedule.split(","))}
         base_schedule = strategy_mod.default_schedule
         strategy_mod.default_schedule = lambda n: dataclasses.replace(base_schedule(n), **overrides)  # type: ignore[assignment]
-    try:
-        from splatops_trainer import cli
-    except ImportError:
-        cli = None  # before the CLI exists: load + train + write the PLY directly
-    if cli is not None and hasattr(cli, "train"):
-        cli.train = recording_train  # type: ignore[attr-defined]
+    if args.strategy_opts:
+        import dataclasses
+
+        from splatops_trainer import strategy as strategy_mod
+
+        opts = {k: (float(v) if "." in v or "e" in v else int(v)) for k, v in (kv.split("=") for kv in args.strategy_opts.split(","))}
+        base_build = strategy_mod.build_strategy
+        train_mod.build_strategy = lambda c: dataclasses.replace(base_build(c), **opts)  # type: ignore[attr-defined]
+    from splatops_trainer import cli
+
+    cli.train = recording_train  # type: ignore[attr-defined]
     argv = [
         "--scene-dir", args.scene,
         "--output-dir", str(out),
@@ -181,7 +165,7 @@ def main() -> int:
     ]
     sys.stdout.flush()
     try:
-        rc = cli.main(argv) if cli is not None else direct_run(args, out, recording_train)
+        rc = cli.main(argv)
     except SystemExit as exc:  # a CLI may exit instead of returning
         rc = exc.code if isinstance(exc.code, int) else 1
     ply = out / "results.ply"

@@ -21,9 +21,9 @@ from splatops_trainer.strategy import (
     ("max_steps", "expected"),
     [
         (30_000, Schedule(refine_start=500, refine_stop=15_000, refine_every=100, reset_every=3_000)),
-        (7_000, Schedule(refine_start=117, refine_stop=3_500, refine_every=100, reset_every=700)),
-        (300, Schedule(refine_start=5, refine_stop=150, refine_every=10, reset_every=30)),
-        (60, Schedule(refine_start=1, refine_stop=30, refine_every=10, reset_every=10)),
+        (7_000, Schedule(refine_start=117, refine_stop=3_500, refine_every=100, reset_every=3_000)),  # one reset, at 3000
+        (300, Schedule(refine_start=5, refine_stop=150, refine_every=10, reset_every=75)),  # once, halfway
+        (60, Schedule(refine_start=1, refine_stop=30, refine_every=10, reset_every=15)),
         (1, Schedule(refine_start=1, refine_stop=1, refine_every=1, reset_every=1)),
     ],
 )

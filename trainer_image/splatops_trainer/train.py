@@ -323,6 +323,7 @@ class _Trainer:
             height=height,
             sh_degree=sh_degree,
             packed=False,
+            absgrad=bool(getattr(self.strategy, "absgrad", False)),  # the strategy reads .absgrad
             backend=self.backend,
         )
 

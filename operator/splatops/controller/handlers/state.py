@@ -8,13 +8,24 @@ Everything else is read from kopf's indices, which kopf fills before any handler
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 from typing import Any, Iterable, Mapping
 
+import kopf
+
+from splatops import names
+from splatops.api.models import Phase
 from splatops.controller.kube import Kube
 from splatops.controller.settings import Settings
 
 Key = tuple[str, str]  # (namespace, name)
+GST = (names.GROUP, names.VERSION, names.PLURAL)
+MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
+TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value)
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+# The ids of kopf's indices: kopf passes each index to every handler as a keyword of this name.
+GST_INDEX, JOB_INDEX, POD_INDEX = "gst_index", "job_index", "pod_index"
 
 
 @dataclasses.dataclass
@@ -42,6 +53,36 @@ class Runtime:
             raise RuntimeError("the Kubernetes client is not connected yet (startup handler has not run)")
         return self.kube
 
+    def current_status(self, key: Key, training: Mapping[str, Any]) -> dict[str, Any]:
+        """The resource's status as we last wrote it (the index may not have seen our write yet)."""
+        return {**(training.get("status") or {}), **self.written.get(key, {})}
+
+    def remember(self, key: Key, patch: Mapping[str, Any]) -> None:
+        self.written[key] = {**self.written.get(key, {}), **patch}
+
+
+@dataclasses.dataclass(frozen=True)
+class Indices:
+    """kopf's three indices, keyed (namespace, name) of the training, the Job, and the pods' Job."""
+
+    gsts: kopf.Index
+    jobs: kopf.Index
+    pods: kopf.Index
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> Indices:
+        return cls(kwargs[GST_INDEX], kwargs[JOB_INDEX], kwargs[POD_INDEX])
+
+    def training(self, key: Key) -> dict[str, Any] | None:
+        snap = latest(self.gsts.get(key))
+        return dict(snap) if snap is not None else None
+
+    def job(self, namespace: str, job_name: str) -> Mapping[str, Any] | None:
+        return latest(self.jobs.get((namespace, job_name)))
+
+    def job_pods(self, namespace: str, job_name: str) -> tuple[Mapping[str, Any], ...]:
+        return tuple(self.pods.get((namespace, job_name), ()))
+
 
 def latest(store: Iterable[Mapping[str, Any]] | None) -> Mapping[str, Any] | None:
     """The one value a kopf index Store holds for a single-object key (None if empty)."""
@@ -49,3 +90,8 @@ def latest(store: Iterable[Mapping[str, Any]] | None) -> Mapping[str, Any] | Non
     for value in store or ():
         pass
     return value
+
+
+def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of the parts of an object we keep in an index (kopf's bodies are live views)."""
+    return copy.deepcopy({k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")})

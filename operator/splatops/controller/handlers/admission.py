@@ -1,0 +1,79 @@
+"""The operator's own queue: at most `max_concurrent` trainings run, the rest wait suspended.
+
+Kueue-managed Jobs (queueName) are Kueue's to admit and never count here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+from splatops import names
+from splatops.controller import jobs, metrics, queue
+from splatops.controller.handlers.reconcile import job_finished, reconcile
+from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime, latest
+from splatops.controller.timeutil import parse_time
+
+
+def slots(rt: Runtime, idx: Indices) -> tuple[int, list[queue.Waiting]]:
+    """(running Jobs under the cap, trainings waiting for a slot) from the indices."""
+    running = 0
+    seen: set[Key] = set()
+    for job_key, store in idx.jobs.items():
+        job = latest(store)
+        owner = rt.job_owner.get(job_key)
+        if job is None or owner is None:
+            continue
+        key = (job_key[0], owner)
+        seen.add(key)
+        if names.KUEUE_QUEUE_LABEL in (job.get("metadata", {}).get("labels") or {}):
+            continue  # Kueue admits these, not us
+        if job_finished(job):
+            rt.admitted.discard(key)
+            continue
+        if (job.get("spec") or {}).get("suspend"):
+            if key in rt.admitted:
+                running += 1  # we just admitted it; the watch has not caught up
+            continue
+        rt.admitted.discard(key)
+        running += 1
+    running += len(rt.admitted - seen)  # created unsuspended, not yet seen
+    waiting = []
+    for key, store in idx.gsts.items():
+        training = latest(store)
+        if training is None or key in rt.admitted:
+            continue
+        spec = training.get("spec") or {}
+        job = idx.job(key[0], jobs.job_name(key[1]))
+        if spec.get("suspend") or spec.get("queueName") or job is None:
+            continue
+        if rt.current_status(key, training).get("phase") in TERMINAL or not (job.get("spec") or {}).get("suspend"):
+            continue
+        created = str(training.get("metadata", {}).get("creationTimestamp") or "")
+        waiting.append(queue.Waiting(created, key[0], key[1]))
+    return running, waiting
+
+
+def admitted_metrics(training: Mapping[str, Any]) -> None:
+    ns = training["metadata"]["namespace"]
+    metrics.STARTED.labels(ns).inc()
+    created = parse_time(training["metadata"].get("creationTimestamp"))
+    if created is not None:
+        metrics.QUEUE_WAIT.observe(max(0.0, time.time() - created))
+
+
+async def admit_waiting(rt: Runtime, idx: Indices) -> None:
+    """Unsuspend the oldest operator-queued Jobs while slots are free."""
+    admitted: list[Key] = []
+    async with rt.admission_lock:
+        running, waiting = slots(rt, idx)
+        for item in queue.admit(running, waiting, rt.settings.max_concurrent):
+            key = (item.namespace, item.name)
+            await rt.api().patch_job(item.namespace, jobs.job_name(item.name), {"spec": {"suspend": False}})
+            rt.admitted.add(key)
+            training = idx.training(key)
+            if training is not None:
+                admitted_metrics(training)
+            admitted.append(key)
+    for key in admitted:
+        await reconcile(rt, key, idx)

@@ -1,0 +1,56 @@
+"""The operator's view of the cluster: kopf indices of trainings, their Jobs and pods, and the
+watch events of the children that move a training's status."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import kopf
+
+from splatops import names
+from splatops.controller import metrics
+from splatops.controller.handlers.admission import admit_waiting
+from splatops.controller.handlers.reconcile import job_finished, reconcile
+from splatops.controller.handlers.state import JOB_NAME_LABELS, Indices, Key, Runtime, snapshot
+
+
+def gst_index(*, namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    snap = snapshot(body)
+    metrics.PHASES.set(namespace, name, (snap.get("status") or {}).get("phase"))
+    return {(namespace, name): snap}
+
+
+def job_index(rt: Runtime, *, namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == names.KIND:
+            rt.job_owner[(namespace, name)] = ref.get("name")
+    return {(namespace, name): snapshot(body)}
+
+
+def pod_index(*, namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    job = _job_of(labels)
+    return {(namespace, job): snapshot(body)} if job is not None else {}
+
+
+async def job_event(rt: Runtime, idx: Indices, *, type: str | None, body: kopf.Body, namespace: str, name: str,
+                    **_: Any) -> None:
+    owner = rt.job_owner.get((namespace, name))
+    if owner is not None:
+        await reconcile(rt, (namespace, owner), idx)
+    if type == "DELETED":
+        rt.job_owner.pop((namespace, name), None)
+    if rt.settings.max_concurrent > 0 and (type == "DELETED" or job_finished(body) or (body.get("spec") or {}).get("suspend")):
+        await admit_waiting(rt, idx)  # a slot may have freed
+
+
+async def pod_event(rt: Runtime, idx: Indices, *, labels: Mapping[str, str], namespace: str, **_: Any) -> None:
+    job = _job_of(labels)
+    owner = rt.job_owner.get((namespace, job)) if job else None
+    if owner is None:
+        owner = labels.get(names.LABEL_TRAINING)
+    if owner is not None:
+        await reconcile(rt, (namespace, owner), idx)
+
+
+def _job_of(labels: Mapping[str, str]) -> str | None:
+    return next((labels[k] for k in JOB_NAME_LABELS if labels.get(k)), None)

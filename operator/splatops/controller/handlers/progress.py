@@ -1,0 +1,75 @@
+"""The per-training timer: catch-up reconcile, queue admission, and progress from the pod log.
+
+At most one progress write per training per `status_min_interval`, and none when the step has
+not moved, so a thousand running trainings never flood the API server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Mapping
+
+import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from splatops import contract
+from splatops.api.models import Phase
+from splatops.controller import jobs, metrics, status
+from splatops.controller.handlers.admission import admit_waiting
+from splatops.controller.handlers.reconcile import reconcile
+from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime
+
+
+def active(status: Mapping[str, Any], **_: Any) -> bool:
+    """The timer's filter: only trainings that can still change."""
+    return status.get("phase") not in TERMINAL
+
+
+async def poll(rt: Runtime, idx: Indices, *, namespace: str, name: str, logger: Any, **_: Any) -> None:
+    key: Key = (namespace, name)
+    training = idx.training(key)
+    jname = jobs.job_name(name)
+    if training is None or idx.job(namespace, jname) is None:
+        return  # ensure_job creates the Job and writes the first status
+    settings = rt.settings
+    if settings.max_concurrent > 0 and rt.current_status(key, training).get("phase") == Phase.QUEUED.value:
+        await admit_waiting(rt, idx)
+    desired = await reconcile(rt, key, idx)
+    if not desired or desired.get("phase") != Phase.RUNNING.value:
+        return
+    pod = status.running_pod(idx.job_pods(namespace, jname))
+    if pod is None:
+        return
+    now = time.time()
+    if not status.should_write_status(rt.last_progress_write.get(key), now, settings.status_min_interval):
+        return
+    try:
+        text = await rt.api().log_tail(namespace, pod["metadata"]["name"], settings.log_tail_lines)
+    except ApiException as exc:
+        if exc.status in (400, 404):  # the container is not up yet or the pod just went away
+            logger.debug(f"No log yet for {pod['metadata']['name']}: {exc.reason}")
+            return
+        raise
+    progress = contract.last_progress(text)
+    if progress is None or rt.last_progress_step.get(key) == progress.step:
+        return
+    fields = status.progress_status(progress, now)
+    await rt.api().patch_status(namespace, name, {"progress": fields})
+    rt.remember(key, {"progress": fields})
+    rt.last_progress_write[key] = now
+    rt.last_progress_step[key] = progress.step
+    metrics.STATUS_WRITES.labels("progress").inc()
+    metrics.record_progress(namespace, name, fields, now)
+
+
+def timer_without_finalizer(registry: kopf.OperatorRegistry, handler_id: str) -> None:
+    """kopf gives every timer a finalizer. Ours needs none: it only reads and writes status, and
+    nothing must be cleaned up on deletion (owner references do that). Without it, deleting a
+    training never waits for a running operator (Argo CD prunes at once) and creation skips a
+    patch round trip. kopf stops the timer when it sees the deletion event.
+    """
+    handlers = registry._spawning._handlers  # no public API to opt a timer out of its finalizer
+    for i, handler in enumerate(handlers):
+        if handler.id == handler_id:
+            handlers[i] = dataclasses.replace(handler, requires_finalizer=False)

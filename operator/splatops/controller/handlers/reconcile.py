@@ -1,0 +1,109 @@
+"""Status reconciliation: write what the cluster implies about a training, and react to phase changes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import kopf
+from pydantic import ValidationError
+
+from splatops import contract, names
+from splatops.api.models import Phase, parse_spec
+from splatops.controller import jobs, metrics, status
+from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime
+from splatops.controller.timeutil import format_time, parse_time
+
+# Failures the operator decides itself while the Job would wait forever: stop the pod too.
+OPERATOR_DECIDED = (contract.Reason.IMAGE_PULL.value, contract.Reason.UNSCHEDULABLE.value)
+
+
+def job_finished(job: Mapping[str, Any]) -> bool:
+    return bool(status.failures.job_condition(job, "Complete") or status.failures.job_condition(job, "Failed"))
+
+
+async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, Any] | None = None,
+                    queued: bool = False) -> dict[str, Any] | None:
+    """Write the status the cluster implies (only the changed fields; nothing if unchanged)."""
+    async with rt.lock(key):
+        training = idx.training(key)
+        if training is None:
+            return None
+        ns, name = key
+        jname = jobs.job_name(name)
+        job = job if job is not None else idx.job(ns, jname)
+        pods = idx.job_pods(ns, jname)
+        current = rt.current_status(key, training)
+        if job is not None and current.get("phase") not in TERMINAL and job_finished(job) \
+                and not any(status.failures.terminated_state(p) for p in pods):
+            # The Job's verdict can outrun the pod watch; the pod's termination message
+            # carries the real reason, so read the pods once rather than guess.
+            pods = tuple(await rt.api().job_pods(ns, jname)) or pods
+        spec = training.get("spec") or {}
+        try:
+            model_path = jobs.model_path(parse_spec(spec))
+        except ValidationError:
+            model_path = None
+        obs = status.Observed(
+            spec=spec, status=current, generation=training["metadata"].get("generation"), job=job, pods=pods,
+            queued_by_operator=queued, now=time.time(), unschedulable_grace=rt.settings.unschedulable_grace,
+            model_path=model_path,
+        )
+        desired = status.desired_status(obs)
+        patch = status.status_patch(current, desired)
+        if not patch:
+            return desired
+        await rt.api().patch_status(ns, name, patch)
+        rt.remember(key, patch)
+        metrics.STATUS_WRITES.labels("phase").inc()
+        if status.phase_changed(current, desired):
+            on_phase_change(training, desired)
+            if desired["phase"] == Phase.FAILED.value and desired.get("reason") in OPERATOR_DECIDED and job is not None \
+                    and not (job.get("spec") or {}).get("suspend"):
+                # The Job would wait forever; suspending removes the stuck pod but keeps the Job for inspection.
+                await rt.api().patch_job(ns, jname, {"spec": {"suspend": True}})
+        return desired
+
+
+async def fail_invalid(rt: Runtime, key: Key, training: Mapping[str, Any], detail: str) -> None:
+    """Fail a training whose spec the schema let through but the operator cannot run."""
+    ns, name = key
+    now = time.time()
+    message = f"Invalid spec: {detail}"
+    desired: dict[str, Any] = {
+        "phase": Phase.FAILED.value, "reason": contract.Reason.INVALID_SPEC.value, "message": message,
+        "completionTime": format_time(now), "observedGeneration": training["metadata"].get("generation"),
+    }
+    desired["conditions"] = status.conditions(None, Phase.FAILED, desired["reason"], message, now, desired["observedGeneration"])
+    await rt.api().patch_status(ns, name, desired)
+    rt.remember(key, desired)
+    on_phase_change(training, desired)
+
+
+def on_phase_change(training: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
+    """A Kubernetes Event and the outcome metrics for every phase change."""
+    ns, name = training["metadata"]["namespace"], training["metadata"]["name"]
+    phase, reason, message = desired["phase"], desired.get("reason") or "", desired.get("message") or ""
+    metrics.PHASES.set(ns, name, phase)
+    kind = "Warning" if phase == Phase.FAILED.value else "Normal"
+    kopf.event(_event_body(training), type=kind, reason=phase, message=f"{reason}: {message}" if reason else message)
+    started = parse_time(desired.get("startTime"))
+    finished = parse_time(desired.get("completionTime"))
+    duration = (finished - started) if started is not None and finished is not None else None
+    if phase == Phase.SUCCEEDED.value:
+        metrics.SUCCEEDED.labels(ns).inc()
+        if duration is not None:
+            metrics.DURATION.labels("succeeded").observe(max(0.0, duration))
+    elif phase == Phase.FAILED.value:
+        metrics.FAILED.labels(ns, reason or "Unknown").inc()
+        if duration is not None:
+            metrics.DURATION.labels("failed").observe(max(0.0, duration))
+
+
+def _event_body(training: Mapping[str, Any]) -> dict[str, Any]:
+    meta = training.get("metadata") or {}
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")},
+    }
