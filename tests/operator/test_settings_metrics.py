@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import kopf
@@ -80,6 +81,21 @@ def test_kopf_settings_mapping() -> None:
     assert ks.posting.level == logging.INFO
     assert isinstance(ks.persistence.progress_storage, kopf.AnnotationsProgressStorage)
     assert isinstance(ks.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
+    # Jobs and pods are filtered by the API server: only the operator's own.
+    pods = kopf.Resource("", "v1", "pods", kind="Pod", namespaced=True)
+    jobs = kopf.Resource("batch", "v1", "jobs", kind="Job", namespaced=True)
+    managed = "app.kubernetes.io/managed-by=splatops-operator"
+    assert ks.watching.label_selectors.collect(pods) == ks.watching.label_selectors.collect(jobs) == [managed]
+
+
+def test_gc_tuning_only_when_the_operator_owns_the_process() -> None:
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(main.tune_gc(True)))
+    thread.start()
+    thread.join()
+    assert result == [False]  # embedded (a thread): the host process's GC is left alone
+    assert main.tune_gc(False) is False
+    assert Settings().gc_tuning is True
 
 
 @pytest.mark.parametrize(

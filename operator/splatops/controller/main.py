@@ -8,18 +8,28 @@ configured from the same source (controller/kube.py).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 from typing import Any
 
 import kopf
 
+from splatops import names
 from splatops.controller import metrics
 from splatops.controller.handlers import register
 from splatops.controller.settings import Settings
 
 PERSISTENCE_PREFIX = "splatops.dev"
 log = logging.getLogger("splatops.operator")
+# Run every due handler of a cause in one processing cycle. kopf's default (`asap`) runs one
+# handler per cycle and persists the progress of the rest in annotations: on creation that is
+# ensure_job in one cycle and the spec.suspend field handler in the next, i.e. two annotation
+# patches and two processing cycles per resource where one of each suffices.
+LIFECYCLE = kopf.lifecycles.all_at_once
+# Python's GC for the operator process: generation 0 collected every this many net allocations
+# (Python's default: 700). See tune_gc().
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
@@ -36,6 +46,13 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     ks.watching.connect_timeout = settings.watch_connect_timeout
     ks.watching.inactivity_timeout = settings.watch_inactivity_timeout
     ks.posting.level = logging.getLevelName(settings.event_level)
+    # Server-side filtering: every handler and index of Jobs and pods wants only ours
+    # (labels=MANAGED). Without a selector kopf lists and watches every Job and pod it can see
+    # and drops the others itself, one event at a time. A future handler of other Jobs or pods
+    # must widen these.
+    managed = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
+    ks.watching.label_selectors["batch", "v1", "jobs"] = managed
+    ks.watching.label_selectors["", "v1", "pods"] = managed
     # Handler progress and the diff base live in our own annotations: status has a strict schema.
     ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PERSISTENCE_PREFIX)
     ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -58,6 +75,7 @@ async def operator(settings: Settings, *, ready_flag: Any = None, stop_flag: Any
     await kopf.operator(
         registry=registry,
         settings=kopf_settings(settings),
+        lifecycle=LIFECYCLE,
         liveness_endpoint=settings.liveness_endpoint,
         ready_flag=ready_flag,
         stop_flag=stop_flag,
@@ -77,9 +95,29 @@ def start_metrics(port: int) -> None:
             _metrics_ports.add(port)
 
 
+def tune_gc(enabled: bool) -> bool:
+    """Make the cyclic GC cheap for a process that holds thousands of resources' state.
+
+    With Python's defaults, a burst of 500 creations triggered ~500 generation-0, ~50
+    generation-1 and ~5 full collections (each full one ~130 ms, walking every import and every
+    resource) in the operator: about a fifth of its CPU. Freezing what exists at startup
+    (modules, classes: never garbage) takes it out of every collection, and the higher
+    thresholds collect less often; the burst then spends ~0.35 s in the GC instead of ~1.2 s,
+    for the same peak RSS. Only when run() owns the process (its main thread): an operator
+    embedded in a test or another program leaves that process's GC alone.
+    """
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        return False
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    return True
+
+
 def run(settings: Settings | None = None, *, ready_flag: Any = None, stop_flag: Any = None) -> None:
     """Validate settings, serve metrics, run kopf until stopped. Blocks."""
     settings = settings or Settings.from_env()
+    tune_gc(settings.gc_tuning)
     start_metrics(settings.metrics_port)
     log.info("splatops operator starting: %s", settings.model_dump())
     coro = operator(settings, ready_flag=ready_flag, stop_flag=stop_flag)

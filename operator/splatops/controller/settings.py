@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     watch_inactivity_timeout: float = Field(600.0, gt=0)
     # -- kopf posting
     event_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="kopf log lines at or above this level are also posted as Kubernetes Events.")
+    # -- process
+    gc_tuning: bool = Field(True, description="Freeze startup objects out of Python's GC and collect less often (see main.tune_gc).")
 
     @field_validator("namespaces", "gpu_node_label_values", mode="before")
     @classmethod
