@@ -23,5 +23,8 @@ COMPONENT_TRAINER = "trainer"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 TRAINER_CONTAINER = "trainer"
+# The non-root user both images create (Dockerfile, trainer_image/Dockerfile) and every pod we
+# build runs as: the trainer's files on the volume belong to it, so readers must match.
+IMAGE_UID = 10001
 SCENE_VOLUME = "scene"
 SCENE_MOUNT = "/data"  # the PVC is mounted here in the trainer pod

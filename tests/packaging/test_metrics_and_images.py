@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 import helm_env
-from splatops import contract
+from splatops import contract, names
 from splatops.controller import metric_names, metrics
 
 ROOT = helm_env.ROOT
@@ -114,6 +114,15 @@ def test_operator_image_shape() -> None:
     assert re.search(r"^EXPOSE .*\b8080\b", final, re.M)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "tests"} <= set(ignored)
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "trainer_image/Dockerfile"])
+def test_images_run_as_the_uid_the_pods_use(dockerfile: str) -> None:
+    """Jobs and the download pod set runAsUser to names.IMAGE_UID: the images' users must match."""
+    text = (ROOT / dockerfile).read_text()
+    final = text[text.rindex("\nFROM ") :]
+    assert re.search(rf"^USER {names.IMAGE_UID}(:{names.IMAGE_UID})?\s*$", final, re.M), dockerfile
+    assert re.search(rf"--uid {names.IMAGE_UID}\b", final), dockerfile
 
 
 def test_dashboard_is_well_formed() -> None:

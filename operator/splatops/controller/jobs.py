@@ -19,7 +19,7 @@ MAX_JOB_NAME = 63  # the Job controller copies the name into a pod label (63 cha
 TERMINATION_MESSAGE_PATH = contract.TERMINATION_LOG
 SHM_VOLUME = "dshm"
 TMP_VOLUME = "tmp"
-RUN_AS_USER = 1000
+RUN_AS_USER = names.IMAGE_UID
 
 
 def job_name(training_name: str) -> str:
@@ -70,6 +70,10 @@ def trainer_env(training: Mapping[str, Any], spec: Spec, settings: Settings) -> 
         contract.ENV_DEVICE: "cuda",
         contract.ENV_METRICS_PORT: str(settings.trainer_metrics_port),
         contract.ENV_TERMINATION_LOG: TERMINATION_MESSAGE_PATH,
+        # The root filesystem is read-only and the image's user has no home: caches (torch,
+        # Python) go to the /tmp emptyDir instead of failing.
+        "HOME": "/tmp",
+        "XDG_CACHE_HOME": "/tmp/.cache",
     }
     if spec.eval_every is not None:
         env[contract.ENV_EVAL_EVERY] = str(spec.eval_every)

@@ -77,6 +77,11 @@ def rewrite_path(value: str, mounts: Mapping[str, pathlib.Path]) -> str:
     return value
 
 
+# The container points these at its /tmp emptyDir (read-only root, no home); a local process
+# keeps the host's, so caches such as gsplat's compiled extension survive between runs.
+_HOST_OWNED_ENV = frozenset({"HOME", "XDG_CACHE_HOME"})
+
+
 def process_spec(pod: Mapping[str, Any], claims: Mapping[str, os.PathLike[str] | str],
                  workdir: pathlib.Path, *, base_env: Mapping[str, str] | None = None,
                  env_overrides: Mapping[str, str] | None = None) -> ProcessSpec:
@@ -90,7 +95,7 @@ def process_spec(pod: Mapping[str, Any], claims: Mapping[str, os.PathLike[str] |
     termination = workdir / f"{pod['metadata']['name']}.termination-log"
     env = dict(base_env if base_env is not None else os.environ)
     for item in container.get("env") or []:
-        if "value" in item:
+        if "value" in item and item["name"] not in _HOST_OWNED_ENV:
             env[item["name"]] = rewrite_path(str(item["value"]), mounts)
     env[contract.ENV_TERMINATION_LOG] = str(termination)
     env.update(env_overrides or {})
