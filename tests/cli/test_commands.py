@@ -16,6 +16,8 @@ import yaml
 from splatops import names
 from splatops.cli import download as dl
 from splatops.cli import main as cli
+from splatops.controller import jobs
+from splatops.controller.settings import Settings
 from splatops.local import cluster as c
 
 NS = "default"
@@ -23,10 +25,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / f"{names.CRD_NAME}.yaml"
 
 
+PVC_RESOURCE = "v1/persistentvolumeclaims"
+
+
 @pytest.fixture
 async def kube(tmp_path):
+    """The emulator with the claim `scenes` that the trainings below name."""
     async with c.running_cluster(tmp_path / "kubeconfig") as cluster:
+        await add_claim(cluster, "scenes")
         yield cluster
+
+
+async def add_claim(cluster, name: str, namespace: str = NS) -> None:
+    await cluster.emulator.create(PVC_RESOURCE, {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
 
 
 def flags(cluster) -> list[str]:
@@ -182,9 +195,12 @@ async def test_wait_usage_error_exits_2():
 # --- logs and download ---------------------------------------------------------------------------
 
 
-async def _trainer_pod(kube, training: str, lines: list[str]) -> str:
+async def _trainer_pod(kube, training: str, lines: list[str], suffix: str = "abcde") -> str:
+    """A pod as the Job controller makes it from the operator's Job (its template's labels)."""
+    job = jobs.build_job(kube.emulator.read(c.TRAINING_RESOURCE, NS, training), Settings())
     pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": f"{training}-abcde", "namespace": NS, "labels": {names.LABEL_TRAINING: training}},
+           "metadata": {"name": f"{job['metadata']['name']}-{suffix}", "namespace": NS,
+                        "labels": {**job["spec"]["template"]["metadata"]["labels"], "job-name": job["metadata"]["name"]}},
            "spec": {"containers": [{"name": names.TRAINER_CONTAINER, "image": "t"}]}}
     await kube.emulator.create(c.POD_RESOURCE, pod)
     await kube.emulator.append_log(NS, pod["metadata"]["name"], *lines)
@@ -235,14 +251,6 @@ async def test_train_checks_a_local_scene_before_creating(kube, tmp_path, capsys
     assert kube.emulator.list_objects(c.TRAINING_RESOURCE, NS) == []
 
 
-def test_reader_pod_mounts_the_claim_read_only():
-    pod = dl.reader_pod("fox", "scenes")
-    assert pod["spec"]["volumes"] == [{"name": names.SCENE_VOLUME, "persistentVolumeClaim": {"claimName": "scenes", "readOnly": True}}]
-    mount = pod["spec"]["containers"][0]["volumeMounts"][0]
-    assert mount["readOnly"] is True and mount["mountPath"] == names.SCENE_MOUNT
-    assert pod["spec"]["activeDeadlineSeconds"] > 0 and pod["spec"]["restartPolicy"] == "Never"
-
-
 @pytest.mark.parametrize("setup, problem", [
     ([], "COLMAP reconstruction not found"),
     (["colmap/sparse_initial/cameras.bin", "images/a.jpg"], "COLMAP reconstruction not found"),
@@ -284,3 +292,127 @@ async def test_train_download_waits_then_fetches_the_model(kube, tmp_path, capsy
     await task
     assert out.read_bytes() == ply.read_bytes()
     assert f"{out} (1.91 MB) from fox" in capsys.readouterr().out
+
+
+# --- logs: long names, the newest trainer pod, -f -------------------------------------------------
+
+LONG_NAME = "fox-" + "a" * 70  # > 63: the operator hashes it into the pod's training label
+
+
+async def test_logs_finds_the_pods_of_a_training_with_a_name_over_63_characters(kube, capsys):
+    assert len(LONG_NAME) > 63
+    assert await run("train", "fox", "--pvc", "scenes", "--name", LONG_NAME, *flags(kube)) == 0
+    pod = await _trainer_pod(kube, LONG_NAME, ["Iteration 1/2", "long-name log"])
+    label = kube.emulator.read(c.POD_RESOURCE, NS, pod)["metadata"]["labels"][names.LABEL_TRAINING]
+    assert label != LONG_NAME and len(label) <= 63  # what the operator writes, not the raw name
+    capsys.readouterr()
+    assert await run("logs", LONG_NAME, *flags(kube)) == 0
+    assert capsys.readouterr().out.splitlines() == ["Iteration 1/2", "long-name log"]
+
+
+async def test_logs_reads_the_newest_trainer_pod_not_a_download_pod(kube, capsys):
+    assert await run("train", "fox", "--pvc", "scenes", *flags(kube)) == 0
+    await _trainer_pod(kube, "fox", ["first attempt"], suffix="aaaaa")
+    await _trainer_pod(kube, "fox", ["retry"], suffix="bbbbb")
+    reader = dl.reader_pod("fox", "scenes")  # carries the training label too, but is no trainer
+    await kube.emulator.create(c.POD_RESOURCE, {**reader, "metadata": {**reader["metadata"], "namespace": NS}})
+    await kube.emulator.append_log(NS, reader["metadata"]["name"], "not a trainer")
+    capsys.readouterr()
+    assert await run("logs", "fox", *flags(kube)) == 0
+    assert capsys.readouterr().out == "retry\n"
+
+
+async def test_logs_follow_streams_until_the_pod_ends(kube, capsys):
+    assert await run("train", "fox", "--pvc", "scenes", *flags(kube)) == 0
+    pod = await _trainer_pod(kube, "fox", ["Iteration 1/3"])
+    capsys.readouterr()
+
+    async def trainer():  # the container keeps printing, then exits
+        await asyncio.sleep(0.3)
+        await kube.emulator.append_log(NS, pod, "Iteration 2/3", "Iteration 3/3")
+        await asyncio.sleep(0.3)
+        await kube.emulator.patch(c.POD_RESOURCE, NS, pod, {"status": {"phase": "Succeeded"}}, subresource="status")
+
+    task = asyncio.create_task(trainer())
+    assert await asyncio.wait_for(run("logs", "fox", "-f", *flags(kube)), timeout=20) == 0
+    await task
+    assert capsys.readouterr().out.splitlines() == ["Iteration 1/3", "Iteration 2/3", "Iteration 3/3"]
+
+
+async def test_logs_follow_of_a_long_name(kube, capsys):
+    assert await run("train", "fox", "--pvc", "scenes", "--name", LONG_NAME, *flags(kube)) == 0
+    pod = await _trainer_pod(kube, LONG_NAME, ["done"])
+    await kube.emulator.patch(c.POD_RESOURCE, NS, pod, {"status": {"phase": "Succeeded"}}, subresource="status")
+    capsys.readouterr()
+    assert await asyncio.wait_for(run("logs", LONG_NAME, "-f", *flags(kube)), timeout=20) == 0
+    assert capsys.readouterr().out == "done\n"
+
+
+# --- train: the claim must exist ------------------------------------------------------------------
+
+
+async def test_train_fails_clearly_when_the_claim_does_not_exist(kube, capsys):
+    assert await run("train", "fox", "--pvc", "nope", *flags(kube)) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "PersistentVolumeClaim 'nope' not found in namespace 'default'" in err
+    assert "kubectl get pvc -n default" in err
+    assert kube.emulator.list_objects(c.TRAINING_RESOURCE, NS) == []
+
+
+async def test_train_checks_the_claim_in_the_target_namespace(kube, capsys):
+    await kube.emulator.create(c.NAMESPACE_RESOURCE, {"metadata": {"name": "team-a"}})
+    assert await run("train", "fox", "--pvc", "scenes", "-n", "team-a", *flags(kube)) == cli.EXIT_FAILED
+    assert "not found in namespace 'team-a'" in capsys.readouterr().err
+    await add_claim(kube, "scenes", "team-a")
+    assert await run("train", "fox", "--pvc", "scenes", "-n", "team-a", *flags(kube)) == 0
+    assert kube.emulator.read(c.TRAINING_RESOURCE, "team-a", "fox") is not None
+
+
+async def test_train_skip_pvc_check_creates_without_looking(kube, capsys):
+    assert await run("train", "fox", "--pvc", "nope", "--skip-pvc-check", *flags(kube)) == 0
+    assert kube.emulator.read(c.TRAINING_RESOURCE, NS, "fox")["spec"]["scene"]["claimName"] == "nope"
+    assert not any(r.resource is not None and r.resource.plural == "persistentvolumeclaims"
+                   for r in kube.emulator._requests)
+
+
+async def test_train_without_permission_to_read_claims_warns_and_continues(kube, capsys):
+    kube.emulator[f"get /api/v1/namespaces/{NS}/persistentvolumeclaims/scenes"] << 403
+    assert await run("train", "fox", "--pvc", "scenes", *flags(kube)) == 0
+    captured = capsys.readouterr()
+    assert "warning: cannot check that PersistentVolumeClaim 'scenes' exists" in captured.err
+    assert "/fox created" in captured.out
+    assert kube.emulator.read(c.TRAINING_RESOURCE, NS, "fox") is not None
+
+
+async def test_dry_run_never_touches_the_cluster(tmp_path, capsys, monkeypatch):
+    kubeconfig = c.write_kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    assert await run("train", "fox", "--pvc", "nope", "--dry-run") == 0
+    assert await run("train", "fox", "--pvc", "nope", "--dry-run", "--kubeconfig", str(tmp_path / "none")) == 0
+    assert yaml.safe_load(capsys.readouterr().out.split("---")[0])["spec"]["scene"]["claimName"] == "nope"
+
+
+# --- the kubectl plugin ---------------------------------------------------------------------------
+
+
+def test_kubectl_splat_is_the_same_cli(monkeypatch, capsys):
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["kubectl-splat"] == scripts["splatops"] == "splatops.cli.main:main"
+    module, _, func = scripts["kubectl-splat"].partition(":")
+    entry = getattr(importlib.import_module(module), func)
+
+    def help_of(argv0: str) -> str:
+        monkeypatch.setattr("sys.argv", [argv0, "--help"])
+        with pytest.raises(SystemExit) as exc:
+            entry()
+        assert exc.value.code == 0
+        return capsys.readouterr().out
+
+    plugin, plain = help_of("/usr/local/bin/kubectl-splat"), help_of("/usr/local/bin/splatops")
+    assert plugin.startswith("usage: kubectl splat ") and plain.startswith("usage: splatops ")
+    assert plugin.replace("usage: kubectl splat ", "usage: splatops ", 1) == plain  # same parser, other name
+    for command in ("train", "status", "wait", "logs", "list", "download"):
+        assert command in plugin

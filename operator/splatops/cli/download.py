@@ -4,23 +4,35 @@ On a cluster the volume is only reachable from a pod: like `kubectl cp`, a short
 mounts the claim read-only and the exec API streams `cat` of the file over a websocket. When the
 volume is a local directory (`splatops local` records claim -> directory in `volumes.json` next
 to its kubeconfig), the file is copied directly.
+
+Either way the bytes go to a temp file beside the target, the size is checked against the
+training's `status.modelSizeMB`, and only then is the temp file renamed to the target: a failed or
+short download never leaves a partial file under the target's name (nor replaces an older one).
+
+The cluster path is split so that all but the websocket itself is testable: `exec_frames` (the
+only part that talks the exec protocol) yields the raw frames, `receive` turns any async iterable
+of frames into the checked file, and `download_via_pod` runs pod creation, waiting, streaming and
+cleanup with `exec_frames` as a replaceable argument.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pathlib
 import posixpath
 import secrets
+import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from splatops import names
 from splatops.cli import original
-from splatops.cli.kube import Kube
+from splatops.cli.kube import Kube, NotFound
+from splatops.controller.jobs import child_labels  # the operator's label values (pure; no kopf)
 
 VOLUMES_FILE = "volumes.json"  # {claimName: local directory}, written by `splatops local`
 DOWNLOAD_IMAGE = os.environ.get("SPLATOPS_DOWNLOAD_IMAGE", "busybox:1.36")
@@ -30,6 +42,8 @@ WS_STDERR = 2
 WS_ERROR = 3
 
 Progress = Callable[[int, int | None], None]  # (bytes so far, total bytes or None)
+Verify = Callable[[int], None]  # raises DownloadError when the byte count is wrong
+ExecFrames = Callable[[Kube, str, Sequence[str]], AsyncIterator[bytes]]  # (kube, pod, command)
 
 
 class DownloadError(RuntimeError):
@@ -82,6 +96,7 @@ def expected_bytes(resource: Mapping[str, Any]) -> float | None:
 
 
 def check_size(resource: Mapping[str, Any], got: int) -> None:
+    """Raise DownloadError unless `got` bytes match the training's reported model size."""
     status = resource.get("status") or {}
     size = status.get("modelSizeMB", status.get("modelSizeMb"))
     if not original.size_matches(got, size):
@@ -91,8 +106,9 @@ def check_size(resource: Mapping[str, Any], got: int) -> None:
         )
 
 
-def copy_local(src: pathlib.Path, dest: pathlib.Path, progress: Progress | None = None) -> int:
-    """Copy in chunks to a temp file beside `dest`, then rename: no half-written outputs."""
+def copy_local(src: pathlib.Path, dest: pathlib.Path, progress: Progress | None = None,
+               verify: Verify | None = None) -> int:
+    """Copy in chunks to a temp file beside `dest`, verify, then rename: no half-written outputs."""
     if not src.is_file():
         raise DownloadError(f"{src} does not exist (has the training succeeded?)")
     total = src.stat().st_size
@@ -106,6 +122,8 @@ def copy_local(src: pathlib.Path, dest: pathlib.Path, progress: Progress | None 
                 done += len(chunk)
                 if progress:
                     progress(done, total)
+        if verify:
+            verify(done)
         _publish(tmp, dest)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
@@ -114,25 +132,46 @@ def copy_local(src: pathlib.Path, dest: pathlib.Path, progress: Progress | None 
 
 
 def reader_pod(training: str, claim: str, image: str = DOWNLOAD_IMAGE) -> dict[str, Any]:
-    """A short-lived pod mounting the claim read-only, idling until we have read the file."""
+    """A short-lived pod mounting the claim read-only, idling until we have read the file.
+
+    Admissible under Pod Security "restricted": non-root as the uid the trainer writes files as
+    (names.IMAGE_UID), RuntimeDefault seccomp, no privilege escalation, all capabilities dropped,
+    read-only root filesystem, no service account token.
+    """
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": f"{original.dns_label(training, 40)}-download-{secrets.token_hex(3)}",
             "labels": {names.LABEL_NAME: "splatops", names.LABEL_COMPONENT: "download",
-                       names.LABEL_MANAGED_BY: "splatops-cli", names.LABEL_TRAINING: training},
+                       names.LABEL_MANAGED_BY: "splatops-cli",
+                       names.LABEL_TRAINING: child_labels(training)[names.LABEL_TRAINING]},
         },
         "spec": {
             "restartPolicy": "Never",
             "activeDeadlineSeconds": 3600,  # never outlives a forgotten download
             "terminationGracePeriodSeconds": 0,
             "automountServiceAccountToken": False,
-            "securityContext": {"runAsNonRoot": False},
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": names.IMAGE_UID,
+                "runAsGroup": names.IMAGE_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
             "containers": [{
                 "name": "reader",
                 "image": image,
                 "command": ["sleep", "3600"],
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": names.IMAGE_UID,
+                    "runAsGroup": names.IMAGE_UID,
+                    "allowPrivilegeEscalation": False,
+                    "privileged": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
                 "volumeMounts": [{"name": names.SCENE_VOLUME, "mountPath": names.SCENE_MOUNT, "readOnly": True}],
                 "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
             }],
@@ -142,7 +181,7 @@ def reader_pod(training: str, claim: str, image: str = DOWNLOAD_IMAGE) -> dict[s
     }
 
 
-async def _wait_running(kube: Kube, name: str, timeout: float = 300.0) -> None:
+async def _wait_running(kube: Kube, name: str, timeout: float = 300.0, interval: float = 1.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -156,42 +195,55 @@ async def _wait_running(kube: Kube, name: str, timeout: float = 300.0) -> None:
             waiting = [((cs.get("state") or {}).get("waiting") or {}).get("reason")
                        for cs in (pod.get("status") or {}).get("containerStatuses") or []]
             raise DownloadError(f"download pod {name} did not start within {timeout:.0f}s ({', '.join(filter(None, waiting)) or phase})")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(interval)
 
 
-async def exec_cat(kube: Kube, pod: str, path: str, dest: pathlib.Path, total: float | None,
-                   progress: Progress | None = None) -> int:
-    """Stream `cat path` from the pod's exec websocket into a temp file, then rename to dest."""
-    from kubernetes_asyncio import client
-    from kubernetes_asyncio.stream import WsApiClient
+def _exec_status_failure(payload: bytes) -> str | None:
+    """The failure in an error-channel message (a metav1.Status), None for Success."""
+    text = payload.decode(errors="replace").strip()
+    try:
+        status = json.loads(text)
+    except ValueError:
+        return text or None
+    if not isinstance(status, dict) or status.get("status") == "Success":
+        return None
+    return str(status.get("message") or text)
 
+
+async def receive(frames: AsyncIterable[bytes], dest: pathlib.Path, *, what: str,
+                  total: float | None = None, progress: Progress | None = None,
+                  verify: Verify | None = None) -> int:
+    """Write an exec stream's stdout to `dest`: temp file beside it, verify, then rename.
+
+    `frames` are the exec protocol's (v4.channel.k8s.io) messages: one channel byte, then the
+    payload; stdout (1) is the file, stderr (2) and the error channel's status (3) say why it
+    failed. Any failure (a failure status, stderr output without a success status, a broken
+    stream, a wrong size) leaves neither the temp file nor anything new under `dest`.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    done, errors = 0, []
+    done, stderr, failure, succeeded = 0, [], None, False
     try:
-        async with WsApiClient(configuration=kube.configuration) as ws_api:
-            core = client.CoreV1Api(ws_api)
-            ws = await core.connect_get_namespaced_pod_exec(
-                pod, kube.namespace, command=["cat", path], stderr=True, stdin=False, stdout=True,
-                tty=False, _preload_content=False,
-            )
-            with os.fdopen(fd, "wb") as out:
-                async with ws as conn:
-                    async for msg in conn:
-                        data = msg.data if isinstance(msg.data, bytes) else str(msg.data).encode()
-                        if not data:
-                            continue
-                        channel, payload = data[0], data[1:]
-                        if channel == WS_STDOUT:
-                            out.write(payload)
-                            done += len(payload)
-                            if progress:
-                                progress(done, int(total) if total else None)
-                        elif channel in (WS_STDERR, WS_ERROR) and payload:
-                            errors.append(payload.decode(errors="replace"))
-        failure = [e for e in errors if '"Success"' not in e]
-        if failure:
-            raise DownloadError(f"reading {path} in pod {pod} failed: {' '.join(failure).strip()}")
+        with os.fdopen(fd, "wb") as out:
+            async for frame in frames:
+                if not frame:
+                    continue
+                channel, payload = frame[0], frame[1:]
+                if channel == WS_STDOUT:
+                    out.write(payload)
+                    done += len(payload)
+                    if progress:
+                        progress(done, int(total) if total else None)
+                elif channel == WS_STDERR:
+                    stderr.append(payload.decode(errors="replace"))
+                elif channel == WS_ERROR and payload:
+                    failure = _exec_status_failure(payload)
+                    succeeded = failure is None
+        errors = " ".join(filter(None, ["".join(stderr).strip(), failure])).strip()
+        if failure or (errors and not succeeded):
+            raise DownloadError(f"{what} failed: {errors}")
+        if verify:
+            verify(done)
         _publish(tmp, dest)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
@@ -199,15 +251,62 @@ async def exec_cat(kube: Kube, pod: str, path: str, dest: pathlib.Path, total: f
     return done
 
 
+async def exec_frames(kube: Kube, pod: str, command: Sequence[str]) -> AsyncIterator[bytes]:
+    """Run `command` in the pod through the exec API (websocket) and yield its raw frames.
+
+    The only part of a download that needs a real cluster (the emulator has no exec): everything
+    it feeds is handled, and tested, in `receive` and `download_via_pod`.
+    """
+    import aiohttp
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.stream import WsApiClient
+
+    async with WsApiClient(configuration=kube.configuration) as ws_api:
+        core = client.CoreV1Api(ws_api)
+        try:
+            connecting = await core.connect_get_namespaced_pod_exec(
+                pod, kube.namespace, command=list(command), stderr=True, stdin=False, stdout=True,
+                tty=False, _preload_content=False,
+            )
+            async with connecting as ws:
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        yield msg.data
+                    elif msg.type == aiohttp.WSMsgType.TEXT:
+                        yield msg.data.encode()
+                    elif msg.type == aiohttp.WSMsgType.ERROR:
+                        raise DownloadError(f"exec stream of pod {pod} broke: {ws.exception()}")
+        except aiohttp.WSServerHandshakeError as exc:
+            hint = " (needs RBAC to create pods/exec in the namespace)" if exc.status == 403 else ""
+            raise DownloadError(f"exec into pod {pod} refused: {exc.status} {exc.message}{hint}") from None
+        except aiohttp.ClientError as exc:
+            raise DownloadError(f"exec stream of pod {pod} broke: {exc}") from None
+
+
 async def download_via_pod(kube: Kube, resource: Mapping[str, Any], dest: pathlib.Path,
-                           progress: Progress | None = None, image: str = DOWNLOAD_IMAGE) -> int:
+                           progress: Progress | None = None, image: str = DOWNLOAD_IMAGE, *,
+                           frames: ExecFrames = exec_frames, start_timeout: float = 300.0,
+                           poll_interval: float = 1.0) -> int:
+    """Create the reader pod, wait for it to run, stream the file through `frames` into `dest`
+    (checked against the training's size), and delete the pod whatever happens."""
     name = resource["metadata"]["name"]
     claim = resource["spec"]["scene"]["claimName"]
     pod = await kube.create_pod(reader_pod(name, claim, image))
     pod_name = pod["metadata"]["name"]
     try:
-        await _wait_running(kube, pod_name)
+        await _wait_running(kube, pod_name, start_timeout, poll_interval)
         path = posixpath.join(names.SCENE_MOUNT, original.model_path_in_volume(resource))
-        return await exec_cat(kube, pod_name, path, dest, expected_bytes(resource), progress)
+        async with contextlib.aclosing(frames(kube, pod_name, ["cat", path])) as stream:
+            return await receive(
+                stream, dest, what=f"reading {path} in pod {pod_name}", total=expected_bytes(resource),
+                progress=progress, verify=lambda got: check_size(resource, got),
+            )
     finally:
-        await kube.delete_pod(pod_name)
+        try:
+            await kube.delete_pod(pod_name)
+        except NotFound:
+            pass
+        except Exception as exc:  # never hide the download's own outcome behind the cleanup's
+            print(f"warning: could not delete the download pod {pod_name} ({exc}); delete it with "
+                  f"`kubectl delete pod {pod_name} -n {kube.namespace}` (it stops by itself within an hour)",
+                  file=sys.stderr, flush=True)

@@ -1,14 +1,19 @@
 """Cluster access for the CLI and the gateway: kubeconfig loading as kubectl does, and the few
-API calls the user workflow needs (trainings, their pods and logs).
+API calls the user workflow needs (trainings, their pods and logs, the scene's claim).
 
-Errors become two exception types with messages a user can act on: `ClusterUnavailable` (no
-kubeconfig, connection refused, unauthorized) and `NotFound` (a resource that does not exist).
+Errors become exception types with messages a user can act on: `ClusterUnavailable` (no
+kubeconfig, connection refused, unauthorized; `Forbidden` for a 403) and `NotFound` (a resource
+that does not exist).
+
+Calls made with `_preload_content=False` (plain dicts instead of the client's models) do not raise
+on an error status in kubernetes_asyncio: `_checked` turns such a response into the same errors.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import pathlib
 from collections.abc import AsyncIterator
@@ -21,12 +26,17 @@ from kubernetes_asyncio.config import kube_config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from splatops import names
+from splatops.controller.jobs import child_labels  # the operator's labels (pure; no kopf)
 
 IN_CLUSTER_NAMESPACE_FILE = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 class ClusterUnavailable(RuntimeError):
     """No cluster to talk to (no kubeconfig, unreachable, unauthorized)."""
+
+
+class Forbidden(ClusterUnavailable):
+    """403: RBAC (or an admission policy such as Pod Security) refused the request."""
 
 
 class NotFound(LookupError):
@@ -96,15 +106,48 @@ async def load(target: Target) -> tuple[client.Configuration, str]:
     return cfg, namespace
 
 
+def _status_message(body: Any) -> str | None:
+    """The `message` of a Kubernetes Status body (None if the body is not one)."""
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    try:
+        data = json.loads(body) if isinstance(body, str) else None
+    except ValueError:
+        return None
+    message = data.get("message") if isinstance(data, dict) else None
+    return str(message) if message else None
+
+
 def _api_error(exc: ApiException, what: str) -> Exception:
     if exc.status == 404:
         return NotFound(f"{what} not found")
     if exc.status == 409:
         return Conflict(f"{what} already exists")
-    if exc.status in (401, 403):
-        return ClusterUnavailable(f"not allowed to access {what} ({exc.status} {exc.reason}); check your credentials and RBAC")
+    detail = _status_message(exc.body)
+    if exc.status == 403:
+        return Forbidden(f"not allowed to access {what} (403 {exc.reason}{': ' + detail if detail else ''}); "
+                         "check your credentials and RBAC")
+    if exc.status == 401:
+        return ClusterUnavailable(f"not allowed to access {what} (401 {exc.reason}); check your credentials")
     body = exc.body.decode() if isinstance(exc.body, bytes) else exc.body
-    return RuntimeError(f"Kubernetes API error on {what}: {exc.status} {exc.reason}: {body}")
+    return RuntimeError(f"Kubernetes API error on {what}: {exc.status} {exc.reason}: {detail or body}")
+
+
+async def _checked(resp: Any) -> Any:
+    """Raise ApiException for an error status, as calls without `_preload_content=False` do."""
+    if not 200 <= resp.status <= 299:
+        exc = ApiException(status=resp.status, reason=resp.reason)
+        exc.body = await resp.read()
+        resp.release()
+        raise exc
+    return resp
+
+
+def training_selector(name: str) -> str:
+    """Label selector of a training's trainer pods, with the operator's own label values (a name
+    longer than 63 characters is hashed into the label, see controller.jobs.child_labels)."""
+    labels = child_labels(name)
+    return ",".join(f"{key}={labels[key]}" for key in (names.LABEL_TRAINING, names.LABEL_COMPONENT))
 
 
 class Kube:
@@ -151,26 +194,30 @@ class Kube:
     # -- pods and logs ---------------------------------------------------------------------------
 
     async def training_pods(self, name: str) -> list[dict[str, Any]]:
-        """The trainer pods of a training, oldest first."""
+        """The trainer pods of a training (not other pods labelled with it), oldest first."""
         async with self._calling(f"pods of {name!r}"):
-            resp = await self.core.list_namespaced_pod(
-                self.namespace, label_selector=f"{names.LABEL_TRAINING}={name}", _preload_content=False
-            )
+            resp = await _checked(await self.core.list_namespaced_pod(
+                self.namespace, label_selector=training_selector(name), _preload_content=False
+            ))
             pods = list((await resp.json()).get("items") or [])
         return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", int(p["metadata"].get("resourceVersion") or 0)))
 
     async def pod_log(self, pod: str, *, container: str | None = names.TRAINER_CONTAINER) -> str:
         async with self._calling(f"log of pod {pod!r}"):
             kwargs = {"container": container} if container else {}
-            resp = await self.core.read_namespaced_pod_log(pod, self.namespace, _preload_content=False, **kwargs)
+            resp = await _checked(
+                await self.core.read_namespaced_pod_log(pod, self.namespace, _preload_content=False, **kwargs)
+            )
             return await resp.text()
 
     async def follow_pod_log(self, pod: str, *, container: str | None = names.TRAINER_CONTAINER) -> AsyncIterator[bytes]:
         async with self._calling(f"log of pod {pod!r}"):
             kwargs = {"container": container} if container else {}
-            resp = await self.core.read_namespaced_pod_log(
-                pod, self.namespace, follow=True, _preload_content=False, **kwargs
-            )
+            # "true" as kubectl sends it: the client would send "True", which the API server
+            # accepts but the embedded emulator of `splatops local` reads as not following.
+            resp = await _checked(await self.core.read_namespaced_pod_log(
+                pod, self.namespace, follow="true", _preload_content=False, **kwargs
+            ))
             try:
                 async for chunk in resp.content.iter_any():
                     yield chunk
@@ -179,17 +226,27 @@ class Kube:
 
     async def create_pod(self, body: dict[str, Any]) -> dict[str, Any]:
         async with self._calling(f"pod {body['metadata'].get('name') or body['metadata'].get('generateName')!r}"):
-            resp = await self.core.create_namespaced_pod(self.namespace, body, _preload_content=False)
+            resp = await _checked(await self.core.create_namespaced_pod(self.namespace, body, _preload_content=False))
             return await resp.json()
 
     async def get_pod(self, name: str) -> dict[str, Any]:
         async with self._calling(f"pod {name!r}"):
-            resp = await self.core.read_namespaced_pod(name, self.namespace, _preload_content=False)
+            resp = await _checked(await self.core.read_namespaced_pod(name, self.namespace, _preload_content=False))
             return await resp.json()
 
     async def delete_pod(self, name: str) -> None:
         async with self._calling(f"pod {name!r}"):
             await self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
+
+    # -- claims ----------------------------------------------------------------------------------
+
+    async def get_claim(self, name: str) -> dict[str, Any]:
+        """A PersistentVolumeClaim of the namespace (NotFound, Forbidden without RBAC to read it)."""
+        async with self._calling(f"PersistentVolumeClaim {name!r} in namespace {self.namespace!r}"):
+            resp = await _checked(await self.core.read_namespaced_persistent_volume_claim(
+                name, self.namespace, _preload_content=False
+            ))
+            return await resp.json()
 
 
 @contextlib.asynccontextmanager

@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="resource name (default: SCENE, then SCENE-2, SCENE-3, ...)")
     p.add_argument("--wait", action="store_true", help="wait until done, showing progress")
     p.add_argument("--download", metavar="FILE", help="after success, download results.ply to FILE (implies --wait)")
-    p.add_argument("--dry-run", action="store_true", help="print the resource's YAML instead of creating it")
+    p.add_argument("--dry-run", action="store_true", help="print the resource's YAML instead of creating it (no cluster access)")
+    p.add_argument("--skip-pvc-check", action="store_true",
+                   help="do not check that the claim exists first (for users who may not read PVCs)")
     p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     _kube_flags(p)
 
@@ -156,6 +158,8 @@ async def cmd_train(args: argparse.Namespace) -> int:
             problem = scene_problem(pathlib.Path(volumes[args.pvc]) / (args.path or args.scene))
             if problem:
                 raise FileNotFoundError(problem)
+        elif not args.skip_pvc_check:
+            await check_claim(kube, args.pvc)
         name = args.name
         if not name:
             existing = await kube.list_trainings(f"{original.LABEL_SCENE}={original.dns_label(args.scene)}")
@@ -168,6 +172,26 @@ async def cmd_train(args: argparse.Namespace) -> int:
         if code != EXIT_OK or not args.download:
             return code
         return await _download(kube, target, name, pathlib.Path(args.download), None)
+
+
+async def check_claim(kube: Any, claim: str) -> None:
+    """Fail early (before creating anything) when the claim does not exist in the namespace.
+
+    Without RBAC to read PVCs (403) it only warns: the operator reports a missing claim later.
+    """
+    from splatops.cli.kube import Forbidden, NotFound
+
+    try:
+        await kube.get_claim(claim)
+    except NotFound:
+        raise NotFound(
+            f"PersistentVolumeClaim {claim!r} not found in namespace {kube.namespace!r}: the scene must be on "
+            f"an existing claim (list them with `kubectl get pvc -n {kube.namespace}`; another namespace: -n)"
+        ) from None
+    except Forbidden:
+        print(f"warning: cannot check that PersistentVolumeClaim {claim!r} exists in namespace "
+              f"{kube.namespace!r} (no permission to read PVCs); creating the training anyway "
+              "(--skip-pvc-check skips this check)", file=sys.stderr, flush=True)
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -258,15 +282,11 @@ async def _download(kube: Any, target: Any, name: str, dest: pathlib.Path, image
         def show(done: int, total: int | None) -> None:
             bar.update(task, completed=done, total=total)
 
+        # Both write a temp file, check the size, and only then rename it to dest.
         if local is not None:
-            got = dl.copy_local(local, dest, show)
+            got = dl.copy_local(local, dest, show, verify=lambda n: dl.check_size(resource, n))
         else:
             got = await dl.download_via_pod(kube, resource, dest, show, image or dl.DOWNLOAD_IMAGE)
-    try:
-        dl.check_size(resource, got)
-    except dl.DownloadError:
-        dest.unlink(missing_ok=True)
-        raise
     print(f"{dest} ({got / 1048576:.2f} MB) from {name}", flush=True)
     return EXIT_OK
 
