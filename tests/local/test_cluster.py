@@ -214,7 +214,8 @@ async def test_pod_log_with_tail_lines(kube, tail, expected):
         assert resp.status == 404
 
 
-async def test_pod_log_follow_ends_when_pod_finishes(kube):
+@pytest.mark.parametrize("follow", ["true", "True", "1"])  # the API server parses it as Go's ParseBool
+async def test_pod_log_follow_ends_when_pod_finishes(kube, follow):
     cl, http = kube
     await cl.emulator.create(c.POD_RESOURCE, {"metadata": {"name": "p", "namespace": NS}})
     await cl.emulator.append_log(NS, "p", "first")
@@ -225,7 +226,7 @@ async def test_pod_log_follow_ends_when_pod_finishes(kube):
         await cl.emulator.patch(c.POD_RESOURCE, NS, "p", {"status": {"phase": "Succeeded"}}, subresource="status")
 
     task = asyncio.create_task(finish())
-    async with http.get(f"{PODS}/p/log?follow=true") as resp:
+    async with http.get(f"{PODS}/p/log?follow={follow}") as resp:
         text = await asyncio.wait_for(resp.text(), 5)
     await task
     assert text == "first\nsecond\n"

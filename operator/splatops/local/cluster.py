@@ -265,7 +265,7 @@ class SplatopsEmulator(kmock.KubernetesEmulator):
                 # reaction against every recorded request, which costs ~100 ms at a few hundred.
                 if request.action == kmock.action.LIST:
                     return aiohttp.web.json_response(await self._serve_list(request))
-                if request.params.get("follow") != "true":
+                if not _query_bool(request.params.get("follow")):
                     payload = await self._serve_fetch(request)
                     if isinstance(payload, bytes):
                         return aiohttp.web.Response(body=payload, content_type="text/plain")
@@ -376,7 +376,7 @@ class SplatopsEmulator(kmock.KubernetesEmulator):
         if request.subresource == "log" and self._key(request.resource) == POD_RESOURCE:
             if self.read(POD_RESOURCE, request.namespace, request.name or "") is None:
                 raise kmock.KubernetesObjectNotFoundError()
-            if request.params.get("follow") == "true":
+            if _query_bool(request.params.get("follow")):
                 return self._follow_log(request.namespace or "", request.name or "", request.params)
             return self._log_text(request.namespace or "", request.name or "", request.params)
         return await super()._serve_fetch(request)
@@ -616,3 +616,7 @@ async def running_cluster(
             write_kubeconfig(kubeconfig, url, namespace)
             yield LocalCluster(emulator, url, kubeconfig, namespace)
 
+
+def _query_bool(value: str | None) -> bool:
+    """A boolean query parameter as the API server parses it (Go's strconv.ParseBool)."""
+    return value in ("1", "t", "T", "true", "TRUE", "True")
