@@ -35,6 +35,7 @@ class Reason(str, enum.Enum):
     MISSING_IMAGES = "MissingImages"
     INVALID_MODEL = "InvalidColmapModel"
     UNSUPPORTED_CAMERA = "UnsupportedCamera"
+    INVALID_IMAGE = "InvalidImage"  # an input image file that cannot be decoded
     INVALID_OPTIONS = "InvalidOptions"
     OUT_OF_MEMORY = "OutOfMemory"
     TRAINING_DIVERGED = "TrainingDiverged"
@@ -46,6 +47,7 @@ class Reason(str, enum.Enum):
     UNSCHEDULABLE = "Unschedulable"
     OOM_KILLED = "OOMKilled"
     INVALID_SPEC = "InvalidSpec"
+    SCENE_PVC_NOT_FOUND = "ScenePVCNotFound"
 
 
 # The original pipeline's words; users and scripts grep for these.
@@ -59,6 +61,7 @@ EXIT_CODE_FOR_REASON: dict[Reason, ExitCode] = {
     Reason.MISSING_IMAGES: ExitCode.INVALID_INPUT,
     Reason.INVALID_MODEL: ExitCode.INVALID_INPUT,
     Reason.UNSUPPORTED_CAMERA: ExitCode.INVALID_INPUT,
+    Reason.INVALID_IMAGE: ExitCode.INVALID_INPUT,
     Reason.INVALID_OPTIONS: ExitCode.INVALID_INPUT,
     Reason.OUT_OF_MEMORY: ExitCode.OUT_OF_MEMORY,
     Reason.TRAINING_DIVERGED: ExitCode.ERROR,

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from splatops_trainer import checkpoint as ck
+from splatops_trainer import config as config_mod
+from splatops_trainer import train as train_mod
 from splatops_trainer.config import TrainerConfig
 
 
@@ -16,14 +22,14 @@ def _cfg(tmp_path: Path, **kw: object) -> TrainerConfig:
     return TrainerConfig(scene_dir=tmp_path / "scene", output_dir=tmp_path / "out", **kw)  # type: ignore[arg-type]
 
 
-def _ckpt(cfg: TrainerConfig, step: int) -> ck.Checkpoint:
+def _ckpt(cfg: TrainerConfig, step: int, scene: str = "") -> ck.Checkpoint:
     return ck.Checkpoint(
         step=step,
         splats={"means": torch.full((4, 3), float(step))},
         optimizers={"means": {"state": {}, "param_groups": []}},
         strategy_state={"grad2d": torch.zeros(4), "scene_scale": 1.0},
         rng={"torch": torch.get_rng_state()},
-        resume_key=cfg.resume_key(),
+        resume_key=cfg.resume_key(scene),
     )
 
 
@@ -73,14 +79,122 @@ def test_corrupt_newest_falls_back_to_previous(tmp_path: Path, caplog: pytest.Lo
     assert "skipping unreadable checkpoint" in caplog.text
 
 
-@pytest.mark.parametrize(
-    "change", [{"max_steps": 999}, {"strategy": "mcmc"}, {"seed": 7}, {"data_factor": 2}]
-)
-def test_incompatible_checkpoint_is_skipped(tmp_path: Path, change: dict) -> None:
+TRAINING_CHANGES = [
+    {"max_steps": 999}, {"strategy": "mcmc"}, {"seed": 7}, {"data_factor": 2}, {"sh_degree": 1},
+    {"sh_degree_interval": 500}, {"test_every": 4}, {"ssim_lambda": 0.3}, {"init_opacity": 0.2},
+    {"init_scale": 2.0}, {"random_background": True}, {"cap_max": 5000},
+]
+
+
+@pytest.mark.parametrize("change", TRAINING_CHANGES, ids=[next(iter(c)) for c in TRAINING_CHANGES])
+def test_incompatible_checkpoint_is_skipped(tmp_path: Path, change: dict, caplog: pytest.LogCaptureFixture) -> None:
     old = _cfg(tmp_path)
     ck.save_checkpoint(old, _ckpt(old, 10))
     assert ck.load_latest(old) is not None
+    caplog.set_level(logging.WARNING)
     assert ck.load_latest(_cfg(tmp_path, **change)) is None
+    (name,) = change
+    assert f"{name} {getattr(old, name)} -> {change[name]}" in caplog.text
+    assert "training starts fresh" in caplog.text
+
+
+def test_every_training_option_is_in_the_resume_key(tmp_path: Path) -> None:
+    """A new TrainerConfig field is in the key unless listed as harmless: this list is the decision."""
+    key = _cfg(tmp_path).resume_key("fp")
+    fields = {f.name for f in dataclasses.fields(TrainerConfig)}
+    assert set(key) == fields - config_mod.NOT_IN_RESUME_KEY | {"scene"}
+    assert {c for change in TRAINING_CHANGES for c in change} == set(key) - {"scene"}
+    assert config_mod.NOT_IN_RESUME_KEY == {
+        "scene_dir", "output_dir", "scene_id", "device", "eval_every", "checkpoint_every",
+        "keep_checkpoints", "progress_every", "metrics_port", "termination_log", "resume",
+    }
+
+
+def test_other_scene_content_is_not_resumed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _cfg(tmp_path)
+    ck.save_checkpoint(cfg, _ckpt(cfg, 10, scene="fingerprint-a"))
+    assert ck.load_latest(cfg, cfg.resume_key("fingerprint-a")) is not None
+    found = ck.find_resumable(cfg, cfg.resume_key("fingerprint-b"))
+    assert found.checkpoint is None and found.stale == [ck.checkpoint_path(cfg, 10)]
+    assert "the scene's images or COLMAP model changed" in caplog.text
+    assert "training starts fresh" in caplog.text
+
+
+def test_unusable_checkpoints_are_retired_only_after_a_new_one_is_written(tmp_path: Path) -> None:
+    """keep_checkpoints=1 and an old run's final checkpoint (step 30) of another scene: the new run's
+    first checkpoint (step 10) must survive rotation, and the old one go only once it exists."""
+    cfg = _cfg(tmp_path, keep_checkpoints=1)
+    ck.save_checkpoint(cfg, _ckpt(cfg, 30, scene="old"))
+    ck.save_checkpoint(cfg, _ckpt(cfg, 20, scene="old"))  # rotated away at once (keep 1)
+    found = ck.find_resumable(cfg, cfg.resume_key("new"))
+    assert found.checkpoint is None and found.stale == [ck.checkpoint_path(cfg, 30)]
+    assert ck.checkpoint_path(cfg, 30).exists()  # nothing is deleted before the new run has its own
+    ck.save_checkpoint(cfg, _ckpt(cfg, 10, scene="new"), found.stale)
+    assert [s for s, _ in ck.list_checkpoints(ck.checkpoint_dir(cfg))] == [10]
+    assert ck.load_latest(cfg, cfg.resume_key("new")).step == 10  # type: ignore[union-attr]
+
+
+def test_retiring_never_deletes_the_checkpoint_just_written(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, keep_checkpoints=3)
+    (ck.checkpoint_dir(cfg)).mkdir(parents=True)
+    ck.checkpoint_path(cfg, 20).write_bytes(b"\x00corrupt")
+    found = ck.find_resumable(cfg)
+    assert found.stale == [ck.checkpoint_path(cfg, 20)]
+    ck.save_checkpoint(cfg, _ckpt(cfg, 20), found.stale)  # the same step replaces the corrupt file
+    assert ck.load_latest(cfg).step == 20  # type: ignore[union-attr]
+
+
+# --- safe loading ----------------------------------------------------------------------------------
+
+
+def test_a_real_training_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
+    """The RNG states train.py stores (torch, view sampler, Python, NumPy) are plain data."""
+    cfg = _cfg(tmp_path)
+    gen = torch.Generator().manual_seed(1)
+    ckpt = dataclasses.replace(_ckpt(cfg, 10), rng=train_mod._rng_state(gen, torch.device("cpu")))
+    path = ck.save_checkpoint(cfg, ckpt)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    assert payload["format"] == ck.FORMAT_VERSION
+    # ... and restores every generator exactly
+    expect = (torch.rand(3), torch.rand(3, generator=gen), random.random(), np.random.rand())
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)
+    gen2 = torch.Generator().manual_seed(0)
+    train_mod._set_rng_state(ck.load_latest(cfg).rng, gen2, torch.device("cpu"))  # type: ignore[union-attr]
+    got = (torch.rand(3), torch.rand(3, generator=gen2), random.random(), np.random.rand())
+    assert torch.equal(got[0], expect[0]) and torch.equal(got[1], expect[1]) and got[2:] == expect[2:]
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # what a hostile file on the shared volume would do when unpickled
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_payload_is_never_executed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _cfg(tmp_path, keep_checkpoints=3)
+    ck.save_checkpoint(cfg, _ckpt(cfg, 10))
+    marker = tmp_path / "pwned"
+    payload = {**_ckpt(cfg, 20).to_payload(), "extra": {"x": _Exploit(marker)}}
+    with open(ck.checkpoint_path(cfg, 20), "wb") as fh:
+        torch.save(payload, fh)
+    loaded = ck.load_latest(cfg)
+    assert not marker.exists()
+    assert loaded is not None and loaded.step == 10  # skipped with a warning, never a crash
+    assert "skipping unreadable checkpoint" in caplog.text and "ckpt_000020.pt" in caplog.text
+    assert "safe (weights_only) load refuses" in caplog.text and "weights_only=False" not in caplog.text
+
+
+def test_an_old_format_checkpoint_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Format 1 stored numpy's RNG state as a pickled ndarray: not loadable safely, so skipped."""
+    cfg = _cfg(tmp_path)
+    old = {**_ckpt(cfg, 10).to_payload(), "format": 1, "rng": {"numpy": np.random.get_state()}}
+    ck.checkpoint_dir(cfg).mkdir(parents=True)
+    with open(ck.checkpoint_path(cfg, 10), "wb") as fh:
+        torch.save(old, fh)
+    assert ck.load_latest(cfg) is None
+    assert "skipping unreadable checkpoint" in caplog.text
 
 
 def test_options_outside_resume_key_may_change(tmp_path: Path) -> None:

@@ -126,8 +126,30 @@ def _corrupt_model(s: Path) -> None:
         p.write_bytes(p.read_bytes()[:30])
 
 
+def _fisheye_camera(s: Path) -> None:
+    """The synthetic scene's model rewritten (pycolmap) with an OPENCV_FISHEYE camera."""
+    import pycolmap
+
+    model_dir = s / contract.COLMAP_DIR
+    recon = pycolmap.Reconstruction(str(model_dir))
+    for cid, cam in list(recon.cameras.items()):
+        f, cx, cy = cam.focal_length_x, cam.principal_point_x, cam.principal_point_y
+        recon.cameras[cid] = pycolmap.Camera(
+            camera_id=cid, model="OPENCV_FISHEYE", width=cam.width, height=cam.height,
+            params=[f, f, cx, cy, 0.01, 0.0, 0.0, 0.0],
+        )
+    recon.write_binary(str(model_dir))
+    assert pycolmap.Reconstruction(str(model_dir)).cameras[1].model.name == "OPENCV_FISHEYE"
+
+
+def _garbage_image(s: Path) -> None:
+    sorted((s / contract.IMAGES_DIR).iterdir())[1].write_bytes(b"<html>502 Bad Gateway</html>")
+
+
 BAD = [
     ("no_colmap", _rm("colmap"), [], contract.Reason.COLMAP_NOT_FOUND, contract.MSG_COLMAP_NOT_FOUND),
+    ("fisheye", _fisheye_camera, [], contract.Reason.UNSUPPORTED_CAMERA, "Unsupported camera model (camera 1: OPENCV_FISHEYE)"),
+    ("garbage_image", _garbage_image, [], contract.Reason.INVALID_IMAGE, "view_001.png cannot be read as an image"),
     ("no_images_dir", _rm("images"), [], contract.Reason.NO_IMAGES, contract.MSG_NO_IMAGES),
     ("empty_images", _empty_images, [], contract.Reason.NO_IMAGES, contract.MSG_NO_IMAGES),
     ("missing_image", _drop_one_image, [], contract.Reason.MISSING_IMAGES, "missing from"),
@@ -143,12 +165,23 @@ BAD = [
 def test_bad_input_exits_2_with_outputs(scene: Path, no_cuda: None, capsys, breaker, args, reason, words) -> None:
     if breaker is not None:
         breaker(scene)
-    code, result = run_main(scene, *args)
+    code, result = run_main(scene, "--device", "auto", *args)  # auto: a CUDA query would fail the test
     assert code == 2
     assert result is not None and result.status == "failed" and result.reason == reason.value
     assert words in result.error
     assert words in capsys.readouterr().err
     assert words in (scene / contract.OUTPUT_DIR / contract.ERROR_LOG).read_text()
+    assert (scene / contract.OUTPUT_DIR / contract.RESULT_PLY).read_bytes() == EARLIER_PLY
+
+
+def test_image_damaged_past_its_header_exits_2(scene: Path, capsys) -> None:
+    img = sorted((scene / contract.IMAGES_DIR).iterdir())[2]
+    img.write_bytes(img.read_bytes()[:60])  # the PNG header survives: found when decoding
+    code, result = run_main(scene)
+    assert code == 2 and result.reason == contract.Reason.INVALID_IMAGE.value
+    assert str(img) in result.error and "re-upload it, or remove it" in result.error
+    assert str(img) in capsys.readouterr().err
+    assert str(img) in (scene / contract.OUTPUT_DIR / contract.ERROR_LOG).read_text()
     assert (scene / contract.OUTPUT_DIR / contract.RESULT_PLY).read_bytes() == EARLIER_PLY
 
 
@@ -184,6 +217,55 @@ def test_missing_scene_dir_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv(contract.ENV_TERMINATION_LOG, str(tmp_path / "t"))
     assert cli.main([]) == 2
     assert "--scene-dir (or SPLATOPS_SCENE_DIR) is required" in contract.parse_result((tmp_path / "t").read_text()).error
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [(["--scene-dir", ""], {}), (["--scene-dir", "  "], {}), ([], {contract.ENV_SCENE_DIR: ""}), ([], {contract.ENV_SCENE_DIR: " "})],
+    ids=["empty_flag", "blank_flag", "empty_env", "blank_env"],
+)
+def test_empty_scene_dir_is_missing_not_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, argv, env) -> None:
+    """An empty value must not become Path('') == Path('.'): the working directory as the scene."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv(contract.ENV_SCENE_DIR, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv(contract.ENV_TERMINATION_LOG, str(tmp_path / "t"))
+    assert cli.main([*argv, "--metrics-port", "0"]) == 2
+    words = "--scene-dir (or SPLATOPS_SCENE_DIR) is required"
+    result = contract.parse_result((tmp_path / "t").read_text())
+    assert result.reason == contract.Reason.INVALID_OPTIONS.value and words in result.error
+    assert words in capsys.readouterr().err
+    assert os.listdir(work) == []  # no gsplat/error.log, no sparse/ link in the working directory
+
+
+def test_stale_temp_files_are_removed_at_start(scene: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Temps of writes a SIGKILL cut short (results.ply, config.json, the log, checkpoints, cache)."""
+    out = scene / contract.OUTPUT_DIR
+    stale = [
+        out / ".results.ply.a1b2c3d4.tmp",
+        out / ".config.json.k2_9xq0a.tmp",
+        out / "results" / ".training_log.txt.00000000.tmp",
+        out / "results" / "checkpoints" / ".ckpt_000100.pt.12345678.tmp",
+        out / "cache" / "images_2" / ".view_000.png.png.abcdef01.tmp",
+    ]
+    kept = [out / "notes.tmp", out / ".keep", out / "results" / "checkpoints" / "ckpt_000100.pt"]
+    for p in stale + kept:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half")
+    seen: dict[str, list[Path]] = {}
+
+    def fake_train(cfg, data, hooks, device):
+        seen["left"] = [p for p in stale if p.exists()]
+        raise KeyError("stop here")
+
+    monkeypatch.setitem(sys.modules, "splatops_trainer.train", types.SimpleNamespace(train=fake_train))
+    code, _ = run_main(scene, "--data-factor", "2")
+    assert code == 1 and seen["left"] == []
+    assert all(p.exists() for p in kept)
+    assert (out / contract.RESULT_PLY).read_bytes() == EARLIER_PLY
 
 
 class _Diverged(RuntimeError):
@@ -293,4 +375,46 @@ def test_end_to_end_cpu(scene: Path, capsys: pytest.CaptureFixture[str]) -> None
     code, again = run_main(scene, *args)
     assert code == 0 and again.steps == 200 and again.num_gaussians == result.num_gaussians
     assert again.psnr == pytest.approx(result.psnr, abs=1e-3)
+    assert (out / contract.TRAINING_LOG).read_text().count("Training started") == 2
+
+
+@pytest.mark.slow
+def test_changed_scene_is_trained_fresh_not_resumed(
+    scene: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Train to completion; regenerate another scene at the same path; run again with the same
+    options: the finished checkpoint belongs to the old scene, so training starts fresh (and says
+    so), and the earlier results.ply stays until the new one replaces it."""
+    from splatops_trainer import report
+    from splatops_trainer.synthetic import make_synthetic_scene
+
+    missing = _train_missing()
+    if missing:
+        pytest.skip(missing)
+    args = (
+        "--max-steps", "20", "--progress-every", "10", "--checkpoint-every", "10", "--keep-checkpoints", "1",
+        "--test-every", "4", "--sh-degree", "0", "--data-factor", "2",
+    )
+    out = scene / contract.OUTPUT_DIR
+    code, first = run_main(scene, *args)
+    assert code == 0 and first.steps == 20
+    model_a = (out / contract.RESULT_PLY).read_bytes()
+
+    make_synthetic_scene(scene, seed=1, n_gaussians=900)  # same file names, other images and model
+    observed: list[tuple[int, bool]] = []
+    real = report.Reporter.on_progress
+
+    def spy(self, p):  # noqa: ANN001
+        observed.append((p.step, (out / contract.RESULT_PLY).read_bytes() == model_a))
+        real(self, p)
+
+    monkeypatch.setattr(report.Reporter, "on_progress", spy)
+    caplog.clear()
+    code, second = run_main(scene, *args)
+    assert code == 0 and second.steps == 20
+    assert [step for step, _ in observed] == [10, 20]  # trained from step 0, not "resumed" at 20
+    assert all(kept for _, kept in observed)  # the earlier model stayed while the new one trained
+    assert "the scene's images or COLMAP model changed" in caplog.text and "training starts fresh" in caplog.text
+    assert (out / contract.RESULT_PLY).read_bytes() != model_a
+    assert [p.name for p in (out / contract.CHECKPOINTS_DIR).iterdir()] == ["ckpt_000020.pt"]
     assert (out / contract.TRAINING_LOG).read_text().count("Training started") == 2

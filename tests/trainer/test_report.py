@@ -51,12 +51,79 @@ def test_progress_lines_and_training_log(tmp_path: Path) -> None:
     ]
 
 
-def test_training_log_appends_across_runs(tmp_path: Path) -> None:
+def test_training_log_keeps_earlier_runs_lines(tmp_path: Path) -> None:
     for _ in range(2):
         with report.Reporter(cfg_for(tmp_path), stdout=io.StringIO()) as rep:
             rep.on_progress(PROGRESS)
     log = (tmp_path / "fox" / "gsplat" / contract.TRAINING_LOG).read_text()
     assert log.count("Iteration 15234/30000 | Loss: 0.0234") == 2
+    assert log.count("Training started") == 2 and log.endswith("\n")
+
+
+def test_an_existing_log_without_final_newline_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "fox" / "gsplat" / contract.TRAINING_LOG
+    path.parent.mkdir(parents=True)
+    path.write_text("Iteration 100/30000 | Loss: 0.1000\nIteration 200/30000 | Lo")  # an old append cut short
+    with report.Reporter(cfg_for(tmp_path), stdout=io.StringIO()) as rep:
+        rep.on_progress(PROGRESS)
+    lines = path.read_text().splitlines()
+    assert lines[:2] == ["Iteration 100/30000 | Loss: 0.1000", "Iteration 200/30000 | Lo"]
+    assert lines[-1] == "Iteration 15234/30000 | Loss: 0.0234"
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
+def test_training_log_is_replaced_atomically_at_each_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never appended in place: each report's content is a whole new file renamed over the old one
+    (a new inode), written while training runs (not only at the end), via atomic.write_text."""
+    import os
+
+    writes: list[str] = []
+    real = report.atomic.write_text
+
+    def recording(path, text):  # noqa: ANN001
+        if Path(path).name == "training_log.txt":
+            writes.append(text)
+        real(path, text)
+
+    monkeypatch.setattr(report.atomic, "write_text", recording)
+    path = tmp_path / "fox" / "gsplat" / contract.TRAINING_LOG
+    with report.Reporter(cfg_for(tmp_path), stdout=io.StringIO()) as rep:
+        rep.on_progress(PROGRESS)
+        _wait_for(lambda: path.exists() and "Iteration 15234/30000" in path.read_text())
+        first_inode = path.stat().st_ino
+        rep.on_progress(contract.Progress(step=15300, max_steps=30000, loss=0.02))
+        _wait_for(lambda: "Iteration 15300/30000 | Loss: 0.0200" in path.read_text())
+        assert path.stat().st_ino != first_inode
+    assert writes and all(w.startswith("Training started ") for w in writes)  # whole file each time
+    assert writes[-1] == path.read_text()
+    assert not [n for n in os.listdir(path.parent) if n.endswith(".tmp")]
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_training_log_write_failure_only_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    def failing(path, text):  # noqa: ANN001
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(report.atomic, "write_text", failing)
+    with report.Reporter(cfg_for(tmp_path), stdout=io.StringIO()) as rep:
+        rep.on_progress(PROGRESS)
+    assert capsys.readouterr().err.count("could not write") == 1
 
 
 def test_metrics_values_and_endpoint(tmp_path: Path) -> None:

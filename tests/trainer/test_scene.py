@@ -119,6 +119,113 @@ def test_model_only_in_sparse_0_is_used(tmp_path: Path) -> None:
     assert check.model_dir == root / "sparse" / "0"
 
 
+def test_own_sparse_0_wins_over_sparse_initial(tmp_path: Path) -> None:
+    """Both present: gsplat's parser (the original pipeline) read sparse/0, so the trainer does too;
+    the user's sparse/0 is neither replaced nor ignored."""
+    root = make_scene(tmp_path / "s", n=6)
+    own = make_scene(tmp_path / "own", n=3)  # a different model: 3 registered images
+    (root / "sparse").mkdir()
+    shutil.copytree(own / contract.COLMAP_DIR, root / "sparse" / "0")
+    before = {p.name: p.read_bytes() for p in (root / "sparse" / "0").iterdir()}
+    check = scene_mod.check_scene(cfg_for(root))
+    assert check.model_dir == root / "sparse" / "0"
+    assert check.image_names == ("img_000.png", "img_001.png", "img_002.png")
+    assert not (root / "sparse" / "0").is_symlink()
+    assert {p.name: p.read_bytes() for p in (root / "sparse" / "0").iterdir()} == before
+
+
+def test_our_link_is_what_is_read(tmp_path: Path) -> None:
+    root = make_scene(tmp_path / "s")
+    check = scene_mod.check_scene(cfg_for(root))
+    assert check.model_dir == root / "sparse" / "0" and (root / "sparse" / "0").is_symlink()
+    assert check.model_dir.resolve() == (root / contract.COLMAP_DIR).resolve()
+
+
+def test_sparse_0_without_a_model_falls_back_to_sparse_initial(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_scene(tmp_path / "s")
+    (root / "sparse" / "0").mkdir(parents=True)
+    check = scene_mod.check_scene(cfg_for(root))
+    assert check.model_dir == root / contract.COLMAP_DIR
+    assert "holds no COLMAP model" in caplog.text
+
+
+# --- scene fingerprint (checkpoint resume key) -----------------------------------------------------
+
+
+def _fingerprint(root: Path) -> str:
+    return scene_mod.check_scene(cfg_for(root)).fingerprint
+
+
+def test_fingerprint_is_stable_and_ignores_unused_files(tmp_path: Path) -> None:
+    root = make_scene(tmp_path / "s")
+    first = _fingerprint(root)
+    assert len(first) == 64 and _fingerprint(root) == first
+    (root / "images" / "notes.txt").write_text("not used")
+    (root / "gsplat").mkdir()
+    (root / "gsplat" / "results.ply").write_bytes(b"output, not input")
+    assert _fingerprint(root) == first
+    assert scene_mod.load_scene(cfg_for(root)).fingerprint == first
+
+
+@pytest.mark.parametrize("change", ["model_bytes", "image_rewritten", "image_touched", "image_unregistered"])
+def test_fingerprint_changes_with_the_scene(tmp_path: Path, change: str) -> None:
+    root = make_scene(tmp_path / "s")
+    first = _fingerprint(root)
+    img = root / "images" / "img_001.png"
+    if change == "model_bytes":  # same images, another model (e.g. re-run COLMAP)
+        recon = pycolmap.Reconstruction(str(root / contract.COLMAP_DIR))
+        recon.cameras[1].params = [40.0, 39.0, W / 2, H / 2]
+        recon.write_binary(str(root / contract.COLMAP_DIR))
+        for extra in ("rigs.bin", "frames.bin"):  # keep the classic three files: only cameras.bin differs
+            (root / contract.COLMAP_DIR / extra).unlink(missing_ok=True)
+        assert pycolmap.Reconstruction(str(root / contract.COLMAP_DIR)).cameras[1].params[0] == 40.0
+    elif change == "image_rewritten":  # same name and size, new pixels (and mtime)
+        data = np.asarray(Image.open(img)).copy()
+        Image.fromarray(255 - data).save(img)
+        os.utime(img, ns=(10**18, 10**18))
+    elif change == "image_touched":
+        st = img.stat()
+        os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    else:  # a model with fewer images: the used images change
+        shutil.rmtree(root / contract.COLMAP_DIR)
+        shutil.copytree(make_scene(tmp_path / "fewer", n=5) / contract.COLMAP_DIR, root / contract.COLMAP_DIR)
+    assert _fingerprint(root) != first
+
+
+# --- image files -------------------------------------------------------------------------------------
+
+
+def test_garbage_image_is_refused_before_loading(tmp_path: Path) -> None:
+    root = make_scene(tmp_path / "s")
+    (root / "images" / "img_003.png").write_bytes(b"this is not a PNG at all")
+    with pytest.raises(TrainerError) as info:
+        scene_mod.check_scene(cfg_for(root))
+    assert info.value.reason is contract.Reason.INVALID_IMAGE and info.value.exit_code == 2
+    assert str(root / "images" / "img_003.png") in info.value.message
+    assert "re-upload" in info.value.message
+
+
+def test_empty_image_file_is_refused(tmp_path: Path) -> None:
+    root = make_scene(tmp_path / "s")
+    (root / "images" / "img_000.png").write_bytes(b"")
+    with pytest.raises(TrainerError, match=r"img_000\.png") as info:
+        scene_mod.check_scene(cfg_for(root))
+    assert info.value.reason is contract.Reason.INVALID_IMAGE
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+def test_image_truncated_past_its_header_fails_at_load_with_its_name(tmp_path: Path, factor: int) -> None:
+    root = make_scene(tmp_path / "s")
+    img = root / "images" / "img_004.png"
+    img.write_bytes(img.read_bytes()[:60])  # the header (IHDR) survives, the pixels do not
+    cfg = cfg_for(root, data_factor=factor)
+    check = scene_mod.check_scene(cfg)  # a header check cannot see it: cheap by design
+    with pytest.raises(TrainerError) as info:
+        scene_mod.load_scene(cfg, check)
+    assert info.value.reason is contract.Reason.INVALID_IMAGE and info.value.exit_code == 2
+    assert str(img) in info.value.message
+
+
 def _no_colmap(root: Path) -> None:
     shutil.rmtree(root / "colmap")
 

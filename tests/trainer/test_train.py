@@ -128,7 +128,7 @@ def test_resume_skips_corrupt_newest_checkpoint(scene_dir: Path, scene: SceneDat
     resumed = train(cfg, scene, Recorder(), CPU)
     assert resumed.resumed_from == 10
     assert [s for s, _ in ck.list_checkpoints(ck.checkpoint_dir(cfg))] == [30, 20, 10]
-    assert ck.load_latest(cfg).step == 30  # type: ignore[union-attr]
+    assert ck.load_latest(cfg, cfg.resume_key(scene.fingerprint)).step == 30  # type: ignore[union-attr]
 
 
 @pytest.mark.slow
@@ -142,6 +142,25 @@ def test_finished_run_is_not_retrained(scene_dir: Path, scene: SceneData, tmp_pa
     for k, v in first.splats.items():
         assert torch.equal(again.splats[k], v)
     assert [s for s, _ in ck.list_checkpoints(ck.checkpoint_dir(cfg))] == [20]
+
+
+@pytest.mark.slow
+def test_checkpoint_of_other_scene_content_is_not_resumed(
+    scene_dir: Path, scene: SceneData, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Same options, other scene content (fingerprint): start fresh; with keep_checkpoints=1 the old
+    run's final checkpoint (a higher step) must not push the new run's own out of rotation."""
+    cfg = _cfg(scene_dir, tmp_path, max_steps=20, checkpoint_every=10, keep_checkpoints=1)
+    old = train(cfg, dataclasses.replace(scene, fingerprint="old-scene"), Recorder(), CPU)
+    assert old.resumed_from is None
+    new_scene = dataclasses.replace(scene, fingerprint="new-scene")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, new_scene, Recorder(stop_at=10), CPU)
+    assert "training starts fresh" in caplog.text
+    assert [s for s, _ in ck.list_checkpoints(ck.checkpoint_dir(cfg))] == [10]  # its own; the old one retired
+    rec = Recorder()
+    resumed = train(cfg, new_scene, rec, CPU)
+    assert resumed.resumed_from == 10 and rec.progress[0].step == 20
 
 
 def test_no_resume_starts_over(scene_dir: Path, scene: SceneData, tmp_path: Path) -> None:

@@ -2,6 +2,12 @@
 
 Write to a temporary file in the same directory (same filesystem, so `os.replace` is a rename),
 fsync it, rename over the target, then fsync the directory so the rename survives a node crash.
+
+The temporary file is created with mode 0o666 minus the umask, like any file `open()` creates
+(not mkstemp's owner-only 0600): results.ply, config.json and checkpoints end up 0644 under the
+usual umask 022, readable by a gateway or viewer that mounts the volume under another uid.
+Temporary names are `.<target name>.<8 characters>.tmp`; `remove_stale_temps` removes exactly
+those, left behind by a writer that was killed (SIGKILL, node loss) before its rename.
 """
 
 from __future__ import annotations
@@ -9,10 +15,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+FILE_MODE = 0o666  # before the umask, as open() does
+# `.results.ply.1a2b3c4d.tmp`; [a-z0-9_] also matches the names an older, mkstemp-based writer made.
+TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def _temp_path(target: Path) -> tuple[int, Path]:
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {target}")
 
 
 @contextlib.contextmanager
@@ -22,7 +43,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
         raise ValueError(f"atomic_open supports 'w' and 'wb', not {mode!r}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = _temp_path(target)
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
             yield fh
@@ -62,3 +83,25 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2) -> None:
     write_text(path, json.dumps(data, indent=indent, default=str) + "\n")
+
+
+def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete this writer's leftover temporary files under `directory` (recursively).
+
+    Only regular files named like `atomic_open`'s temporaries are touched; call it before anything
+    in `directory` is written, so no live write of this process can be hit. Missing or unreadable
+    directories are fine (nothing to clean).
+    """
+    removed: list[Path] = []
+    root = Path(directory)
+    if not root.is_dir():
+        return removed
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if TEMP_NAME.match(name):
+                p = Path(dirpath) / name
+                if p.is_file() and not p.is_symlink():
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+                        removed.append(p)
+    return removed

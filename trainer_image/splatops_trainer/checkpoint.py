@@ -2,13 +2,21 @@
 
 A checkpoint holds everything needed to continue bit-for-bit on the same device: splats, every
 optimizer's state, the strategy's running state, the step, and all RNG states. It also records
-`cfg.resume_key()`; a checkpoint written under different options is never resumed.
+the resume key (`cfg.resume_key(scene fingerprint)`); a checkpoint written for another scene
+content or under options that change training is never resumed: training starts fresh, and the
+unusable checkpoints are removed only once the new run has written its first own checkpoint.
+
+Checkpoints hold only tensors and plain containers (dict, list, tuple, str, int, float, bool,
+None), and are loaded with `torch.load(weights_only=True)`: a file on the shared volume can never
+make the trainer unpickle (run) arbitrary objects. A file that cannot be loaded that way (an older
+format, a foreign or corrupt file) is skipped with a warning, never a crash.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -18,11 +26,11 @@ import torch
 from splatops.contract import CHECKPOINTS_DIR
 
 from .atomic import atomic_open
-from .config import TrainerConfig
+from .config import TrainerConfig, key_differences
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: weights_only-loadable (plain RNG states), scene fingerprint in the key
 _NAME = re.compile(r"^ckpt_(\d{6,})\.pt$")
 
 
@@ -60,12 +68,19 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def save_checkpoint(cfg: TrainerConfig, ckpt: Checkpoint) -> Path:
-    """Write atomically (temp file in the same dir, fsync, os.replace), then rotate."""
+def save_checkpoint(cfg: TrainerConfig, ckpt: Checkpoint, retire: list[Path] | tuple[Path, ...] = ()) -> Path:
+    """Write atomically (temp file in the same dir, fsync, os.replace), then rotate.
+
+    `retire`: checkpoints that cannot be resumed under this run's key (find_resumable's `stale`);
+    deleted only after this one is safely written, so a run never has fewer usable checkpoints.
+    """
     directory = checkpoint_dir(cfg)
     final = checkpoint_path(cfg, ckpt.step)
     with atomic_open(final, "wb") as f:
         torch.save(ckpt.to_payload(), f)
+    for p in retire:
+        if p != final:  # the same step's file was just replaced by ours
+            p.unlink(missing_ok=True)
     rotate(directory, cfg.keep_checkpoints)
     return final
 
@@ -90,32 +105,65 @@ def rotate(directory: Path, keep: int) -> list[Path]:
 
 
 def _load(path: Path) -> Checkpoint:
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        raise ValueError("not a splatops checkpoint of this format version")
+        raise ValueError(f"not a splatops checkpoint of format version {FORMAT_VERSION}")
     fields = {f.name for f in dataclasses.fields(Checkpoint)}
     return Checkpoint(**{k: v for k, v in payload.items() if k in fields})
 
 
-def load_latest(cfg: TrainerConfig) -> Checkpoint | None:
-    """The newest readable checkpoint whose resume key matches cfg; warn about skipped ones."""
-    want = cfg.resume_key()
+def _why_unreadable(exc: Exception) -> str:
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and text.startswith("Weights only load failed"):
+        # torch's text goes on to suggest weights_only=False: exactly what must not be done here.
+        return "it holds objects a safe (weights_only) load refuses: an older checkpoint format or a foreign file"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@dataclasses.dataclass
+class Found:
+    checkpoint: Checkpoint | None  # the newest resumable one
+    stale: list[Path]  # newer files that cannot be resumed under this key (retire them later)
+
+
+def find_resumable(cfg: TrainerConfig, want: dict[str, object] | None = None) -> Found:
+    """The newest safely readable checkpoint whose resume key is `want`, and the newer unusable ones.
+
+    Every skipped file is logged (why); when none can be resumed the log says training starts fresh.
+    """
+    want = cfg.resume_key() if want is None else want
+    stale: list[Path] = []
     for step, path in list_checkpoints(checkpoint_dir(cfg)):
         try:
             ckpt = _load(path)
-        except Exception as exc:  # corrupt/truncated/foreign file: fall back to an older one
-            log.warning("skipping unreadable checkpoint %s: %s", path, exc)
+        except Exception as exc:  # corrupt/truncated/foreign/old-format file: fall back to an older one
+            log.warning("skipping unreadable checkpoint %s: %s", path, _why_unreadable(exc))
+            stale.append(path)
             continue
         if ckpt.resume_key != want:
             log.warning(
-                "skipping checkpoint %s: written with different options %s (now %s)",
+                "skipping checkpoint %s: written for another scene or options (%s)",
                 path,
-                ckpt.resume_key,
-                want,
+                "; ".join(key_differences(ckpt.resume_key, want)),
             )
+            stale.append(path)
             continue
         if ckpt.step != step:
             log.warning("skipping checkpoint %s: its content says step %d", path, ckpt.step)
+            stale.append(path)
             continue
-        return ckpt
-    return None
+        return Found(ckpt, stale)
+    if stale:
+        log.warning(
+            "no checkpoint in %s can be resumed: training starts fresh from step 0 (the %d unusable "
+            "checkpoint(s) are removed once this run writes its first checkpoint; an existing "
+            "results.ply stays until this run replaces it)",
+            checkpoint_dir(cfg),
+            len(stale),
+        )
+    return Found(None, stale)
+
+
+def load_latest(cfg: TrainerConfig, want: dict[str, object] | None = None) -> Checkpoint | None:
+    """The newest readable checkpoint whose resume key matches (default: cfg's, no scene fingerprint)."""
+    return find_resumable(cfg, want).checkpoint

@@ -97,6 +97,19 @@ def options() -> list[Option]:
     return result
 
 
+_EMPTY = object()  # an empty value given to a required flag
+
+
+def _required(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse type for a required option: an empty value is missing, not converted."""
+
+    def parse(text: str) -> Any:
+        return _EMPTY if text.strip() == "" else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names it in "invalid X value"
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:  # exit code 2 with our reporting, not argparse's
         raise invalid_options(f"Invalid options: {message}")
@@ -117,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(opt.flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(
-                opt.flag, type=opt.convert, choices=opt.choices, default=None, help=help_text,
+                opt.flag, type=_required(opt.convert) if opt.required else opt.convert, choices=opt.choices,
+                default=None, help=help_text,
                 metavar=None if opt.choices else opt.name.upper(),
             )
     return parser
@@ -128,12 +142,14 @@ def resolve_options(argv: Sequence[str] | None, env: Mapping[str, str]) -> dict[
     ns = vars(build_parser().parse_args(argv))
     values: dict[str, Any] = {}
     for opt in options():
+        if ns.get(opt.name) is _EMPTY:  # `--scene-dir ''`: not Path('') == Path('.'), the cwd
+            raise invalid_options(f"Invalid options: {opt.flag} (or {opt.env}) is required")
         if ns.get(opt.name) is not None:
             values[opt.name] = ns[opt.name]
             continue
         raw = env.get(opt.env)
-        if raw is None or (raw == "" and not opt.required):
-            continue  # unset, or set empty by a template: keep the default
+        if raw is None or raw.strip() == "":
+            continue  # unset, or set empty by a template: the default (a required option stays missing)
         try:
             value = opt.convert(raw)
         except (TypeError, ValueError) as exc:
@@ -203,6 +219,10 @@ def run(cfg: TrainerConfig, reporter: Reporter) -> contract.Result:
     from . import scene as scene_mod
 
     check = scene_mod.check_scene(cfg)  # exit 2 material is decided here, before any CUDA use
+    # Temp files of writes a SIGKILL cut short (results.ply, config.json, checkpoints, cache):
+    # nothing of this run is being written yet, so every one of them is stale.
+    for stale in atomic.remove_stale_temps(cfg.out):
+        log.info("removed a stale temporary file %s", stale)
     device = resolve_device(cfg.device)
     data = scene_mod.load_scene(cfg, check)
     log.info("scene %s: %d train / %d test views, %d points", cfg.scene_id, len(data.train), len(data.test), len(data.points))

@@ -70,16 +70,37 @@ class TrainerConfig:
         assert self.output_dir is not None
         return self.output_dir
 
-    def resume_key(self) -> dict[str, object]:
-        """The options a checkpoint must match to be resumed (others may change across restarts)."""
-        return {
-            "data_factor": self.data_factor,
-            "max_steps": self.max_steps,
-            "strategy": self.strategy,
-            "sh_degree": self.sh_degree,
-            "test_every": self.test_every,
-            "seed": self.seed,
+    def resume_key(self, scene_fingerprint: str = "") -> dict[str, object]:
+        """What a checkpoint must match to be resumed: the scene's content and every option that
+        changes training. Only the options in NOT_IN_RESUME_KEY (where outputs go, how often to
+        report/evaluate/checkpoint, labels) may change across restarts; a new field is part of the
+        key unless it is listed there.
+        """
+        key: dict[str, object] = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in NOT_IN_RESUME_KEY
         }
+        key["scene"] = scene_fingerprint
+        return key
+
+
+# Options that do not change the trained model (so a restarted pod may change them and still resume).
+# scene_dir: the scene's content is in the key (its fingerprint), not the path it is mounted at.
+NOT_IN_RESUME_KEY = frozenset(
+    {
+        "scene_dir", "output_dir", "scene_id", "device", "eval_every", "checkpoint_every",
+        "keep_checkpoints", "progress_every", "metrics_port", "termination_log", "resume",
+    }
+)
+
+
+def key_differences(old: dict[str, object], new: dict[str, object]) -> list[str]:
+    """Human words for how two resume keys differ (for the "not resuming" log line)."""
+    words = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name, "<unset>"), new.get(name, "<unset>")
+        if a != b:
+            words.append("the scene's images or COLMAP model changed" if name == "scene" else f"{name} {a} -> {b}")
+    return words
 
 
 def validate(cfg: TrainerConfig) -> list[str]:

@@ -35,3 +35,4 @@ class SceneData:
     points: torch.Tensor  # [N, 3] float32 sparse COLMAP points (initialisation)
     colors: torch.Tensor  # [N, 3] float32 in [0, 1]
     scene_scale: float  # radius of the camera centres around their mean, times 1.1 (3DGS norm)
+    fingerprint: str = ""  # the scene content's identity (scene.scene_fingerprint); in the resume key

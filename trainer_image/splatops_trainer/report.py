@@ -2,7 +2,8 @@
 
 `Reporter` implements train.TrainHooks. The operator reads the JSON lines from the pod log and
 the final `contract.Result` from the termination message; humans read training_log.txt in the
-original pipeline's words (`Iteration 15234/30000 | Loss: 0.0234`); Prometheus scrapes the port.
+original pipeline's words (`Iteration 15234/30000 | Loss: 0.0234`), rewritten atomically at each
+report (never appended to in place); Prometheus scrapes the port.
 """
 
 from __future__ import annotations
@@ -87,6 +88,71 @@ class Metrics:
             self._server = None
 
 
+class TrainingLog:
+    """results/training_log.txt, rewritten whole and atomically (atomic.write_text), never appended.
+
+    The lines live in memory, starting with the existing file's (a resumed or repeated run keeps
+    the earlier lines). Every added line schedules a rewrite on a background thread, which writes
+    the newest content (bursts coalesce into one write), so the training loop never waits for an
+    fsync. `close()` writes whatever is still pending. A write that fails only warns: the run is
+    not failed for its log.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lines: list[str] = []
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            text = ""
+        except OSError as exc:
+            print(f"warning: could not read {path} (starting a new log): {exc}", file=sys.stderr)
+            text = ""
+        self._lines = [line + "\n" for line in text.splitlines()]
+        self._cond = threading.Condition()
+        self._dirty = False
+        self._closing = False
+        self._warned = False
+        self._thread = threading.Thread(target=self._run, name="training-log", daemon=True)
+        self._thread.start()
+
+    @property
+    def lines(self) -> list[str]:
+        with self._cond:
+            return [line.rstrip("\n") for line in self._lines]
+
+    def add(self, line: str) -> None:
+        with self._cond:
+            if self._closing:
+                return
+            self._lines.append(line + "\n")
+            self._dirty = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._dirty and not self._closing:
+                    self._cond.wait()
+                if not self._dirty:
+                    return  # closing, nothing left to write
+                text = "".join(self._lines)
+                self._dirty = False
+            try:
+                atomic.write_text(self.path, text)
+            except OSError as exc:
+                if not self._warned:
+                    self._warned = True
+                    print(f"warning: could not write {self.path}: {exc}", file=sys.stderr)
+
+    def close(self) -> None:
+        """Write what is pending and stop the writer (idempotent)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+
 class Reporter:
     """TrainHooks for the CLI. Thread-safe enough for one training thread plus the HTTP server."""
 
@@ -95,15 +161,13 @@ class Reporter:
         self.stdout = stdout or sys.stdout
         self.last: contract.Progress | None = None
         self._lock = threading.Lock()
-        self._log: IO[str] | None = None
+        self._log: TrainingLog | None = None
         self.metrics: Metrics | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        log_path = self.cfg.out / contract.TRAINING_LOG
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._log = TrainingLog(self.cfg.out / contract.TRAINING_LOG)
         self.metrics = Metrics(str(self.cfg.scene_id), self.cfg.metrics_port)
         self.metrics.max_steps.set(self.cfg.max_steps)
         self._emit({"event": contract.EVENT_STARTED, "scene_id": self.cfg.scene_id, "max_steps": self.cfg.max_steps})
@@ -153,7 +217,7 @@ class Reporter:
 
     def _log_line(self, line: str) -> None:
         if self._log is not None:
-            self._log.write(line + "\n")
+            self._log.add(line)
 
     def log(self, line: str) -> None:
         """A free-form line in training_log.txt (e.g. the final summary)."""

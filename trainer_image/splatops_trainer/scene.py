@@ -1,7 +1,8 @@
 """Scene checking and loading: COLMAP model + images in, `dataset.SceneData` out.
 
 `check_scene` decides everything that can be wrong with the input (exit code 2) on the CPU,
-before the GPU is touched, with the original pipeline's messages. `load_scene` then reads the
+before the GPU is touched, with the original pipeline's messages (and fingerprints the scene's
+content for the checkpoint resume key). `load_scene` then reads the
 images: undistorted (SIMPLE_RADIAL, RADIAL, OPENCV) and downscaled by `data_factor` once, into a
 cache under the output directory that later runs (and resumed pods) reuse.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -51,6 +53,7 @@ class SceneCheck:
     reconstruction: pycolmap.Reconstruction
     image_names: tuple[str, ...]  # registered images, sorted by name
     camera_models: dict[int, str]
+    fingerprint: str = ""  # scene_fingerprint(): the model files' content + the images' stats
 
 
 # --- Checks --------------------------------------------------------------------------------------
@@ -82,14 +85,19 @@ def ensure_sparse_link(scene_dir: Path) -> None:
 
 
 def find_model_dir(scene_dir: Path) -> Path:
-    for rel in (contract.COLMAP_DIR, contract.SPARSE_DIR):
-        if has_model(scene_dir / rel):
-            return scene_dir / rel
+    """sparse/0 when it holds a model (what gsplat's parser, and so the original pipeline, read:
+    our link to colmap/sparse_initial, or a user's own model), else colmap/sparse_initial."""
+    sparse, initial = scene_dir / contract.SPARSE_DIR, scene_dir / contract.COLMAP_DIR
+    if has_model(sparse):
+        return sparse
+    if has_model(initial):
+        if os.path.lexists(sparse):
+            log.warning("%s holds no COLMAP model (cameras, images, points3D): using %s", sparse, initial)
+        return initial
     raise TrainerError(
         contract.Reason.COLMAP_NOT_FOUND,
         f"{contract.MSG_COLMAP_NOT_FOUND}: expected cameras, images and points3D (.bin or .txt) "
-        f"in {scene_dir / contract.COLMAP_DIR} or {scene_dir / contract.SPARSE_DIR}. "
-        "Run the COLMAP conversion for this scene first.",
+        f"in {initial} or {sparse}. Run the COLMAP conversion for this scene first.",
     )
 
 
@@ -140,6 +148,54 @@ def check_cameras(recon: pycolmap.Reconstruction) -> dict[int, str]:
     return models
 
 
+def _invalid_image(images_dir: Path, name: str, problem: object) -> TrainerError:
+    return TrainerError(
+        contract.Reason.INVALID_IMAGE,
+        f"Image {images_dir / name} cannot be read as an image ({problem}). The file is damaged or "
+        "not an image: re-upload it, or remove it and re-run the COLMAP conversion.",
+    )
+
+
+def check_image_headers(images_dir: Path, names: tuple[str, ...] | list[str]) -> None:
+    """Open each image's header (format, size; a few KiB read, not the pixels): garbage, empty or
+    foreign files fail here, before the GPU is touched. A file damaged past its header is caught
+    when the pixels are decoded (load_scene), with the same reason."""
+
+    def one(name: str) -> None:
+        try:
+            with Image.open(images_dir / name) as img:
+                width, height = img.size
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise _invalid_image(images_dir, name, exc) from exc
+        if width <= 0 or height <= 0:
+            raise _invalid_image(images_dir, name, f"size {width}x{height}")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for _ in pool.map(one, names):  # re-raises the first failure, in name order
+            pass
+
+
+MODEL_FILES = ("cameras", "images", "points3D", "rigs", "frames")
+
+
+def scene_fingerprint(model_dir: Path, images_dir: Path, names: tuple[str, ...] | list[str]) -> str:
+    """A cheap identity of the scene's content, for the checkpoint resume key: the SHA-256 of the
+    COLMAP model files' bytes, plus each used image's name, size and mtime (not its pixels)."""
+    h = hashlib.sha256(b"splatops-scene-v1\0")
+    for stem in MODEL_FILES:
+        for ext in (".bin", ".txt"):
+            path = model_dir / f"{stem}{ext}"
+            if path.is_file():
+                h.update(f"model {stem}{ext}\0".encode())
+                with open(path, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
+    for name in sorted(names):
+        st = (images_dir / name).stat()
+        h.update(f"image {name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()
+
+
 def check_scene(cfg: TrainerConfig) -> SceneCheck:
     """Every input check that needs no GPU; raises TrainerError (exit code 2) on bad input."""
     scene_dir = cfg.scene_dir
@@ -168,6 +224,7 @@ def check_scene(cfg: TrainerConfig) -> SceneCheck:
             f"{len(missing)} of {len(names)} images named in the COLMAP model are missing from "
             f"{images_dir}: {shown}. Upload them or re-run the COLMAP conversion.",
         )
+    check_image_headers(images_dir, names)
     return SceneCheck(
         scene_dir=scene_dir,
         model_dir=model_dir,
@@ -175,6 +232,7 @@ def check_scene(cfg: TrainerConfig) -> SceneCheck:
         reconstruction=recon,
         image_names=tuple(names),
         camera_models=models,
+        fingerprint=scene_fingerprint(model_dir, images_dir, names),
     )
 
 
@@ -340,10 +398,18 @@ def load_scene(cfg: TrainerConfig, check: SceneCheck | None = None) -> SceneData
 
     def one(name: str) -> View:
         src = check.images_dir / name
-        if cache is not None:
-            rgb, k = cache.get(name, src, cams[name], cfg.data_factor)
-        else:
-            rgb, k = process_image(src, cams[name], 1)
+        try:
+            if cache is not None:
+                rgb, k = cache.get(name, src, cams[name], cfg.data_factor)
+            else:
+                rgb, k = process_image(src, cams[name], 1)
+        except FileNotFoundError as exc:  # deleted since check_scene
+            raise TrainerError(
+                contract.Reason.MISSING_IMAGES,
+                f"Image {src} named in the COLMAP model disappeared while loading: upload it again.",
+            ) from exc
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # truncated/corrupt pixels
+            raise _invalid_image(check.images_dir, name, exc) from exc
         return View(
             name=name,
             K=torch.from_numpy(k.astype(np.float32)),
@@ -354,11 +420,6 @@ def load_scene(cfg: TrainerConfig, check: SceneCheck | None = None) -> SceneData
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             views = {v.name: v for v in pool.map(one, check.image_names)}
-    except (OSError, ValueError) as exc:  # PIL: truncated/corrupt image files
-        raise TrainerError(
-            contract.Reason.NO_IMAGES if isinstance(exc, FileNotFoundError) else contract.Reason.INVALID_MODEL,
-            f"Could not read an input image: {exc}. Replace the damaged file in {check.images_dir}.",
-        ) from exc
     finally:
         if cache is not None:
             cache.save()
@@ -375,4 +436,5 @@ def load_scene(cfg: TrainerConfig, check: SceneCheck | None = None) -> SceneData
         points=points,
         colors=colors,
         scene_scale=scene_scale(camera_centres(recon, check.image_names)),
+        fingerprint=check.fingerprint,
     )

@@ -95,11 +95,19 @@ class _DeviceViews:
 
 
 def _rng_state(view_gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """Every RNG's state as tensors and plain containers (checkpoints load with weights_only)."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "view_sampler": view_gen.get_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of ints, None)
+        "numpy": {
+            "kind": str(kind),
+            "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),  # uint32 values
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
     }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
@@ -110,7 +118,10 @@ def _set_rng_state(state: dict[str, Any], view_gen: torch.Generator, device: tor
     torch.set_rng_state(state["torch"])
     view_gen.set_state(state["view_sampler"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
@@ -252,7 +263,12 @@ class _Trainer:
         self.start_step = 0
         self.resumed_from: int | None = None
         ckpt_mod.remove_stale_temps(cfg)
-        ckpt = ckpt_mod.load_latest(cfg) if cfg.resume else None
+        self.resume_key = cfg.resume_key(scene.fingerprint)
+        if cfg.resume:
+            found = ckpt_mod.find_resumable(cfg, self.resume_key)
+            ckpt, self._retire = found.checkpoint, found.stale
+        else:  # starting over on purpose: the old checkpoints go once this run has its own
+            ckpt, self._retire = None, [p for _, p in ckpt_mod.list_checkpoints(ckpt_mod.checkpoint_dir(cfg))]
         if ckpt is not None:
             self._restore(ckpt)
         else:
@@ -297,9 +313,10 @@ class _Trainer:
             optimizers={k: _to_cpu(o.state_dict()) for k, o in self.optimizers.items()},
             strategy_state=_to_cpu(self.strategy_state),
             rng=_rng_state(self.view_gen, self.device),
-            resume_key=self.cfg.resume_key(),
+            resume_key=self.resume_key,
         )
-        self._pending = self._writer.submit(ckpt_mod.save_checkpoint, self.cfg, snap)
+        retire, self._retire = self._retire, []
+        self._pending = self._writer.submit(ckpt_mod.save_checkpoint, self.cfg, snap, retire)
 
     def _wait_pending(self) -> None:
         if self._pending is not None:
