@@ -17,7 +17,19 @@ if generation ~= nil and (status.observedGeneration == nil or status.observedGen
 end
 local phase = status.phase
 local progress = status.progress or {}
-local detail = status.message or progress.message or ""
+-- What to show after the phase: for Running, the trainer's progress line
+-- ("Iteration 15234/30000 | Loss: 0.0234") when there is one, else status.message; for the
+-- other phases, status.message. Empty strings count as absent.
+local function nonempty(s)
+  if s ~= nil and s ~= "" then
+    return s
+  end
+  return nil
+end
+local detail = nonempty(status.message) or ""
+if phase == "Running" then
+  detail = nonempty(progress.message) or detail
+end
 if phase == "Succeeded" then
   hs.status = "Healthy"
   hs.message = "Trained: " .. (status.modelPath or "results.ply")

@@ -78,13 +78,20 @@ def test_every_field_is_described(root: str) -> None:
         ("maxSteps", "maximum", 1_000_000),
         ("maxSteps", "default", 30000),
         ("strategy", "enum", ["default", "mcmc"]),
-        ("backoffLimit", "default", 3),
-        ("activeDeadlineSeconds", "default", 21600),
+        ("backoffLimit", "maximum", 100),
+        ("activeDeadlineSeconds", "minimum", 60),
         ("suspend", "default", False),
     ],
 )
 def test_schema_bounds_and_defaults(field: str, key: str, value: Any) -> None:
     assert SPEC["properties"][field][key] == value
+
+
+@pytest.mark.parametrize("field", ["backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"])
+def test_job_lifetime_fields_default_to_the_operator_settings(field: str) -> None:
+    """No schema default: an unset field must reach the operator unset, so its settings apply."""
+    assert "default" not in SPEC["properties"][field]
+    assert "operator's" in SPEC["properties"][field]["description"]
 
 
 # --- samples against the openAPIV3Schema ---------------------------------------------------------
@@ -94,7 +101,11 @@ GOOD = [
     {"dataFactor": 4, "maxSteps": 1, "strategy": "mcmc"},
     {"resources": {"gpus": 2, "memory": "32Gi", "cpu": "8"}, "queueName": "gpu-queue"},
     {"tolerations": [{"key": "x", "operator": "Exists", "effect": "NoSchedule"}], "nodeSelector": {"zone": "a"}},
-    {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}, "suspend": True},
+    {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}, "suspend": True},
+    {"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 50, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                           "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "trainer"}}}}]}},
+     "backoffLimit": 0, "activeDeadlineSeconds": 60, "ttlSecondsAfterFinished": 0},
 ]
 BAD = [
     ({"dataFactor": 3}, "dataFactor"),
@@ -131,6 +142,29 @@ def test_bad_samples_rejected(spec: dict[str, Any], field: str) -> None:
     assert errors and any(field in (str(e.path) + e.message) for e in errors)
     with pytest.raises(Exception):
         GaussianSplatTraining.model_validate(obj)
+
+
+# spec.affinity is free-form in the CRD (see api/models.py); the operator checks its core/v1 shape.
+AFFINITY_BAD = [
+    ({"nodeAfinity": {}}, "nodeAfinity: Extra inputs are not permitted"),
+    ({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}},
+     "nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms: Field required"),
+    ({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "gpu", "operator": "Equals", "values": ["a10g"]}]}]}}}, "operator"),
+    ({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {}}]}}, "topologyKey: Field required"),
+    ({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 0, "podAffinityTerm": {"topologyKey": "x"}}]}}, "weight"),
+    ({"nodeAffinity": ["not", "an", "object"]}, "nodeAffinity: must be an object"),
+]
+
+
+@pytest.mark.parametrize(("affinity", "needle"), AFFINITY_BAD)
+def test_affinity_shape_checked_by_the_operator(affinity: dict[str, Any], needle: str) -> None:
+    obj = resource(affinity=affinity)
+    _validator().validate(obj)  # the CRD lets it through...
+    with pytest.raises(Exception) as err:  # ...the operator's models do not (-> InvalidSpec)
+        GaussianSplatTraining.model_validate(obj)
+    assert "not a core/v1 Affinity" in str(err.value) and needle in str(err.value)
 
 
 def test_examples_validate() -> None:

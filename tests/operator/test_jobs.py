@@ -41,8 +41,8 @@ def test_job_properties() -> None:
     assert job["metadata"]["ownerReferences"] == [{
         "apiVersion": names.API_VERSION, "kind": names.KIND, "name": "fox", "uid": "uid-fox",
         "controller": True, "blockOwnerDeletion": True}]
-    assert spec["backoffLimit"] == 3 and spec["activeDeadlineSeconds"] == 21600 and spec["suspend"] is False
-    assert "ttlSecondsAfterFinished" not in spec
+    assert spec["backoffLimit"] == 3 and spec["activeDeadlineSeconds"] == 86400 and spec["suspend"] is False
+    assert spec["ttlSecondsAfterFinished"] == 604800  # the operator's defaults: 3 retries, 24 h, 7 days
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
     sc = container["securityContext"]
@@ -137,3 +137,33 @@ def test_model_path(path: str, model: str) -> None:
     from splatops.api.models import parse_spec
 
     assert jobs.model_path(parse_spec({"scene": {"claimName": "c", "path": path}})) == model
+
+
+LIFETIME = ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
+
+
+@pytest.mark.parametrize(
+    ("settings", "spec", "expected"),
+    [
+        (SETTINGS, {}, (3, 86400, 604800)),
+        (Settings(default_backoff_limit=5, default_active_deadline_seconds=3600, default_ttl_seconds_after_finished=60), {},
+         (5, 3600, 60)),
+        # 0 = none: no retries, no deadline, finished Jobs kept
+        (Settings(default_backoff_limit=0, default_active_deadline_seconds=0, default_ttl_seconds_after_finished=0), {},
+         (0, None, None)),
+        # the spec's values win, also a TTL of 0 (delete at once) and over a default of none
+        (Settings(default_active_deadline_seconds=0, default_ttl_seconds_after_finished=0),
+         {"backoffLimit": 1, "activeDeadlineSeconds": 7200, "ttlSecondsAfterFinished": 0}, (1, 7200, 0)),
+        (SETTINGS, {"backoffLimit": 0, "ttlSecondsAfterFinished": 3600}, (0, 86400, 3600)),
+    ],
+)
+def test_job_lifetime_defaults_from_settings(settings: Settings, spec: dict[str, Any], expected: tuple[Any, ...]) -> None:
+    job = jobs.build_job(training(**spec), settings)
+    assert tuple(job["spec"].get(k) for k in LIFETIME) == expected
+    kubernetes_validate.validate(job, "1.30", strict=True)
+
+
+def test_owned_by() -> None:
+    job = jobs.build_job(training(), SETTINGS)
+    assert jobs.owned_by(job, "uid-fox") and not jobs.owned_by(job, "uid-of-a-deleted-namesake")
+    assert not jobs.owned_by({"metadata": {}}, "uid-fox")

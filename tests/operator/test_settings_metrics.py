@@ -20,7 +20,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     for key in list(os.environ):
-        if key.startswith(ENV):
+        if key.startswith((ENV, "SPLATOPS_DEFAULT_")):
             monkeypatch.delenv(key)
 
 
@@ -70,6 +70,29 @@ def test_invalid_env_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, env: dict
     with pytest.raises(SettingsError) as err:
         Settings.from_env()
     assert needle in str(err.value) and "invalid operator settings" in str(err.value)
+
+
+def test_job_default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings.from_env()
+    assert (s.default_backoff_limit, s.default_active_deadline_seconds, s.default_ttl_seconds_after_finished) == (3, 86400, 604800)
+    monkeypatch.setenv("SPLATOPS_DEFAULT_BACKOFF_LIMIT", "5")
+    monkeypatch.setenv("SPLATOPS_DEFAULT_ACTIVE_DEADLINE_SECONDS", "0")
+    monkeypatch.setenv("SPLATOPS_OPERATOR_DEFAULT_TTL_SECONDS_AFTER_FINISHED", "3600")  # the operator prefix works too
+    s = Settings.from_env()
+    assert (s.default_backoff_limit, s.default_active_deadline_seconds, s.default_ttl_seconds_after_finished) == (5, 0, 3600)
+    assert Settings(default_backoff_limit=1).default_backoff_limit == 1  # by field name (splatops local does this)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [("SPLATOPS_DEFAULT_BACKOFF_LIMIT", "-1"), ("SPLATOPS_DEFAULT_BACKOFF_LIMIT", "101"),
+     ("SPLATOPS_DEFAULT_ACTIVE_DEADLINE_SECONDS", "a day"), ("SPLATOPS_DEFAULT_TTL_SECONDS_AFTER_FINISHED", "-5")],
+)
+def test_invalid_job_default_names_its_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env()
+    assert var in str(err.value) and "SPLATOPS_OPERATOR_" + var.removeprefix("SPLATOPS_") in str(err.value)
 
 
 def test_kopf_settings_mapping() -> None:

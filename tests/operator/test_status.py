@@ -169,7 +169,7 @@ def test_should_write_status(last: float | None, now: float, interval: float, wr
 
 # --- queue ------------------------------------------------------------------------------------------
 
-W = [queue.Waiting("2026-01-01T00:00:0%dZ" % i, "default", f"t{i}") for i in range(5)]
+W = [queue.Waiting("2026-01-01T00:00:0%dZ" % i, 100 - i, "default", f"t{i}") for i in range(5)]
 
 
 @pytest.mark.parametrize(
@@ -185,6 +185,39 @@ W = [queue.Waiting("2026-01-01T00:00:0%dZ" % i, "default", f"t{i}") for i in ran
 )
 def test_queue_admission_fcfs(running: int, waiting: list[queue.Waiting], cap: int, admitted: list[str]) -> None:
     assert [w.name for w in queue.admit(running, waiting, cap)] == admitted
+
+
+def test_same_second_is_first_seen_first_not_alphabetical() -> None:
+    """creationTimestamp has 1 s resolution: ties go by the order the operator first saw them."""
+    same = "2026-01-01T00:00:00Z"
+    waiting = [queue.Waiting(same, 2, "default", "a"), queue.Waiting(same, 0, "default", "c"),
+               queue.Waiting(same, 1, "default", "b"), queue.Waiting("2025-12-31T23:59:59Z", 9, "default", "z")]
+    assert [w.name for w in queue.admit(0, waiting, 3)] == ["z", "c", "b"]
+
+
+# --- status once the Job is gone (ttlSecondsAfterFinished) ------------------------------------------
+
+
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
+def test_terminal_status_stays_when_job_and_pods_are_gone(phase: str) -> None:
+    """The TTL controller deletes the finished Job and its pods: nothing to write, no phase change."""
+    pods = (pod("Succeeded", terminated=terminated(0, result_msg(status="complete", model_path="/data/scenes/fox/gsplat/results.ply",
+                                                                psnr=30.0, steps=250))),) if phase == "Succeeded" else \
+        (pod("Failed", terminated=terminated(3, failed_msg(R.OUT_OF_MEMORY, contract.MSG_OOM))),)
+    finished = job(("Complete", "Done") if phase == "Succeeded" else ("Failed", "PodFailurePolicy"), succeeded=int(phase == "Succeeded"))
+    progress = {"step": 200, "maxSteps": 300, "percent": 66.7, "loss": 0.02, "message": "Iteration 200/300 | Loss: 0.0200", "updatedAt": T0}
+    first = status.desired_status(observe(finished, *pods, prev={"progress": progress}))
+    assert first["phase"] == phase
+    current = {"progress": progress, **first}
+    gone = status.desired_status(observe(None, prev=current))
+    assert status.status_patch(current, gone) == {} and not status.phase_changed(current, gone)
+
+
+def test_failed_status_before_any_job() -> None:
+    out = status.failed_status("ScenePVCNotFound", "claim missing", T0_EPOCH, 1)
+    assert (out["phase"], out["reason"], out["message"], out["observedGeneration"]) == ("Failed", "ScenePVCNotFound", "claim missing", 1)
+    assert {c["type"]: c["status"] for c in out["conditions"]}["Failed"] == "True"
+    Status.model_validate(out)
 
 
 # --- failures: direct --------------------------------------------------------------------------------

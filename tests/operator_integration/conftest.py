@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import kmock
 import pytest
 
 from splatops import names
@@ -19,6 +20,8 @@ from splatops.local import cluster as c
 from splatops.local.kubelet import SimCluster
 
 NS = "default"
+PVC_RESOURCE = "v1/persistentvolumeclaims"
+SCENE_CLAIM = "scenes"  # exists in every test's namespace (the operator checks it before the Job)
 # The Job controller reacts to a pod's change after this many seconds, so the operator sees the
 # pod's termination before the Job's Failed condition, as is usual in a cluster.
 CONTROLLER_LAG = 0.2
@@ -39,8 +42,40 @@ def training(name: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": names.API_VERSION, "kind": names.KIND,
         "metadata": {"name": name, "namespace": NS},
-        "spec": {"scene": {"claimName": "scenes", "path": f"scenes/{name}"}, "maxSteps": 300, **spec},
+        "spec": {"scene": {"claimName": SCENE_CLAIM, "path": f"scenes/{name}"}, "maxSteps": 300, **spec},
     }
+
+
+class Emulator(c.SplatopsEmulator):
+    """The emulator plus what these tests need of the API server: PersistentVolumeClaims served
+    as it serves them (a missing one is its `NotFound` Status, not kmock's generic 404), and two
+    knobs: PVC reads forbidden (RBAC without `get persistentvolumeclaims`), and Job creations
+    rejected with a 422 (the API server's validation, which the emulator does not do)."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.resources[PVC_RESOURCE] = kmock.ResourceInfo(
+            kind="PersistentVolumeClaim", singular="persistentvolumeclaim", namespaced=True,
+            verbs={"get", "list", "watch", "create", "delete"})
+        self.pvc_forbidden = False
+        self.reject_jobs: str | None = None  # the 422's message
+
+    async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
+        if self._key(request.resource) == PVC_RESOURCE and request.name and not request.subresource:
+            details = {"name": request.name, "kind": "persistentvolumeclaims"}
+            if self.pvc_forbidden:
+                raise kmock.KubernetesError(403, "Forbidden", f'persistentvolumeclaims "{request.name}" is forbidden: '
+                                            "cannot get resource", details)
+            if self.read(PVC_RESOURCE, request.namespace, request.name) is None:
+                raise kmock.KubernetesError(404, "NotFound", f'persistentvolumeclaims "{request.name}" not found', details)
+        return await super()._serve_fetch(request)
+
+    async def create(self, resource: Any, body: Any) -> dict[str, Any]:
+        if self.reject_jobs is not None and self._key(self._res(resource)) == c.JOB_RESOURCE:
+            name = body.get("metadata", {}).get("name")
+            raise kmock.KubernetesError(422, "Invalid", f'Job.batch "{name}" is invalid: {self.reject_jobs}',
+                                        {"name": name, "group": "batch", "kind": "Job"})
+        return await super().create(resource, body)
 
 
 @dataclasses.dataclass
@@ -51,7 +86,8 @@ class Harness:
     _operators: list[tuple[threading.Thread, threading.Event]] = dataclasses.field(default_factory=list)
 
     @property
-    def emulator(self) -> c.SplatopsEmulator:
+    def emulator(self) -> Emulator:
+        assert isinstance(self.cluster.emulator, Emulator)
         return self.cluster.emulator
 
     async def start_operator(self, **env: str) -> None:
@@ -131,9 +167,19 @@ async def eventually(check: Callable[[], bool], what: str | Callable[[], str], t
         await asyncio.sleep(0.05)
 
 
+def sample(name: str, **labels: str) -> float:
+    """A value of the operator's Prometheus registry (the operator runs in this process)."""
+    from splatops.controller import metrics
+
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 @pytest.fixture
 async def kube(tmp_path, monkeypatch) -> AsyncIterator[Harness]:
+    monkeypatch.setattr(c, "SplatopsEmulator", Emulator)  # running_cluster builds this one
     async with c.running_cluster(tmp_path / "kubeconfig", namespace=NS) as cluster:
+        await cluster.emulator.create(PVC_RESOURCE, {"metadata": {"name": SCENE_CLAIM, "namespace": NS},
+                                                     "spec": {"accessModes": ["ReadWriteOnce"]}})
         monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
         for key, value in BASE_ENV.items():
             monkeypatch.setenv(key, value)

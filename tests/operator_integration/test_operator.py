@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from splatops import contract, names
+from splatops.api.models import Phase
 from splatops.local import cluster as c
 
-from .conftest import NS, Harness, eventually
+from .conftest import NS, Harness, eventually, sample
 
 pytest.importorskip("splatops.controller.main", reason="the operator is not built yet")
 
@@ -33,6 +35,33 @@ def failed(reason: contract.Reason, error: str) -> str:
 
 def condition(status: dict, type_: str) -> dict:
     return next((x for x in status.get("conditions") or [] if x["type"] == type_), {})
+
+
+def phase_events(kube: Harness, name: str) -> list[str]:
+    """Reasons of the phase-change Events of training `name`, oldest first."""
+    events = kube.emulator.list_objects(c.EVENT_RESOURCE, NS)
+    return [e["reason"] for e in events if (e.get("involvedObject") or {}).get("name") == name
+            and e.get("reason") in {p.value for p in Phase}]
+
+
+OUTCOME_METRICS = {
+    "started": ("splatops_trainings_started_total", {"namespace": NS}),
+    "succeeded": ("splatops_trainings_succeeded_total", {"namespace": NS}),
+    "duration_succeeded": ("splatops_training_duration_seconds_count", {"outcome": "succeeded"}),
+    "duration_failed": ("splatops_training_duration_seconds_count", {"outcome": "failed"}),
+    "queue_wait": ("splatops_queue_wait_seconds_count", {}),
+}
+
+
+def outcome_metrics(**failed_reasons: str) -> dict[str, float]:
+    """The outcome metrics now (the operator runs in this process: its registry is ours to read)."""
+    values = {key: sample(metric, **labels) for key, (metric, labels) in OUTCOME_METRICS.items()}
+    values.update({f"failed_{r}": sample("splatops_trainings_failed_total", namespace=NS, reason=r) for r in failed_reasons.values()})
+    return values
+
+
+def moved(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in before if after[k] != before[k]}
 
 
 async def test_create_gives_exactly_one_job_with_expected_spec(kube: Harness):
@@ -76,17 +105,24 @@ async def test_progress_in_status(kube: Harness):
 
 
 async def test_success_gives_model_path(kube: Harness):
+    before = outcome_metrics()
     await kube.start_operator()
     await kube.create("t3")
+    await kube.wait_phase("t3", "Pending")
     pod = await kube.running_pod("t3", progress(300))
+    await kube.wait_phase("t3", "Running")
     await kube.sim.terminate(pod, 0, complete())
     status = await kube.wait_phase("t3", "Succeeded")
     assert status["modelPath"].endswith("gsplat/results.ply")
     assert status["modelSizeMB"] == 12.5
     assert condition(status, "Succeeded")["status"] == "True"
     assert status.get("completionTime")
-    events = kube.emulator.list_objects(c.EVENT_RESOURCE, NS)
-    assert any(e.get("involvedObject", {}).get("name") == "t3" for e in events)
+    # One Event per phase change, reason = the new phase, and no more (kopf posts them in the background).
+    expected = ["Pending", "Running", "Succeeded"]
+    await eventually(lambda: phase_events(kube, "t3") == expected, lambda: f"Events {expected}, got {phase_events(kube, 't3')}")
+    await asyncio.sleep(0.5)
+    assert phase_events(kube, "t3") == expected
+    assert moved(before, outcome_metrics()) == {"started": 1, "succeeded": 1, "duration_succeeded": 1, "queue_wait": 1}
 
 
 FAILURES = [
@@ -95,6 +131,8 @@ FAILURES = [
      "ColmapNotFound", contract.MSG_COLMAP_NOT_FOUND),
     ("oom", ("terminate", 3, failed(contract.Reason.OUT_OF_MEMORY, contract.MSG_OOM)),
      "OutOfMemory", contract.MSG_OOM),
+    ("noimages", ("terminate", 2, failed(contract.Reason.NO_IMAGES, contract.MSG_NO_IMAGES)),
+     "NoImages", contract.MSG_NO_IMAGES),
     ("deadline", ("expire",), "DeadlineExceeded", "activeDeadlineSeconds"),
     ("pull", ("image_pull_failure",), "ImagePullFailed", "image"),
     ("nogpu", ("unschedulable",), "Unschedulable", "GPU node"),
@@ -103,6 +141,7 @@ FAILURES = [
 
 @pytest.mark.parametrize("name, action, reason, words", FAILURES, ids=[f[0] for f in FAILURES])
 async def test_failure_kinds(kube: Harness, name, action, reason, words):
+    before = outcome_metrics(reason=reason)
     await kube.start_operator()
     await kube.create(name)
     job = await kube.wait_job(name)
@@ -118,6 +157,9 @@ async def test_failure_kinds(kube: Harness, name, action, reason, words):
     status = await kube.wait_phase(name, "Failed")
     assert (status["reason"], words in status["message"]) == (reason, True), status
     assert condition(status, "Failed")["status"] == "True"
+    # The duration runs from the Job's start, also for a pod that never ran.
+    assert moved(before, outcome_metrics(reason=reason)) == {"started": 1, "queue_wait": 1, f"failed_{reason}": 1,
+                                                             "duration_failed": 1}
 
 
 async def test_disruption_retries_and_runs_again(kube: Harness):
@@ -165,7 +207,6 @@ async def test_cap_queues_until_a_slot_frees(kube: Harness):
     await kube.start_operator(max_concurrent="2")
     for name in ("q1", "q2", "q3"):
         await kube.create(name)
-        await asyncio.sleep(1.05)  # creationTimestamp has 1 s resolution: a strict FCFS order
     await kube.wait_phase("q3", "Queued")
     await kube.wait_phase("q1", "Pending")
     await kube.wait_phase("q2", "Pending")
@@ -180,6 +221,56 @@ async def test_cap_queues_until_a_slot_frees(kube: Harness):
     job3 = await kube.wait_job("q3")
     await eventually(lambda: not (kube.sim.job(job3["metadata"]["name"]) or {})["spec"].get("suspend"),
                      "q3's Job unsuspended")
+
+
+async def test_cap_admits_in_creation_order_within_one_second(kube: Harness):
+    """creationTimestamp has 1 s resolution: trainings created in the same second are admitted in
+    the order they were created (first seen), not by name."""
+    await kube.start_operator(max_concurrent="1")
+    order = ["qd", "qb", "qc", "qa"]  # neither alphabetical nor its reverse
+    if time.time() % 1 > 0.7:
+        await asyncio.sleep(1 - time.time() % 1)  # all four in one second
+    for name in order:
+        await kube.create(name)
+    assert len({kube.resource(n)["metadata"]["creationTimestamp"] for n in order}) == 1
+    await kube.wait_phase("qd", "Pending")
+    for name in order[1:]:
+        await kube.wait_phase(name, "Queued")
+    for i, name in enumerate(order):
+        job_name = (await kube.wait_job(name))["metadata"]["name"]
+        await eventually(lambda: not kube.sim.job(job_name)["spec"].get("suspend"),
+                         lambda: f"{name} admitted; queue {[(n, kube.status(n).get('phase')) for n in order]}")
+        for later in order[i + 1:]:
+            assert kube.job_of(later)["spec"]["suspend"] is True, f"{later} admitted before {name}"
+        pod = await kube.sim.start(job_name)
+        await kube.sim.run(pod, progress(300))
+        await kube.sim.terminate(pod, 0, complete())
+        await kube.wait_phase(name, "Succeeded")
+
+
+async def test_job_deleted_by_ttl_keeps_the_terminal_status(kube: Harness):
+    """ttlSecondsAfterFinished (default 7 days) deletes the finished Job and its pods: the training
+    stays Succeeded, and neither a reconcile nor an operator restart makes a new Job."""
+    await kube.start_operator()
+    await kube.create("ttl")
+    job = await kube.wait_job("ttl")
+    job_name = job["metadata"]["name"]
+    lifetime = {k: job["spec"].get(k) for k in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")}
+    assert lifetime == {"backoffLimit": 3, "activeDeadlineSeconds": 86400, "ttlSecondsAfterFinished": 604800}
+    pod = await kube.running_pod("ttl", progress(300))
+    await kube.sim.terminate(pod, 0, complete())
+    await kube.wait_phase("ttl", "Succeeded")
+    await asyncio.sleep(0.5)  # let the last writes land
+    final = kube.status("ttl")
+    await kube.emulator.delete(c.JOB_RESOURCE, NS, job_name)  # the TTL controller; the pods go with it
+    await eventually(lambda: kube.sim.job(job_name) is None and not kube.sim.pods(job_name), "the Job and its pods gone")
+    await asyncio.sleep(1.0)  # reconciles of the deletion, timer ticks
+    assert (kube.status("ttl"), kube.sim.jobs("ttl")) == (final, [])
+    await kube.stop_operators()
+    await kube.start_operator()  # on.resume runs ensure_job again
+    await asyncio.sleep(1.0)
+    assert (kube.status("ttl"), kube.sim.jobs("ttl")) == (final, [])
+    assert phase_events(kube, "ttl") == ["Pending", "Running", "Succeeded"]
 
 
 async def test_suspend_and_resume(kube: Harness):

@@ -22,22 +22,29 @@ HELM_PYTHON = ROOT / ".venv-helm" / "bin" / "python"
 TOOL = pathlib.Path(__file__).with_name("helm_tool.py")
 
 _VERBS = ["get", "list", "watch", "create", "update", "patch", "delete"]
-# Kinds outside the bundled built-ins that the chart renders (Helm maps every kind first).
-EXTRA_RESOURCES = {
+# Kinds the chart renders whose CRDs it does not ship (the Prometheus Operator's): registered up
+# front, as on a cluster running kube-prometheus-stack. Every other custom kind (kopf.dev,
+# splatops.dev) exists only once its CRD has been created, as on a real API server: from the
+# chart's crds/ (which Helm installs first), or from the templates with crds.templated.
+FOREIGN_RESOURCES = {
     "monitoring.coreos.com/v1/servicemonitors": ("ServiceMonitor", True),
     "monitoring.coreos.com/v1/podmonitors": ("PodMonitor", True),
     "monitoring.coreos.com/v1/prometheusrules": ("PrometheusRule", True),
-    "kopf.dev/v1/clusterkopfpeerings": ("ClusterKopfPeering", False),
-    "kopf.dev/v1/kopfpeerings": ("KopfPeering", True),
-    "splatops.dev/v1alpha1/gaussiansplattrainings": ("GaussianSplatTraining", True),
 }
+HELM_RELEASE_ANNOTATION = "meta.helm.sh/release-name"  # Helm's ownership mark on release objects
 
 
 class _Emulator(kmock.KubernetesEmulator):
-    """kmock's emulator, with the core group's discovery fixed for Go clients.
+    """kmock's emulator, with the core group's discovery fixed for Go clients, and CRDs that serve.
 
     kmock serves /api/v1 with groupVersion "/v1"; client-go then finds no core kinds.
+    A created CustomResourceDefinition registers its kind (as the API server starts serving it).
+    With skip_crds, the chart's crds/ directory is not installed, as `helm install --skip-crds`:
+    helm-sdkpy has no such option, so the emulator answers those creations (CRDs without Helm's
+    release annotation) with 409 AlreadyExists, which Helm skips, and stores nothing.
     """
+
+    skip_crds = False
 
     async def _serve_version(self, request: kmock.Request) -> Any:
         payload = await super()._serve_version(request)
@@ -49,10 +56,73 @@ class _Emulator(kmock.KubernetesEmulator):
         # kmock's bundled data is a 1.26 k3s; the chart needs >= 1.28 (StatefulSet pod-index label).
         return {"major": "1", "minor": "33", "gitVersion": "v1.33.0", "platform": "linux/amd64"}
 
+    async def _serve_watch(self, request: kmock.Request) -> Any:
+        """kmock's watch, plus the end-of-initial-events BOOKMARK that client-go's watch-list
+        (sendInitialEvents=true) waits for: Helm watches its hooks with such an informer."""
+        initial = str(request.params.get("sendInitialEvents", "")).lower() == "true"
+        stream = super()._serve_watch(request)
+        yield await anext(stream)  # b'': the headers are sent
+        if initial:
+            # kmock streams the existing objects first, in one go, when the stream is first read.
+            existing = self.objects_of(request)
+            for _ in existing:
+                yield await anext(stream)
+            info = self.resources[request.resource]
+            group = request.resource.group
+            yield {
+                "type": "BOOKMARK",
+                "object": {
+                    "apiVersion": f"{group}/{request.resource.version}" if group else request.resource.version,
+                    "kind": info.kind,
+                    "metadata": {"resourceVersion": "1", "annotations": {"k8s.io/initial-events-end": "true"}},
+                },
+            }
+        async for event in stream:
+            yield event
+
+    def objects_of(self, request: kmock.Request) -> list[Any]:
+        return [
+            obj for (resource, namespace, _), obj in self.objects.items()
+            if resource == request.resource and not obj.deleted
+            and (request.namespace is None or namespace == request.namespace)
+        ]
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        creating_crd = (
+            request.resource is not None
+            and request.resource.plural == "customresourcedefinitions"
+            and request.action == kmock.action.CREATE
+            and isinstance(request.data, dict)
+        )
+        if creating_crd and self.skip_crds and HELM_RELEASE_ANNOTATION not in (request.data.get("metadata", {}).get("annotations") or {}):
+            name = request.data.get("metadata", {}).get("name")
+            return await self._render_error(kmock.KubernetesError(
+                status=409, reason="AlreadyExists", message=f"customresourcedefinitions {name!r} already exists",
+                details={"name": name, "group": "apiextensions.k8s.io", "kind": "customresourcedefinitions"},
+            ))
+        response = await super()._handle(request)
+        if creating_crd and response.status < 300:
+            serve_crd(self, request.data)
+        return response
+
+
+def serve_crd(emu: kmock.KubernetesEmulator, crd: dict[str, Any]) -> None:
+    spec = crd["spec"]
+    for version in spec["versions"]:
+        if version.get("served", True):
+            emu.resources[f"{spec['group']}/{version['name']}/{spec['names']['plural']}"] = kmock.ResourceInfo(
+                namespaced=spec["scope"] == "Namespaced",
+                kind=spec["names"]["kind"],
+                singular=spec["names"].get("singular", spec["names"]["kind"].lower()),
+                verbs=_VERBS,
+                subresources={"status"} if "status" in (version.get("subresources") or {}) else set(),
+            )
+
 
 @contextlib.contextmanager
-def emulator() -> Iterator[str]:
-    """Run a fresh emulator in a background thread; yield its URL."""
+def emulator(skip_crds: bool = False) -> Iterator[str]:
+    """Run a fresh emulator (a cluster with only the Prometheus Operator's CRDs) in a background
+    thread; yield its URL. skip_crds: act as `helm install --skip-crds` (see _Emulator)."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     url: list[str] = []
@@ -62,10 +132,16 @@ def emulator() -> Iterator[str]:
         # strict=False: the 404s Helm provokes on purpose (does this object exist yet?) are
         # answered as Kubernetes would, not collected and re-raised as test failures.
         emu = _Emulator(strict=False)
+        emu.skip_crds = skip_crds
         with warnings.catch_warnings():  # kmock reads its bundled data with a deprecated API
             warnings.simplefilter("ignore", DeprecationWarning)
             emu.resources.load_bundled()
-        for key, (kind, namespaced) in EXTRA_RESOURCES.items():
+        # An empty OpenAPI v2 document (a valid, empty protobuf): Helm validates hooks against the
+        # server's OpenAPI and skips kinds the document does not describe.
+        emu["get /openapi/v2"] << b""
+        # Watch streams as JSON (kmock sends application/octet-stream, which client-go cannot decode).
+        (emu.fallback ** 1)[kmock.action.WATCH] << kmock.headers({"Content-Type": "application/json"}) << emu._serve_watch
+        for key, (kind, namespaced) in FOREIGN_RESOURCES.items():
             emu.resources[key] = kmock.ResourceInfo(
                 namespaced=namespaced, kind=kind, singular=kind.lower(), verbs=_VERBS
             )
@@ -130,12 +206,19 @@ def render_manifest(
     namespace: str = "splatops-system",
     release: str = "splatops",
     chart: pathlib.Path = CHART,
+    skip_crds: bool | None = None,
 ) -> str:
-    """Render the chart with real Helm; return the manifest text exactly as Helm produced it."""
-    with emulator() as url:
+    """Install the chart with real Helm into a fresh emulator; return what `helm template` would
+    print: the release's manifest exactly as Helm produced it, then its hooks' manifests.
+
+    skip_crds defaults to what the chart's docs ask for: `--skip-crds` with crds.templated.
+    """
+    if skip_crds is None:
+        skip_crds = bool(((values or {}).get("crds") or {}).get("templated"))
+    with emulator(skip_crds=skip_crds) as url:
         config = kubeconfig(url, tmp / "kubeconfig.yaml")
         out = _run(["render", str(config), str(chart), json.dumps(values or {}), namespace, release])
-    return out["manifest"]
+    return out["manifest"] + "".join(f"---\n# Source: {h['path']}\n{h['manifest'].strip()}\n" for h in out["hooks"])
 
 
 def render(tmp: pathlib.Path, values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
@@ -160,7 +243,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "dashboard": {"enabled": True},
         }
     },
+    # Installed with --skip-crds, as the chart's docs ask (see render_manifest).
     "templated-crds": {"crds": {"templated": True}},
+    "templated-crds-namespaced": {"crds": {"templated": True}, "watch": {"namespaces": ["team-a"]}},
+    "trainer-defaults": {"trainer": {"backoffLimit": 0, "activeDeadlineSeconds": 0, "ttlSecondsAfterFinished": 1000000}},
     **{
         f"preset-{name}": {"gpu": {"preset": name}}
         for name in ("gfd", "eks-managed", "karpenter", "eks-auto", "gke-l4", "aks-a10")

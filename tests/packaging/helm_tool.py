@@ -2,7 +2,7 @@
 
 helm-sdkpy has no `template` action, so `render` runs a real `helm install` (wait=False) against
 the in-memory Kubernetes emulator the test suite starts, with the release stored in memory
-(HELM_DRIVER=memory), and prints the release's rendered manifest. `lint` prints Helm's lint result.
+(HELM_DRIVER=memory), and prints the release's rendered manifest and its hooks' manifests. `lint` prints Helm's lint result.
 
     python helm_tool.py render KUBECONFIG CHART VALUES_JSON NAMESPACE RELEASE
     python helm_tool.py lint CHART
@@ -30,7 +30,16 @@ def main(argv: list[str]) -> int:
                 release, chart, values=values or None, wait=False, timeout=60, take_ownership=True
             )
         )
-        json.dump({"manifest": result.get("manifest", ""), "notes": result.get("info", {}).get("notes", "")}, sys.stdout)
+        # Hooks in Helm's order (weight, then name), without their run times (last_run).
+        hooks = sorted(result.get("hooks") or [], key=lambda h: (int(h.get("weight") or 0), h.get("name", "")))
+        json.dump(
+            {
+                "manifest": result.get("manifest", ""),
+                "hooks": [{"path": h.get("path", ""), "manifest": h.get("manifest", "")} for h in hooks],
+                "notes": result.get("info", {}).get("notes", ""),
+            },
+            sys.stdout,
+        )
         return 0
     if action == "lint":
         config = helm_sdkpy.Configuration(namespace="default")

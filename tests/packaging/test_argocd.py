@@ -53,6 +53,20 @@ def resource(phase: str | None, generation: int = 2, observed: int | None = 2, *
             "Progressing",
             "Running: Iteration 15234/30000 | Loss: 0.0234",
         ),
+        # The operator sets both while Running: the trainer's progress line is what to show.
+        (
+            resource("Running", message="Training.", progress={"message": "Iteration 15234/30000 | Loss: 0.0234"}),
+            "Progressing",
+            "Running: Iteration 15234/30000 | Loss: 0.0234",
+        ),
+        (resource("Running", message="Training.", progress={"message": ""}), "Progressing", "Running: Training."),
+        (resource("Running", message="Training.", progress={"step": 0}), "Progressing", "Running: Training."),
+        # A Queued or Failed training's stale progress line never hides why it waits or failed.
+        (
+            resource("Queued", message="3 trainings ahead", progress={"message": "Iteration 100/30000"}),
+            "Progressing",
+            "Queued: 3 trainings ahead",
+        ),
         (resource("Succeeded", modelPath="fox/gsplat/results.ply"), "Healthy", "Trained: fox/gsplat/results.ply"),
         (
             resource("Failed", reason="OutOfMemory", message="CUDA out of memory. Try reducing data_factor or image resolution."),
@@ -66,13 +80,16 @@ def resource(phase: str | None, generation: int = 2, observed: int | None = 2, *
         (resource("Failed", generation=3, observed=None), "Progressing", "observe generation 3"),
         (resource("Exploded"), "Unknown", "Unknown phase Exploded"),
     ],
-    ids=["no-status", "pending", "queued", "running", "succeeded", "failed", "suspended", "suspend-requested",
+    ids=["no-status", "pending", "queued", "running", "running-progress-over-message", "running-empty-progress",
+         "running-no-progress-message", "queued-stale-progress", "succeeded", "failed", "suspended", "suspend-requested",
          "stale-succeeded", "no-observed", "unknown"],
 )
 def test_health(obj: dict[str, Any], status: str, message: str) -> None:
     result = health(obj)
     assert result["status"] == status
     assert message in result["message"]
+    if obj.get("status", {}).get("phase") in ("Pending", "Queued", "Running") and result["status"] == "Progressing":
+        assert result["message"] == message  # exactly "<phase>: <detail>"
 
 
 def test_every_crd_phase_has_a_health() -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
+import custom_kinds
 import helm_env
 from helm_env import SCENARIOS, find, one
 from splatops import names
@@ -18,25 +21,53 @@ from splatops.controller.settings import Settings
 from splatops.gateway.settings import GatewaySettings
 
 K8S_VERSION = "1.33.0"
-# Kinds with no schema in kubernetes-validate: checked structurally below instead.
-CUSTOM_GROUPS = ("monitoring.coreos.com/", "kopf.dev/", "splatops.dev/")
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_every_rendered_object_is_valid_kubernetes(renders, scenario: str) -> None:
+def test_every_rendered_object_is_valid(renders, scenario: str) -> None:
+    """Built-in kinds against Kubernetes' schemas (kubernetes-validate, strict); the kopf and
+    Prometheus Operator kinds against their CRD's schema or the fields we use (custom_kinds)."""
     objects = renders.objects(scenario)
     assert objects, "the chart rendered nothing"
     for obj in objects:
-        if obj["apiVersion"].startswith(CUSTOM_GROUPS):
-            assert obj["metadata"]["name"] and isinstance(obj.get("spec", {}), dict)
-            continue
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        if custom_kinds.is_custom(obj):
+            custom_kinds.validate(obj)
+        else:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
-def test_renders_are_byte_identical(renders, tmp_path: pathlib.Path) -> None:
-    again = helm_env.render_manifest(tmp_path, SCENARIOS["monitoring"])
-    assert again == renders.text("monitoring")
-    assert "randAlpha" not in again and "now" not in json.dumps(SCENARIOS)
+@pytest.mark.parametrize(
+    ("kind", "change"),
+    [
+        ("ServiceMonitor", lambda o: o["spec"]["endpoints"][0].update(honorlabels=True)),  # a typo
+        ("ServiceMonitor", lambda o: o["spec"]["endpoints"][0].update(interval="30 seconds")),
+        ("PodMonitor", lambda o: o["spec"]["podMetricsEndpoints"][0]["relabelings"][0].update(action="rename")),
+        ("PodMonitor", lambda o: o["spec"]["podMetricsEndpoints"][0]["relabelings"][0].update(sourceLabels=["a.b"])),
+        ("PrometheusRule", lambda o: o["spec"]["groups"][0]["rules"][0].pop("expr")),
+        ("PrometheusRule", lambda o: o["spec"]["groups"][0]["rules"][0].update({"for": "5 min"})),
+        ("PrometheusRule", lambda o: o["spec"]["groups"][0]["rules"][0].update(record="x")),  # alert and record
+        ("PrometheusRule", lambda o: o["metadata"].update(lables={"a": "b"})),  # ObjectMeta, strict
+        ("ClusterKopfPeering", lambda o: o.update(spec={"name": "x"})),  # the CRD has no spec: pruned
+        ("ClusterKopfPeering", lambda o: o["metadata"].update(namespace="x")),  # cluster-scoped
+        ("ClusterKopfPeering", lambda o: o.update(status="up")),
+    ],
+)
+def test_custom_kind_validation_rejects_mistakes(renders, kind: str, change: Any) -> None:
+    import copy
+
+    obj = copy.deepcopy(one(renders.objects("monitoring"), kind))
+    custom_kinds.validate(obj)  # the rendered one is valid
+    change(obj)
+    with pytest.raises((jsonschema.ValidationError, kubernetes_validate.ValidationError, AssertionError)):
+        custom_kinds.validate(obj)
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_renders_are_byte_identical(renders, tmp_path: pathlib.Path, scenario: str) -> None:
+    """Every scenario rendered twice, each on a fresh cluster, gives the same bytes (no random
+    values, no timestamps, no lookups): Argo CD never shows drift."""
+    again = helm_env.render_manifest(tmp_path, SCENARIOS[scenario])
+    assert again == renders.text(scenario)
 
 
 def test_lint_is_clean() -> None:
@@ -120,6 +151,61 @@ def test_operator_pods_are_safe_to_run_twice(renders) -> None:
     assert service["spec"]["ports"][0]["port"] == settings.metrics_port
 
 
+def test_statefulset_is_governed_by_a_headless_service(renders) -> None:
+    objects = renders.objects("default")
+    sts = one(objects, "StatefulSet")
+    governing = next(s for s in find(objects, "Service") if s["metadata"]["name"] == sts["spec"]["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None", "spec.serviceName must name a headless Service"
+    assert governing["metadata"]["namespace"] == sts["metadata"]["namespace"]
+    assert governing["spec"]["selector"].items() <= pod_labels(sts).items()
+    metrics = one(objects, "Service", "-metrics")
+    assert metrics is not governing and metrics["spec"].get("clusterIP") != "None"
+
+
+def test_service_monitor_scrapes_each_replica_once_with_the_trainings_labels(renders) -> None:
+    objects = renders.objects("monitoring")
+    sm = one(objects, "ServiceMonitor")
+    selector = sm["spec"]["selector"]["matchLabels"]
+    selected = [s["metadata"]["name"] for s in find(objects, "Service") if selector.items() <= s["metadata"]["labels"].items()]
+    assert selected == [one(objects, "Service", "-metrics")["metadata"]["name"]], "not the headless Service too"
+    # The operator's series carry the training's `namespace`: Prometheus must keep it.
+    assert all(e["honorLabels"] is True for e in sm["spec"]["endpoints"])
+
+
+def test_trainer_job_defaults_reach_the_operator(renders, monkeypatch: pytest.MonkeyPatch) -> None:
+    """trainer.backoffLimit/activeDeadlineSeconds/ttlSecondsAfterFinished -> the operator's env
+    -> its Settings, read from a real environment as in the pod."""
+    defaults = yaml.safe_load((helm_env.CHART / "values.yaml").read_text())["trainer"]
+    assert (defaults["backoffLimit"], defaults["activeDeadlineSeconds"], defaults["ttlSecondsAfterFinished"]) == (3, 86400, 604800)
+    for scenario, expected in (("default", (3, 86400, 604800)), ("trainer-defaults", (0, 0, 1000000))):
+        env = _env(one(renders.objects(scenario), "StatefulSet"))
+        assert (
+            env["SPLATOPS_OPERATOR_DEFAULT_BACKOFF_LIMIT"],
+            env["SPLATOPS_OPERATOR_DEFAULT_ACTIVE_DEADLINE_SECONDS"],
+            env["SPLATOPS_OPERATOR_DEFAULT_TTL_SECONDS_AFTER_FINISHED"],
+        ) == tuple(str(v) for v in expected)  # integers, never 1e+06
+        for key in [k for k in os.environ if k.startswith("SPLATOPS_")]:
+            monkeypatch.delenv(key)
+        for key, value in env.items():
+            if isinstance(value, str):
+                monkeypatch.setenv(key, value)
+        settings = Settings.from_env()
+        assert (settings.default_backoff_limit, settings.default_active_deadline_seconds, settings.default_ttl_seconds_after_finished) == expected
+
+
+def test_trainer_job_defaults_shape_the_jobs(renders) -> None:
+    from splatops.controller import jobs
+
+    example = yaml.safe_load((helm_env.ROOT / "examples" / "preview.yaml").read_text())
+    training = {**example, "metadata": {**example["metadata"], "namespace": "splats", "uid": "0f0e0d0c-0000-4000-8000-000000000000", "generation": 1}}
+    for key in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+        training["spec"].pop(key, None)  # the chart's defaults apply
+    job = jobs.build_job(training, _settings(one(renders.objects("trainer-defaults"), "StatefulSet")))["spec"]
+    assert job["backoffLimit"] == 0 and "activeDeadlineSeconds" not in job and job["ttlSecondsAfterFinished"] == 1000000
+    job = jobs.build_job(training, _settings(one(renders.objects("default"), "StatefulSet")))["spec"]
+    assert (job["backoffLimit"], job["activeDeadlineSeconds"], job["ttlSecondsAfterFinished"]) == (3, 86400, 604800)
+
+
 def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
     return workload["spec"]["template"]["metadata"]["labels"]
 
@@ -134,17 +220,33 @@ def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
     }
 
 
-OPERATOR_NEEDS = {
+# Exactly what the operator calls (controller/kube.py) and what kopf needs, nothing more:
+# kopf lists, watches and PATCHes its resources (annotations, finalizer, status) and never GETs
+# or PUTs them; it POSTs core v1 Events; the operator never deletes a Job (the garbage collector
+# does, through the Job's ownerReference).
+OPERATOR_RULES = {
+    (names.GROUP, names.PLURAL, "list"),
     (names.GROUP, names.PLURAL, "watch"),
-    (names.GROUP, names.PLURAL, "patch"),
-    (names.GROUP, f"{names.PLURAL}/status", "patch"),
+    (names.GROUP, names.PLURAL, "patch"),  # kopf: handler progress annotations, finalizer
+    (names.GROUP, f"{names.PLURAL}/status", "patch"),  # kube.patch_status
     (names.GROUP, f"{names.PLURAL}/finalizers", "update"),  # blockOwnerDeletion on the Job's ownerReference
-    ("batch", "jobs", "create"),
-    ("batch", "jobs", "delete"),
-    ("", "pods", "list"),
-    ("", "pods/log", "get"),
-    ("", "events", "create"),
+    ("batch", "jobs", "get"),  # kube.read_job
+    ("batch", "jobs", "list"),
+    ("batch", "jobs", "watch"),
+    ("batch", "jobs", "create"),  # kube.create_job
+    ("batch", "jobs", "patch"),  # kube.patch_job (suspend, admit)
+    ("", "pods", "list"),  # kube.job_pods, kopf's pod index
+    ("", "pods", "watch"),
+    ("", "pods/log", "get"),  # kube.log_tail
+    ("", "persistentvolumeclaims", "get"),  # a training's scene PVC exists
+    ("", "events", "create"),  # kopf's posted Events
 }
+DISCOVERY_RULES = {  # kopf watches CRDs in any mode; namespaces only when not cluster-wide
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+}
+NAMESPACE_RULES = {("", "namespaces", "list"), ("", "namespaces", "watch")}
+PEERING_VERBS = {"list", "watch", "patch"}
 
 
 def test_cluster_wide_rbac_is_least_privilege(renders) -> None:
@@ -152,15 +254,16 @@ def test_cluster_wide_rbac_is_least_privilege(renders) -> None:
     assert not find(objects, "Role")
     operator = _rules(one(objects, "ClusterRole", "-operator"))
     discovery = _rules(one(objects, "ClusterRole", "-discovery"))
-    assert OPERATOR_NEEDS <= operator
-    assert ("apiextensions.k8s.io", "customresourcedefinitions", "watch") in discovery
-    assert ("kopf.dev", "clusterkopfpeerings", "patch") in discovery
-    everything = operator | discovery
-    assert not {r for r in everything if "*" in r}, "no wildcards"
-    assert not {r for r in everything if r[1] in ("secrets", "configmaps")}
-    assert {v for (_, res, v) in everything if res in ("pods", "pods/log")} == {"get", "list", "watch"}
-    assert not {v for (_, res, v) in everything if res == "customresourcedefinitions"} - {"get", "list", "watch"}
-    assert {v for (_, res, v) in everything if res == "events"} == {"create"}
+    assert operator == OPERATOR_RULES
+    assert discovery == DISCOVERY_RULES | {("kopf.dev", "clusterkopfpeerings", v) for v in PEERING_VERBS}
+    for binding in ("-operator", "-discovery"):
+        crb = one(objects, "ClusterRoleBinding", binding)
+        assert crb["roleRef"]["name"].endswith(binding)
+        assert crb["subjects"] == [{"kind": "ServiceAccount", "name": _service_account(objects), "namespace": "splatops-system"}]
+
+
+def _service_account(objects: list[dict[str, Any]]) -> str:
+    return one(objects, "StatefulSet")["spec"]["template"]["spec"]["serviceAccountName"]
 
 
 def test_namespaced_rbac_has_a_role_per_namespace(renders) -> None:
@@ -169,10 +272,9 @@ def test_namespaced_rbac_has_a_role_per_namespace(renders) -> None:
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in find(objects, "RoleBinding", "-operator")) == ["team-a", "team-b"]
     for role in roles:
-        assert OPERATOR_NEEDS | {("kopf.dev", "kopfpeerings", "patch")} <= _rules(role)
+        assert _rules(role) == OPERATOR_RULES | {("kopf.dev", "kopfpeerings", v) for v in PEERING_VERBS}
     assert not find(objects, "ClusterRole", "-operator"), "no cluster-wide access to trainings"
-    discovery = _rules(one(objects, "ClusterRole", "-discovery"))
-    assert {r[1] for r in discovery} == {"customresourcedefinitions", "namespaces"}
+    assert _rules(one(objects, "ClusterRole", "-discovery")) == DISCOVERY_RULES | NAMESPACE_RULES
     assert sorted(p["metadata"]["namespace"] for p in find(objects, "KopfPeering")) == ["team-a", "team-b"]
     assert not find(objects, "ClusterKopfPeering")
     settings = _settings(one(objects, "StatefulSet"))
@@ -244,6 +346,9 @@ def test_monitoring_objects(renders) -> None:
         ({"operator": {"replicas": "two"}}, "replicas"),
         ({"watch": {"namespaces": ["Not_A_Namespace"]}}, "namespaces"),
         ({"trainer": {"metricsPort": 70000}}, "metricsPort"),
+        ({"trainer": {"backoffLimit": -1}}, "backoffLimit"),
+        ({"trainer": {"activeDeadlineSeconds": "1d"}}, "activeDeadlineSeconds"),
+        ({"trainer": {"ttlSecondsAfterFinished": 1.5}}, "ttlSecondsAfterFinished"),
         ({"unknownKey": 1}, "unknownKey"),
     ],
 )

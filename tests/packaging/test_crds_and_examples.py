@@ -30,10 +30,12 @@ def test_chart_crds_are_identical_to_crds_dir(path: pathlib.Path) -> None:
     assert copy.read_bytes() == path.read_bytes(), f"{copy} is stale: cp {path} {copy}"
 
 
-def test_chart_crds_dir_holds_only_ours_and_kopf_peering() -> None:
-    extra = {p.name for p in (helm_env.CHART / "crds").glob("*.yaml")} - {p.name for p in CRD_FILES}
-    assert extra == {"kopf-peering.yaml"}
-    docs = list(yaml.safe_load_all((helm_env.CHART / "crds" / "kopf-peering.yaml").read_text()))
+def test_chart_crds_dir_and_crds_dir_hold_the_same_files() -> None:
+    """kubectl apply -f crds/ (README, Argo CD) installs everything the chart's crds/ does: our CRD
+    and kopf's peering CRDs (the chart's peering objects need them)."""
+    assert {p.name for p in (helm_env.CHART / "crds").glob("*.yaml")} == {p.name for p in CRD_FILES}
+    assert {p.name for p in CRD_FILES} == {f"{names.CRD_NAME}.yaml", "kopf-peering.yaml"}
+    docs = list(yaml.safe_load_all((ROOT / "crds" / "kopf-peering.yaml").read_text()))
     assert {d["metadata"]["name"] for d in docs} == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
     for doc in docs:
         kubernetes_validate.validate(doc, "1.33.0", strict=True)
@@ -53,6 +55,44 @@ def test_templated_crds_are_the_files_plus_keep(renders) -> None:
         assert annotations == {"helm.sh/resource-policy": "keep"}
         assert crd == files[name]
     assert not [o for o in renders.objects("default") if o["kind"] == "CustomResourceDefinition"]
+
+
+HOOK = {"helm.sh/hook": "post-install,post-upgrade", "helm.sh/hook-delete-policy": "before-hook-creation"}
+
+
+@pytest.mark.parametrize(("scenario", "kind"), [("templated-crds", "ClusterKopfPeering"), ("templated-crds-namespaced", "KopfPeering")])
+def test_templated_crds_install_on_a_fresh_cluster(renders, scenario: str, kind: str) -> None:
+    """With crds.templated the peering CRDs are templates of the same release: on a cluster that
+    does not know kopf.dev yet (`--skip-crds`, as documented), the peering objects must be hooks
+    that Helm creates once the CRDs exist. renders installs into such a cluster (helm_env)."""
+    peerings = [o for o in renders.objects(scenario) if o["apiVersion"].startswith("kopf.dev/")]
+    assert [p["kind"] for p in peerings] == [kind]
+    assert peerings[0]["metadata"]["annotations"] == HOOK
+    crds = {o["metadata"]["name"] for o in renders.objects(scenario) if o["kind"] == "CustomResourceDefinition"}
+    assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"} <= crds
+    # Without templated CRDs (Helm installs crds/ first) they are ordinary release objects.
+    for obj in renders.objects("default") + renders.objects("namespaced"):
+        if obj["apiVersion"].startswith("kopf.dev/"):
+            assert "annotations" not in obj["metadata"]
+
+
+def test_the_emulator_catches_a_peering_object_beside_its_crd(tmp_path: pathlib.Path) -> None:
+    """The check above is only worth something if the emulated cluster does not know the kopf
+    kinds before their CRDs are created: the same chart with the peering as a plain release
+    object must fail there as on a fresh cluster."""
+    if not helm_env.HELM_PYTHON.exists():
+        pytest.skip("no .venv-helm")
+    import shutil
+
+    chart = tmp_path / "splatops"
+    shutil.copytree(helm_env.CHART, chart)
+    peering = chart / "templates" / "peering.yaml"
+    text = peering.read_text()
+    assert "{{- if .Values.crds.templated }}" in text
+    peering.write_text(text.replace("{{- if .Values.crds.templated }}", "{{- if false }}"))
+    with pytest.raises(helm_env.HelmFailed, match="ensure CRDs are installed first|no matches for kind"):
+        helm_env.render_manifest(tmp_path, {"crds": {"templated": True}}, chart=chart)
+    helm_env.render_manifest(tmp_path, {}, chart=chart)  # crds/ installed first: fine
 
 
 @pytest.mark.parametrize(

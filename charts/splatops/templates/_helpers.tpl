@@ -67,30 +67,44 @@ app.kubernetes.io/component: gateway
 {{- if .Values.watch.namespaces -}}false{{- else -}}true{{- end -}}
 {{- end -}}
 
-{{/* Rules the operator needs in every namespace it watches (Role or ClusterRole). */}}
+{{/* Rules the operator needs in every namespace it watches (Role or ClusterRole): exactly the
+  calls of controller/kube.py and kopf, no more (tests/packaging/test_chart.py pins the set;
+  test_rbac_runtime.py runs the operator and checks every call it makes against it).
+  kopf only ever lists, watches and PATCHes (merge and JSON patch), never GETs or PUTs. */}}
 {{- define "splatops.namespacedRules" -}}
-# The operator's own resource: reconcile it and write its status.
+# The operator's own resource: kopf lists and watches it and patches its annotations and
+# finalizer (handler progress); kube.patch_status writes /status (merge patch).
 - apiGroups: ["splatops.dev"]
   resources: ["gaussiansplattrainings"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["splatops.dev"]
   resources: ["gaussiansplattrainings/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # Jobs are created with an ownerReference with blockOwnerDeletion: where the
 # OwnerReferencesPermissionEnforcement admission plugin runs, that needs update on finalizers.
 - apiGroups: ["splatops.dev"]
   resources: ["gaussiansplattrainings/finalizers"]
   verbs: ["update"]
-# The trainer Jobs it creates, and deletes when a training is deleted or suspended.
+# The trainer Jobs: kopf's index and event handler list/watch them; kube.create_job,
+# read_job (the Job a create found already there) and patch_job (suspend/admit). Never deleted
+# by the operator: the garbage collector removes them with their training (ownerReference).
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Trainer pods: phase, termination message, and the log tail it reads progress from.
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Trainer pods: kopf's index and event handler list/watch them, kube.job_pods lists them.
 - apiGroups: [""]
-  resources: ["pods", "pods/log"]
-  verbs: ["get", "list", "watch"]
-# kopf posts its handler outcomes as Events.
-- apiGroups: ["", "events.k8s.io"]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+# kube.log_tail: the log tail progress is read from.
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+# kube.read_pvc: a training's scene PVC must exist before its Job is created.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get"]
+# kopf posts its handler outcomes as core v1 Events (POST /api/v1/namespaces/<ns>/events).
+- apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
 {{- end -}}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -100,6 +100,91 @@ class Toleration(_Model):
     toleration_seconds: int | None = Field(None, description="For NoExecute: seconds the pod stays bound after the taint appears.")
 
 
+# --- core/v1 Affinity, checked by the operator only ------------------------------------------------
+# The CRD keeps spec.affinity free-form (a typed copy of the whole Affinity would bloat the CRD and
+# the CEL cost of its immutability rule). The operator checks its shape, field names, required
+# fields, operators and weights, so a typo fails the training at once as InvalidSpec; what needs
+# the API server (label syntax, values that do not fit the operator) comes back as a 422 on the
+# Job, which also ends as InvalidSpec.
+
+
+class _K8s(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _SelectorRequirement(_K8s):
+    key: str = Field(..., min_length=1)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] | None = None
+
+
+class _LabelSelector(_K8s):
+    matchLabels: dict[str, str] | None = None
+    matchExpressions: list[_SelectorRequirement] | None = None
+
+
+class _NodeSelectorRequirement(_K8s):
+    key: str = Field(..., min_length=1)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    values: list[str] | None = None
+
+
+class _NodeSelectorTerm(_K8s):
+    matchExpressions: list[_NodeSelectorRequirement] | None = None
+    matchFields: list[_NodeSelectorRequirement] | None = None
+
+
+class _NodeSelector(_K8s):
+    nodeSelectorTerms: list[_NodeSelectorTerm]
+
+
+class _PreferredSchedulingTerm(_K8s):
+    weight: int = Field(..., ge=1, le=100)
+    preference: _NodeSelectorTerm
+
+
+class _NodeAffinity(_K8s):
+    requiredDuringSchedulingIgnoredDuringExecution: _NodeSelector | None = None
+    preferredDuringSchedulingIgnoredDuringExecution: list[_PreferredSchedulingTerm] | None = None
+
+
+class _PodAffinityTerm(_K8s):
+    topologyKey: str = Field(..., min_length=1)
+    labelSelector: _LabelSelector | None = None
+    namespaceSelector: _LabelSelector | None = None
+    namespaces: list[str] | None = None
+    matchLabelKeys: list[str] | None = None
+    mismatchLabelKeys: list[str] | None = None
+
+
+class _WeightedPodAffinityTerm(_K8s):
+    weight: int = Field(..., ge=1, le=100)
+    podAffinityTerm: _PodAffinityTerm
+
+
+class _PodAffinity(_K8s):
+    requiredDuringSchedulingIgnoredDuringExecution: list[_PodAffinityTerm] | None = None
+    preferredDuringSchedulingIgnoredDuringExecution: list[_WeightedPodAffinityTerm] | None = None
+
+
+class _Affinity(_K8s):
+    nodeAffinity: _NodeAffinity | None = None
+    podAffinity: _PodAffinity | None = None
+    podAntiAffinity: _PodAffinity | None = None
+
+
+def affinity_problem(value: Any) -> str | None:
+    """Why `value` is not a core/v1 Affinity (None if its shape is one)."""
+    try:
+        _Affinity.model_validate(value)
+    except ValidationError as exc:
+        return "not a core/v1 Affinity: " + "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(root)'}: {'must be an object' if e['type'] == 'model_type' else e['msg']}"
+            for e in exc.errors()
+        )
+    return None
+
+
 class Spec(_Model):
     """Desired training. Immutable once created, except `suspend`."""
 
@@ -131,6 +216,15 @@ class Spec(_Model):
         description="A core/v1 Affinity that replaces the operator's default GPU-pool node affinity "
         "(e.g. to target another GPU product or instance type).",
     )
+
+    @field_validator("affinity")
+    @classmethod
+    def _affinity_shape(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            problem = affinity_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
     priority_class_name: str | None = Field(None, max_length=253, pattern=DNS1123_SUBDOMAIN, description="PriorityClass of the trainer pod.")
     queue_name: str | None = Field(
         None,
@@ -140,12 +234,18 @@ class Spec(_Model):
         description="Kueue LocalQueue name. When set, the Job is created suspended with the "
         "kueue.x-k8s.io/queue-name label and Kueue admits it (the operator's own cap does not apply).",
     )
-    backoff_limit: int = Field(3, ge=0, le=100, description="Retries of a failing trainer pod (exit code 1) before the training fails.")
-    active_deadline_seconds: int = Field(
-        21600, ge=60, le=30 * 86400, description="Wall-clock limit of the training in seconds (default 6 h); then it fails with DeadlineExceeded."
+    backoff_limit: int | None = Field(
+        None, ge=0, le=100,
+        description="Retries of a failing trainer pod (exit code 1) before the training fails. Default: the operator's (3).",
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=60, le=30 * 86400,
+        description="Wall-clock limit of the training in seconds; then it fails with DeadlineExceeded. Default: the operator's (86400 = 24 h).",
     )
     ttl_seconds_after_finished: int | None = Field(
-        None, ge=0, le=365 * 86400, description="Delete the finished Job (not the resource or the data) after this many seconds."
+        None, ge=0, le=365 * 86400,
+        description="Delete the finished Job (not the resource, its status or the data) after this many seconds. "
+        "Default: the operator's (604800 = 7 days).",
     )
     suspend: bool = Field(False, description="Pause the training: its pod stops; setting false again resumes from the last checkpoint.")
 

@@ -8,6 +8,7 @@ Job's conditions, because the trainer knows *why* it stopped; the Job only knows
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Iterable, Mapping
 
 from splatops import contract, names
@@ -26,7 +27,7 @@ MESSAGES: dict[str, str] = {
     R.OUT_OF_MEMORY.value: contract.MSG_OOM,
     R.COLMAP_NOT_FOUND.value: contract.MSG_COLMAP_NOT_FOUND + " (expected <scene.path>/colmap/sparse_initial/ with cameras, images and points3D).",
     R.NO_IMAGES.value: contract.MSG_NO_IMAGES + " (expected image files in <scene.path>/images/).",
-    R.DEADLINE_EXCEEDED.value: "Training exceeded spec.activeDeadlineSeconds. Raise the deadline, lower maxSteps or raise dataFactor.",
+    R.DEADLINE_EXCEEDED.value: "Training exceeded its deadline (spec.activeDeadlineSeconds, else the operator's default). Raise spec.activeDeadlineSeconds, lower maxSteps or raise dataFactor.",
     R.BACKOFF_LIMIT_EXCEEDED.value: "The trainer failed on every retry (spec.backoffLimit reached). See `kubectl logs` of the last pod and <scene.path>/gsplat/error.log.",
     R.IMAGE_PULL.value: "The trainer image cannot be pulled. Check spec.image / the operator's trainer image, the registry and imagePullSecrets.",
     R.UNSCHEDULABLE.value: "No GPU node can take the trainer pod. Check the GPU node pool (default nvidia.com/gpu.product=NVIDIA-A10G), spec.affinity, spec.nodeSelector, spec.resources and spec.tolerations.",
@@ -156,3 +157,43 @@ def pending_detail(pods: Iterable[Mapping[str, Any]]) -> tuple[str, str] | None:
 
 def _pod_time(pod: Mapping[str, Any]) -> str:
     return str((pod.get("metadata") or {}).get("creationTimestamp") or "")
+
+
+# --- Checks before the Job exists ---------------------------------------------------------------
+
+
+def scene_pvc_not_found(namespace: str, claim: str, path: str) -> Failure:
+    """The scene's PersistentVolumeClaim does not exist: say which, and what to do."""
+    return Failure(
+        R.SCENE_PVC_NOT_FOUND.value,
+        f'PersistentVolumeClaim "{claim}" (spec.scene.claimName) not found in namespace "{namespace}". '
+        f"Create it with the scene under {path}/ (images/ and colmap/sparse_initial/), or fix "
+        "spec.scene.claimName; the spec is immutable, so then delete and re-create this training.",
+    )
+
+
+def api_status(body: Any) -> Mapping[str, Any]:
+    """The Kubernetes Status object of an API error response body ({} if it is not one)."""
+    if isinstance(body, (bytes, bytearray)):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return {}
+    return body if isinstance(body, Mapping) and body.get("kind") == "Status" else {}
+
+
+def is_not_found(code: int | None, body: Any) -> bool:
+    """The API server's definitive "no such object" (404 with a Status of reason NotFound).
+
+    Any other 404 (an API that does not serve the resource at all, e.g. an emulator without
+    PersistentVolumeClaims) says nothing about the object, and callers treat it as unknown.
+    """
+    return code == 404 and api_status(body).get("reason") == "NotFound"
+
+
+def api_error_message(code: int | None, reason: str | None, body: Any) -> str:
+    """What the API server said about a rejected request (its Status message, else the HTTP reason)."""
+    message = str(api_status(body).get("message") or "").strip()
+    return message or f"HTTP {code} {reason or ''}".strip()

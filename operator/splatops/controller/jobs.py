@@ -118,6 +118,25 @@ def resources(spec: Spec, settings: Settings) -> dict[str, Any]:
     }
 
 
+def lifetime(spec: Spec, settings: Settings) -> dict[str, int]:
+    """activeDeadlineSeconds and ttlSecondsAfterFinished: the spec's, else the operator's defaults
+    (a default of 0 sets none). Once the TTL controller deletes a finished Job the training keeps
+    its terminal status (terminal phases are final; nothing re-creates the Job)."""
+    out: dict[str, int] = {}
+    deadline = spec.active_deadline_seconds if spec.active_deadline_seconds is not None else settings.default_active_deadline_seconds or None
+    if deadline is not None:
+        out["activeDeadlineSeconds"] = deadline
+    ttl = spec.ttl_seconds_after_finished if spec.ttl_seconds_after_finished is not None else settings.default_ttl_seconds_after_finished or None
+    if ttl is not None:
+        out["ttlSecondsAfterFinished"] = ttl
+    return out
+
+
+def owned_by(job: Mapping[str, Any], uid: str | None) -> bool:
+    """Whether `job` belongs to the training with `uid` (not to a deleted namesake)."""
+    return any(ref.get("uid") == uid for ref in (job.get("metadata") or {}).get("ownerReferences") or [])
+
+
 def owner_reference(training: Mapping[str, Any]) -> dict[str, Any]:
     meta = training["metadata"]
     return {
@@ -189,8 +208,7 @@ def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool 
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
     job_spec: dict[str, Any] = {
-        "backoffLimit": spec.backoff_limit,
-        "activeDeadlineSeconds": spec.active_deadline_seconds,
+        "backoffLimit": spec.backoff_limit if spec.backoff_limit is not None else settings.default_backoff_limit,
         "completions": 1,
         "parallelism": 1,
         "suspend": bool(suspend or spec.suspend),
@@ -211,8 +229,7 @@ def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool 
         },
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
-    if spec.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    job_spec.update(lifetime(spec, settings))
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -5,6 +5,7 @@ chart uses is one the code exports.
 """
 
 TRAININGS = "splatops_trainings"  # gauge {namespace, phase}: resources by phase
+TRAINING_PHASE = "splatops_training_phase"  # gauge {namespace, name, phase}: 1 for the current phase only
 STARTED = "splatops_trainings_started_total"  # counter {namespace}
 SUCCEEDED = "splatops_trainings_succeeded_total"  # counter {namespace}
 FAILED = "splatops_trainings_failed_total"  # counter {namespace, reason}

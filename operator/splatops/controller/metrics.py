@@ -34,7 +34,19 @@ _PER_TRAINING = (PROGRESS_RATIO, STEP, LAST_PROGRESS, LOSS, PSNR)
 
 
 class PhaseCollector(Collector):
-    """`splatops_trainings{namespace,phase}` computed at scrape time from the operator's view."""
+    """Phase metrics computed at scrape time from the operator's view of each training.
+
+    - `splatops_trainings{namespace,phase}`: how many trainings are in each phase (every phase
+      listed, 0 included, for each namespace with a training);
+    - `splatops_training_phase{namespace,name,phase}`: 1 for each training's current phase only
+      (kube-state-metrics style, e.g. kube_pod_status_phase, minus the 0 series), so alerts can
+      ask "is this training Running now" (`and on (namespace, name)
+      splatops_training_phase{phase="Running"} == 1`) and "has it itself waited N minutes" (`for:`).
+      A training's series go when it is deleted (forget()).
+    """
+
+    _COUNT_HELP = "GaussianSplatTrainings by phase."
+    _PHASE_HELP = "The current phase of each GaussianSplatTraining (1; other phases have no series)."
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -48,25 +60,37 @@ class PhaseCollector(Collector):
         with self._lock:
             self._phases.pop((namespace, name), None)
 
-    def counts(self) -> dict[tuple[str, str], int]:
+    def phases(self) -> dict[tuple[str, str], str]:
+        """A snapshot: (namespace, name) -> current phase."""
         with self._lock:
-            items = list(self._phases.items())
-        counts: dict[tuple[str, str], int] = {}
-        for (namespace, _), phase in items:
-            counts[(namespace, phase)] = counts.get((namespace, phase), 0) + 1
-        return counts
+            return dict(self._phases)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        return _count(self.phases())
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily(m.TRAININGS, "GaussianSplatTrainings by phase.", labels=["namespace", "phase"])
-        counts = self.counts()
-        namespaces = {ns for ns, _ in counts}
-        for ns in sorted(namespaces):
+        phases = self.phases()  # one snapshot: both families agree
+        counts = _count(phases)
+        family = GaugeMetricFamily(m.TRAININGS, self._COUNT_HELP, labels=["namespace", "phase"])
+        for ns in sorted({ns for ns, _ in phases}):
             for phase in Phase:
                 family.add_metric([ns, phase.value], counts.get((ns, phase.value), 0))
         yield family
+        current = GaugeMetricFamily(m.TRAINING_PHASE, self._PHASE_HELP, labels=["namespace", "name", "phase"])
+        for (ns, name), phase in sorted(phases.items()):
+            current.add_metric([ns, name, phase], 1)
+        yield current
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
-        yield GaugeMetricFamily(m.TRAININGS, "GaussianSplatTrainings by phase.", labels=["namespace", "phase"])
+        yield GaugeMetricFamily(m.TRAININGS, self._COUNT_HELP, labels=["namespace", "phase"])
+        yield GaugeMetricFamily(m.TRAINING_PHASE, self._PHASE_HELP, labels=["namespace", "name", "phase"])
+
+
+def _count(phases: Mapping[tuple[str, str], str]) -> dict[tuple[str, str], int]:
+    counts: dict[tuple[str, str], int] = {}
+    for (namespace, _), phase in phases.items():
+        counts[(namespace, phase)] = counts.get((namespace, phase), 0) + 1
+    return counts
 
 
 PHASES = PhaseCollector()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "SPLATOPS_OPERATOR_"
@@ -42,10 +42,17 @@ def _json_value(value: Any, what: str) -> Any:
     return value
 
 
+def _env_alias(field: str) -> AliasChoices:
+    """The Job defaults are read, like every setting, as `SPLATOPS_OPERATOR_<NAME>`, and also as
+    `SPLATOPS_<NAME>` (e.g. SPLATOPS_DEFAULT_BACKOFF_LIMIT); the field name works as a keyword
+    (populate_by_name)."""
+    return AliasChoices(f"{ENV_PREFIX}{field.upper()}", f"SPLATOPS_{field.upper()}")
+
+
 class Settings(BaseSettings):
     """Everything the operator can be told. Field names map to `SPLATOPS_OPERATOR_<NAME>`."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, populate_by_name=True)
 
     # -- what to watch
     namespaces: Annotated[list[str], NoDecode] = Field(
@@ -66,6 +73,19 @@ class Settings(BaseSettings):
     default_cpu: str = "4"
     shm_size: str = Field("8Gi", description="Size limit of the /dev/shm memory emptyDir.")
     trainer_metrics_port: int = Field(9090, ge=1, le=65535)
+    # Job defaults where the resource's spec has none (the spec's values win); 0 = none.
+    default_backoff_limit: int = Field(
+        3, ge=0, le=100, validation_alias=_env_alias("default_backoff_limit"),
+        description="Job backoffLimit when spec.backoffLimit is unset (0 = no retries).",
+    )
+    default_active_deadline_seconds: int = Field(
+        86400, ge=0, validation_alias=_env_alias("default_active_deadline_seconds"),
+        description="Job activeDeadlineSeconds when spec.activeDeadlineSeconds is unset (0 = no deadline).",
+    )
+    default_ttl_seconds_after_finished: int = Field(
+        604800, ge=0, validation_alias=_env_alias("default_ttl_seconds_after_finished"),
+        description="Job ttlSecondsAfterFinished when spec.ttlSecondsAfterFinished is unset (0 = keep finished Jobs).",
+    )
     # -- admission
     max_concurrent: int = Field(0, ge=0, description="Cap on trainings running at once; 0 = no cap.")
     # -- progress
@@ -140,5 +160,9 @@ def format_errors(exc: ValidationError) -> str:
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else ""
         env = f"{ENV_PREFIX}{field.upper()}" if field else "(settings)"
+        for info in Settings.model_fields.values():
+            choices = getattr(info.validation_alias, "choices", ())
+            if field in choices:  # a setting read under more than one name: name them all
+                env = " or ".join(map(str, choices))
         lines.append(f"  {env}: {err['msg']}")
     return "\n".join(lines)

@@ -170,11 +170,21 @@ def desired_status(obs: Observed) -> dict[str, Any]:
         result = _succeeded_result(obs.pods)
         if result is not None or not prev.get("modelPath"):
             out.update(result_fields(result, obs.model_path))
-        final = final_progress(prev.get("progress"), result)
+        # Once Succeeded, the pods (and the Job, by its TTL) may be gone: keep what was written then.
+        final = final_progress(prev.get("progress"), result) if result is not None or prev.get("phase") != phase.value else None
         if final is not None:
             out["progress"] = final
     out["conditions"] = conditions(prev.get("conditions"), phase, reason, message, obs.now, obs.generation)
     return out
+
+
+def failed_status(reason: str, message: str, now: float, generation: int | None) -> dict[str, Any]:
+    """The whole status of a training failed before its Job exists (invalid spec, missing PVC)."""
+    return {
+        "phase": Phase.FAILED.value, "reason": reason, "message": message,
+        "completionTime": format_time(now), "observedGeneration": generation,
+        "conditions": conditions(None, Phase.FAILED, reason, message, now, generation),
+    }
 
 
 def final_progress(progress: Mapping[str, Any] | None, result: contract.Result | None) -> dict[str, Any] | None:

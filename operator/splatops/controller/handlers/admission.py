@@ -16,7 +16,13 @@ from splatops.controller.timeutil import parse_time
 
 
 def slots(rt: Runtime, idx: Indices) -> tuple[int, list[queue.Waiting]]:
-    """(running Jobs under the cap, trainings waiting for a slot) from the indices."""
+    """(running Jobs under the cap, trainings waiting for a slot) from the indices.
+
+    The waiting include trainings not handled yet (no Job, no phase; `has_job=False`): kopf
+    may run the creation handlers of trainings created together in any order, so the one handled
+    first must not take a slot from one created before it. Their slots stay reserved for their
+    own ensure_job.
+    """
     running = 0
     seen: set[Key] = set()
     for job_key, store in idx.jobs.items():
@@ -44,13 +50,16 @@ def slots(rt: Runtime, idx: Indices) -> tuple[int, list[queue.Waiting]]:
         if training is None or key in rt.admitted:
             continue
         spec = training.get("spec") or {}
-        job = idx.job(key[0], jobs.job_name(key[1]))
-        if spec.get("suspend") or spec.get("queueName") or job is None:
+        if spec.get("suspend") or spec.get("queueName"):
             continue
-        if rt.current_status(key, training).get("phase") in TERMINAL or not (job.get("spec") or {}).get("suspend"):
+        phase = rt.current_status(key, training).get("phase")
+        job = idx.job(key[0], jobs.job_name(key[1]))
+        if job is not None and not jobs.owned_by(job, training["metadata"].get("uid")):
+            job = None
+        if phase in TERMINAL or (job is None and phase is not None) or (job is not None and not (job.get("spec") or {}).get("suspend")):
             continue
         created = str(training.get("metadata", {}).get("creationTimestamp") or "")
-        waiting.append(queue.Waiting(created, key[0], key[1]))
+        waiting.append(queue.Waiting(created, rt.first_seen(key), key[0], key[1], has_job=job is not None))
     return running, waiting
 
 
@@ -68,6 +77,8 @@ async def admit_waiting(rt: Runtime, idx: Indices) -> None:
     async with rt.admission_lock:
         running, waiting = slots(rt, idx)
         for item in queue.admit(running, waiting, rt.settings.max_concurrent):
+            if not item.has_job:
+                continue  # its slot is reserved: its own ensure_job creates its Job unsuspended
             key = (item.namespace, item.name)
             await rt.api().patch_job(item.namespace, jobs.job_name(item.name), {"spec": {"suspend": False}})
             rt.admitted.add(key)

@@ -14,10 +14,16 @@ from splatops.controller.handlers.reconcile import job_finished, reconcile
 from splatops.controller.handlers.state import JOB_NAME_LABELS, Indices, Key, Runtime, snapshot
 
 
-def gst_index(*, namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+async def gst_index(rt: Runtime, *, namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    """Index a training; note the order it was first seen in (FCFS) and drop the written-status
+    cache the body now shows. Async on purpose: on the event loop, nothing runs between this and
+    kopf storing the snapshot (a sync handler would run in a thread, racing the reconcilers)."""
+    key = (namespace, name)
     snap = snapshot(body)
+    rt.first_seen(key)
+    rt.observed(key, snap.get("status"))
     metrics.PHASES.set(namespace, name, (snap.get("status") or {}).get("phase"))
-    return {(namespace, name): snap}
+    return {key: snap}
 
 
 def job_index(rt: Runtime, *, namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:

@@ -12,7 +12,7 @@ from splatops import contract, names
 from splatops.api.models import Phase, parse_spec
 from splatops.controller import jobs, metrics, status
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime
-from splatops.controller.timeutil import format_time, parse_time
+from splatops.controller.timeutil import parse_time
 
 # Failures the operator decides itself while the Job would wait forever: stop the pod too.
 OPERATOR_DECIDED = (contract.Reason.IMAGE_PULL.value, contract.Reason.UNSCHEDULABLE.value)
@@ -33,6 +33,8 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
         jname = jobs.job_name(name)
         job = job if job is not None else idx.job(ns, jname)
         pods = idx.job_pods(ns, jname)
+        if job is not None and not jobs.owned_by(job, training["metadata"].get("uid")):
+            job, pods = None, ()  # a deleted namesake's Job, still being garbage-collected: not ours
         current = rt.current_status(key, training)
         if job is not None and current.get("phase") not in TERMINAL and job_finished(job) \
                 and not any(status.failures.terminated_state(p) for p in pods):
@@ -66,15 +68,14 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
 
 
 async def fail_invalid(rt: Runtime, key: Key, training: Mapping[str, Any], detail: str) -> None:
-    """Fail a training whose spec the schema let through but the operator cannot run."""
+    """Fail a training whose spec the schema let through but the operator (or the API server) cannot run."""
+    await fail(rt, key, training, contract.Reason.INVALID_SPEC.value, f"Invalid spec: {detail}")
+
+
+async def fail(rt: Runtime, key: Key, training: Mapping[str, Any], reason: str, message: str) -> None:
+    """Fail a training before it has a Job (nothing in the cluster would ever say why)."""
     ns, name = key
-    now = time.time()
-    message = f"Invalid spec: {detail}"
-    desired: dict[str, Any] = {
-        "phase": Phase.FAILED.value, "reason": contract.Reason.INVALID_SPEC.value, "message": message,
-        "completionTime": format_time(now), "observedGeneration": training["metadata"].get("generation"),
-    }
-    desired["conditions"] = status.conditions(None, Phase.FAILED, desired["reason"], message, now, desired["observedGeneration"])
+    desired = status.failed_status(reason, message, time.time(), training["metadata"].get("generation"))
     await rt.api().patch_status(ns, name, desired)
     rt.remember(key, desired)
     on_phase_change(training, desired)

@@ -39,7 +39,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, rt: Runtime | 
     on: dict[str, Any] = dict(registry=registry)
 
     # Indices first: kopf fills them before any handler runs.
-    kopf.index(*GST, id=GST_INDEX, **on)(children.gst_index)
+    kopf.index(*GST, id=GST_INDEX, **on)(functools.partial(children.gst_index, rt))
     kopf.index("batch", "v1", "jobs", labels=MANAGED, id=JOB_INDEX, **on)(functools.partial(children.job_index, rt))
     kopf.index("", "v1", "pods", labels=MANAGED, id=POD_INDEX, **on)(children.pod_index)
 

@@ -1,8 +1,9 @@
 """The operator's in-memory state shared by the handlers (one instance per operator process).
 
 Only bookkeeping that the cluster cannot tell us fast enough lives here: what we last wrote
-(kopf's index lags our own writes by one watch event), Jobs we just admitted, throttle clocks.
-Everything else is read from kopf's indices, which kopf fills before any handler runs.
+(kopf's index lags our own writes by one watch event; forgotten as soon as the index shows it),
+Jobs we just admitted, the order trainings were first seen in, throttle clocks. Everything else is
+read from kopf's indices, which kopf fills before any handler runs.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-from typing import Any, Iterable, Mapping
+import itertools
+import time
+from typing import Any, Iterable, Iterator, Mapping
 
 import kopf
 
@@ -26,6 +29,9 @@ TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 # The ids of kopf's indices: kopf passes each index to every handler as a keyword of this name.
 GST_INDEX, JOB_INDEX, POD_INDEX = "gst_index", "job_index", "pod_index"
+# A written status the index has not shown within this many seconds is no longer trusted over the
+# live one (someone else wrote since, e.g. the other replica while this one was paused).
+WRITTEN_MAX_AGE = 60.0
 
 
 @dataclasses.dataclass
@@ -34,31 +40,68 @@ class Runtime:
     kube: Kube | None = None
     admission_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     admitted: set[Key] = dataclasses.field(default_factory=set)  # training keys
-    written: dict[Key, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    written: dict[Key, dict[str, Any]] = dataclasses.field(default_factory=dict)  # status fields not yet in the index
+    written_at: dict[Key, float] = dataclasses.field(default_factory=dict)  # monotonic time of the last write
+    seen: dict[Key, int] = dataclasses.field(default_factory=dict)  # first-seen order (FCFS tie-break)
     last_progress_write: dict[Key, float] = dataclasses.field(default_factory=dict)
     last_progress_step: dict[Key, int] = dataclasses.field(default_factory=dict)
     job_owner: dict[Key, str] = dataclasses.field(default_factory=dict)  # (ns, job) -> training
+    warned: set[str] = dataclasses.field(default_factory=set)  # once-per-process warnings given
     _locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
+    _seen_counter: Iterator[int] = dataclasses.field(default_factory=itertools.count)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
     def forget(self, key: Key) -> None:
-        for table in (self.written, self.last_progress_write, self.last_progress_step, self._locks):
+        for table in (self.written, self.written_at, self.seen, self.last_progress_write, self.last_progress_step,
+                      self._locks):
             table.pop(key, None)  # type: ignore[attr-defined]
         self.admitted.discard(key)
+
+    def first_seen(self, key: Key) -> int:
+        """The order in which the operator first saw this training (for FCFS among equal timestamps)."""
+        if key not in self.seen:
+            self.seen[key] = next(self._seen_counter)
+        return self.seen[key]
 
     def api(self) -> Kube:
         if self.kube is None:
             raise RuntimeError("the Kubernetes client is not connected yet (startup handler has not run)")
         return self.kube
 
-    def current_status(self, key: Key, training: Mapping[str, Any]) -> dict[str, Any]:
+    def current_status(self, key: Key, training: Mapping[str, Any], now: float | None = None) -> dict[str, Any]:
         """The resource's status as we last wrote it (the index may not have seen our write yet)."""
+        self._expire(key, time.monotonic() if now is None else now)
         return {**(training.get("status") or {}), **self.written.get(key, {})}
 
-    def remember(self, key: Key, patch: Mapping[str, Any]) -> None:
+    def remember(self, key: Key, patch: Mapping[str, Any], now: float | None = None) -> None:
         self.written[key] = {**self.written.get(key, {}), **patch}
+        self.written_at[key] = time.monotonic() if now is None else now
+
+    def observed(self, key: Key, status: Mapping[str, Any] | None, now: float | None = None) -> None:
+        """The index received the resource with `status`: forget the written fields it shows.
+
+        The cache only bridges the watch lag. Kept longer, it would override the live status
+        after another replica (peering failover) or anyone else wrote it: duplicate phase-change
+        Events and metrics, or writes skipped because the stale cache already "has" them.
+        """
+        entry = self.written.get(key)
+        if entry is None:
+            return
+        live = status or {}
+        left = {k: v for k, v in entry.items() if not contains(live.get(k), v)}
+        if left:
+            self.written[key] = left
+            self._expire(key, time.monotonic() if now is None else now)
+        else:
+            self.written.pop(key, None)
+            self.written_at.pop(key, None)
+
+    def _expire(self, key: Key, now: float) -> None:
+        if key in self.written and now - self.written_at.get(key, now) > WRITTEN_MAX_AGE:
+            self.written.pop(key, None)
+            self.written_at.pop(key, None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +125,15 @@ class Indices:
 
     def job_pods(self, namespace: str, job_name: str) -> tuple[Mapping[str, Any], ...]:
         return tuple(self.pods.get((namespace, job_name), ()))
+
+
+def contains(live: Any, written: Any) -> bool:
+    """Whether `live` shows what a JSON merge patch `written` set (objects merge, the rest replace)."""
+    if isinstance(written, Mapping):
+        return isinstance(live, Mapping) and all(contains(live.get(k), v) for k, v in written.items())
+    if written is None:  # a merge patch's null removes the field
+        return live is None
+    return bool(live == written)
 
 
 def latest(store: Iterable[Mapping[str, Any]] | None) -> Mapping[str, Any] | None:

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from splatops.api.models import parse_spec
-from splatops.controller import jobs, metrics, queue
+from splatops.api.models import Spec, parse_spec
+from splatops.controller import failures, jobs, metrics, queue
 from splatops.controller.handlers.admission import admit_waiting, admitted_metrics, slots
-from splatops.controller.handlers.reconcile import fail_invalid, reconcile
+from splatops.controller.handlers.reconcile import fail, fail_invalid, reconcile
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime, snapshot
 from splatops.controller.timeutil import format_time
+
+
+# Seconds before ensure_job retries while a deleted namesake's Job is still being garbage-collected.
+FOREIGN_JOB_RETRY = 10.0
+log = logging.getLogger("splatops.operator")
+
+
+class JobRejected(Exception):
+    """The API server refused the Job as invalid (400/422): retrying cannot help."""
 
 
 async def ensure_job(rt: Runtime, idx: Indices, *, body: kopf.Body, namespace: str, name: str, logger: Any,
@@ -24,7 +34,7 @@ async def ensure_job(rt: Runtime, idx: Indices, *, body: kopf.Body, namespace: s
     key: Key = (namespace, name)
     training = idx.training(key) or snapshot(body)
     if rt.current_status(key, training).get("phase") in TERMINAL:
-        return
+        return  # final, also when the Job is gone (ttlSecondsAfterFinished): never a new Job
     try:
         spec = parse_spec(dict(body.get("spec") or {}))
     except ValidationError as exc:
@@ -32,9 +42,16 @@ async def ensure_job(rt: Runtime, idx: Indices, *, body: kopf.Body, namespace: s
         await fail_invalid(rt, key, training, detail)
         return
     jname = jobs.job_name(name)
+    uid = body["metadata"]["uid"]
     existing = idx.job(namespace, jname)
+    if existing is not None and not jobs.owned_by(existing, uid):
+        raise _foreign_job(jname, existing)
     queued = False
     if existing is None:
+        problem = await scene_problem(rt, namespace, spec, logger)
+        if problem is not None:
+            await fail(rt, key, training, problem.reason, problem.message)
+            return
         max_concurrent = rt.settings.max_concurrent
         capped = max_concurrent > 0 and not (spec.suspend or spec.queue_name)
         others: list[queue.Waiting] = []
@@ -43,16 +60,22 @@ async def ensure_job(rt: Runtime, idx: Indices, *, body: kopf.Body, namespace: s
             suspend = bool(spec.suspend or spec.queue_name)
             if capped:
                 running, waiting = slots(rt, idx)
-                me = queue.Waiting(str(body["metadata"].get("creationTimestamp") or format_time(time.time())), namespace, name)
+                created = str(body["metadata"].get("creationTimestamp") or format_time(time.time()))
+                me = queue.Waiting(created, rt.first_seen(key), namespace, name)
                 admitted = queue.admit(running, [w for w in waiting if (w.namespace, w.name) != key] + [me], max_concurrent)
                 suspend = queued = me not in admitted
-                others = [w for w in admitted if w != me]
+                others = [w for w in admitted if w != me and w.has_job]
             manifest = jobs.build_job(body, rt.settings, suspend=suspend)
-            existing = await create_or_adopt(rt, namespace, manifest, body["metadata"]["uid"], logger)
+            try:
+                existing, created = await create_or_adopt(rt, namespace, manifest, uid, logger)
+            except JobRejected as exc:
+                await fail_invalid(rt, key, training, str(exc))
+                return
             if not (existing.get("spec") or {}).get("suspend"):
                 rt.admitted.add(key)
-                admitted_metrics(training)
-                logger.info(f"Created Job {jname}.")
+                if created:  # an adopted Job was counted by whoever created it
+                    admitted_metrics(training)
+                logger.info(f"Created Job {jname}." if created else f"Adopted Job {jname}.")
             else:
                 why = "Kueue" if spec.queue_name else "suspend" if spec.suspend else "queued"
                 logger.info(f"Created Job {jname} suspended ({why}).")
@@ -61,23 +84,52 @@ async def ensure_job(rt: Runtime, idx: Indices, *, body: kopf.Body, namespace: s
     await reconcile(rt, key, idx, job=existing, queued=queued)
 
 
-async def create_or_adopt(rt: Runtime, namespace: str, manifest: dict[str, Any], uid: str, logger: Any) -> dict[str, Any]:
-    """Create the Job; a 409 means it exists: use it if it is ours, never make a second one."""
+async def create_or_adopt(rt: Runtime, namespace: str, manifest: dict[str, Any], uid: str,
+                          logger: Any) -> tuple[dict[str, Any], bool]:
+    """Create the Job; a 409 means it exists: use it if it is ours, never make a second one.
+    Returns (the Job, whether we created it)."""
     jname = manifest["metadata"]["name"]
     try:
-        return await rt.api().create_job(namespace, manifest)
+        return await rt.api().create_job(namespace, manifest), True
     except ApiException as exc:
+        if exc.status in (400, 422):
+            detail = failures.api_error_message(exc.status, exc.reason, exc.body)
+            raise JobRejected(f"the API server rejected Job {jname}: {detail}") from exc
         if exc.status != 409:
-            if exc.status in (400, 422):
-                raise kopf.PermanentError(f"The API server rejected Job {jname}: {exc.reason} {exc.body}") from exc
             raise
     existing = await rt.api().read_job(namespace, jname)
-    owners = [r.get("uid") for r in existing.get("metadata", {}).get("ownerReferences") or []]
-    if uid not in owners:
-        # A Job of a deleted namesake is still being garbage-collected: wait for it to go.
-        raise kopf.TemporaryError(f"Job {jname} exists but belongs to another owner {owners}; waiting for its deletion.", delay=10)
+    if not jobs.owned_by(existing, uid):
+        raise _foreign_job(jname, existing)
     logger.info(f"Job {jname} already exists; adopting it (no second Job).")
-    return existing
+    return existing, False
+
+
+def _foreign_job(jname: str, job: Mapping[str, Any]) -> kopf.TemporaryError:
+    """A Job of a deleted namesake is still being garbage-collected: wait for it to go."""
+    owners = [r.get("uid") for r in (job.get("metadata") or {}).get("ownerReferences") or []]
+    return kopf.TemporaryError(f"Job {jname} exists but belongs to another owner {owners}; waiting for its deletion.",
+                               delay=FOREIGN_JOB_RETRY)
+
+
+async def scene_problem(rt: Runtime, namespace: str, spec: Spec, logger: Any) -> failures.Failure | None:
+    """The scene's PVC must exist before the Job is created (else the pod waits unschedulable,
+    and the training would fail with a misleading "no GPU node"). Without RBAC to read PVCs
+    (403), or from an API that does not serve them, the check is skipped."""
+    claim = spec.scene.claim_name
+    try:
+        await rt.api().read_pvc(namespace, claim)
+    except ApiException as exc:
+        if failures.is_not_found(exc.status, exc.body):
+            return failures.scene_pvc_not_found(namespace, claim, spec.scene.path)
+        if exc.status not in (403, 404):
+            raise  # kopf retries
+        if "pvc-check" not in rt.warned:
+            rt.warned.add("pvc-check")
+            log.warning("Cannot check that scene PVCs exist (HTTP %s on persistentvolumeclaims %s/%s): "
+                        "skipping the check. Grant the operator `get` on persistentvolumeclaims.",
+                        exc.status, namespace, claim)
+        logger.debug(f"PVC check skipped: HTTP {exc.status}")
+    return None
 
 
 async def suspend_changed(rt: Runtime, idx: Indices, *, old: Any, new: Any, namespace: str, name: str, logger: Any,

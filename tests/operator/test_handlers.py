@@ -1,0 +1,274 @@
+"""Handler-side logic without a cluster: the written-status cache, first-seen order, the checks
+before a Job is created (scene PVC, API rejections) and the 409 adoption of create_or_adopt."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import kopf
+import pytest
+from kubernetes_asyncio.client.exceptions import ApiException
+from op_fixtures import training
+
+from splatops import contract
+from splatops.api.models import parse_spec
+from splatops.controller import failures, jobs
+from splatops.controller.handlers import training as training_handlers
+from splatops.controller.handlers.state import WRITTEN_MAX_AGE, Runtime, contains
+from splatops.controller.settings import Settings
+
+KEY = ("default", "fox")
+LOG = logging.getLogger("test")
+
+
+def runtime() -> Runtime:
+    return Runtime(settings=Settings())
+
+
+# --- the written-status cache only bridges the watch lag --------------------------------------------
+
+
+def test_cache_bridges_the_lag_then_is_dropped_when_the_index_shows_the_write() -> None:
+    rt = runtime()
+    rt.remember(KEY, {"phase": "Running", "reason": "TrainerRunning"}, now=0.0)
+    before = {"phase": "Pending", "reason": "JobCreated", "jobName": "gst-fox"}
+    assert rt.current_status(KEY, {"status": before}, now=1.0)["phase"] == "Running"  # index lags
+    rt.observed(KEY, before, now=1.0)  # an older event: still lagging, keep the cache
+    assert rt.written[KEY] == {"phase": "Running", "reason": "TrainerRunning"}
+    rt.observed(KEY, {**before, "phase": "Running", "reason": "TrainerRunning"}, now=1.1)  # our write's echo
+    assert KEY not in rt.written and KEY not in rt.written_at
+
+
+def test_a_stale_cache_never_overrides_what_another_replica_wrote() -> None:
+    """Failover: after the echo, the live status (written by the other replica) is what counts."""
+    rt = runtime()
+    rt.remember(KEY, {"phase": "Running"}, now=0.0)
+    rt.observed(KEY, {"phase": "Running"}, now=0.1)
+    other_replica = {"phase": "Succeeded", "reason": "TrainingComplete"}
+    assert rt.current_status(KEY, {"status": other_replica}, now=500.0) == other_replica
+
+
+def test_partly_shown_writes_keep_only_the_rest() -> None:
+    rt = runtime()
+    rt.remember(KEY, {"phase": "Running"}, now=0.0)
+    rt.remember(KEY, {"progress": {"step": 10, "loss": 0.5}}, now=0.5)
+    rt.observed(KEY, {"phase": "Running", "progress": {"step": 5, "loss": 0.6}}, now=0.6)
+    assert rt.written[KEY] == {"progress": {"step": 10, "loss": 0.5}}
+
+
+def test_an_unshown_write_expires() -> None:
+    """Overwritten by someone else before our echo arrived (e.g. while this replica was paused)."""
+    rt = runtime()
+    rt.remember(KEY, {"phase": "Running"}, now=0.0)
+    rt.observed(KEY, {"phase": "Failed"}, now=1.0)
+    assert rt.current_status(KEY, {"status": {"phase": "Failed"}}, now=2.0)["phase"] == "Running"
+    assert rt.current_status(KEY, {"status": {"phase": "Failed"}}, now=WRITTEN_MAX_AGE + 1)["phase"] == "Failed"
+    assert KEY not in rt.written
+
+
+@pytest.mark.parametrize(
+    ("live", "written", "shown"),
+    [
+        ({"a": 1, "b": {"c": 2, "d": 3}}, {"b": {"c": 2}}, True),  # merge patch: objects merge
+        ({"b": {"c": 2}}, {"b": {"c": 3}}, False),
+        ([1, 2], [1, 2], True),
+        ([1, 2, 3], [1, 2], False),  # lists replace
+        (None, None, True),  # null removes
+        (1, None, False),
+        (100, 100.0, True),
+    ],
+)
+def test_contains(live: Any, written: Any, shown: bool) -> None:
+    assert contains(live, written) is shown
+
+
+def test_forget_and_first_seen() -> None:
+    rt = runtime()
+    assert [rt.first_seen(k) for k in (("d", "c"), ("d", "a"), ("d", "c"), ("d", "b"))] == [0, 1, 0, 2]
+    rt.remember(("d", "c"), {"phase": "Pending"})
+    rt.forget(("d", "c"))
+    assert ("d", "c") not in rt.seen and ("d", "c") not in rt.written
+    assert rt.first_seen(("d", "c")) == 3  # a namesake created later queues behind
+
+
+async def test_gst_index_records_order_and_drops_the_cache() -> None:
+    from splatops.controller.handlers import children
+
+    rt = runtime()
+    rt.remember(KEY, {"phase": "Pending"})
+    body = training()
+    body["status"] = {"phase": "Pending"}
+    out = await children.gst_index(rt, namespace="default", name="fox", body=kopf.Body(body))
+    assert out[KEY]["status"] == {"phase": "Pending"} and rt.seen[KEY] == 0 and KEY not in rt.written
+
+
+# --- the operator queue: slots reserved for trainings not handled yet ---------------------------------
+
+
+def test_slots_reserve_a_place_for_older_trainings_not_handled_yet() -> None:
+    """kopf may run ensure_job of trainings created together in any order: a training seen
+    earlier but without a Job yet is ahead in the queue (has_job=False), not skipped."""
+    from splatops.controller.handlers.admission import slots
+    from splatops.controller.handlers.state import Indices
+
+    rt = Runtime(settings=Settings(max_concurrent=1))
+    bodies = {n: training(n) for n in ("old", "queued", "done", "mine")}
+    bodies["queued"]["status"] = {"phase": "Queued"}
+    bodies["done"]["status"] = {"phase": "Succeeded"}
+    for n in ("old", "queued", "done", "mine"):
+        rt.first_seen(("default", n))
+    queued_job = jobs.build_job(bodies["queued"], rt.settings, suspend=True)
+    rt.job_owner[("default", queued_job["metadata"]["name"])] = "queued"
+    idx = Indices(gsts={("default", n): [b] for n, b in bodies.items()},  # type: ignore[arg-type]
+                  jobs={("default", queued_job["metadata"]["name"]): [queued_job]}, pods={})  # type: ignore[arg-type]
+    running, waiting = slots(rt, idx)
+    assert running == 0
+    assert [(w.name, w.has_job) for w in sorted(waiting)] == [("old", False), ("queued", True), ("mine", False)]
+
+
+# --- checks before the Job: the scene PVC, and what the API server rejects -----------------------------
+
+
+def api_error(code: int, reason: str, status_reason: str | None = None, message: str = "", name: str = "scenes") -> ApiException:
+    exc = ApiException(status=code, reason=reason)
+    if status_reason is not None:
+        exc.body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+                               "reason": status_reason, "message": message,
+                               "details": {"name": name, "kind": "persistentvolumeclaims"}}).encode()
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "missing"),
+    [
+        (404, {"kind": "Status", "reason": "NotFound", "message": 'persistentvolumeclaims "x" not found'}, True),
+        (404, json.dumps({"kind": "Status", "reason": "NotFound"}).encode(), True),
+        (404, {"kind": "Status", "reason": "Object Not Found"}, False),  # an API that does not serve PVCs
+        (404, "404 page not found", False),
+        (403, {"kind": "Status", "reason": "Forbidden"}, False),
+        (None, None, False),
+    ],
+)
+def test_is_not_found(code: int | None, body: Any, missing: bool) -> None:
+    assert failures.is_not_found(code, body) is missing
+
+
+def test_scene_pvc_message_says_which_claim_and_what_to_do() -> None:
+    failure = failures.scene_pvc_not_found("team-a", "scenes", "scenes/fox")
+    assert failure.reason == contract.Reason.SCENE_PVC_NOT_FOUND.value == "ScenePVCNotFound"
+    for words in ('"scenes"', '"team-a"', "spec.scene.claimName", "Create it", "scenes/fox/", "re-create"):
+        assert words in failure.message
+
+
+def test_api_error_message() -> None:
+    body = json.dumps({"kind": "Status", "message": 'Job.batch "gst-fox" is invalid: spec.template.spec.affinity: Invalid value'})
+    assert failures.api_error_message(422, "Unprocessable Entity", body).startswith('Job.batch "gst-fox" is invalid')
+    assert failures.api_error_message(400, "Bad Request", b"garbage") == "HTTP 400 Bad Request"
+
+
+class FakeKube:
+    """The handful of Kube calls the creation path makes; each answer set by the test."""
+
+    def __init__(self, *, pvc: Exception | None = None, create: Exception | None = None,
+                 existing: dict[str, Any] | None = None) -> None:
+        self.pvc, self.create, self.existing = pvc, create, existing
+        self.created: list[dict[str, Any]] = []
+
+    async def read_pvc(self, namespace: str, name: str) -> dict[str, Any]:
+        if self.pvc is not None:
+            raise self.pvc
+        return {"metadata": {"name": name, "namespace": namespace}}
+
+    async def create_job(self, namespace: str, job: dict[str, Any]) -> dict[str, Any]:
+        if self.create is not None:
+            raise self.create
+        self.created.append(job)
+        return job
+
+    async def read_job(self, namespace: str, name: str) -> dict[str, Any]:
+        assert self.existing is not None
+        return self.existing
+
+
+SPEC = parse_spec(training()["spec"])
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (None, None),
+        (api_error(404, "Not Found", "NotFound", 'persistentvolumeclaims "scenes" not found'), "ScenePVCNotFound"),
+        (api_error(403, "Forbidden", "Forbidden"), None),  # RBAC without get on PVCs: skip the check
+        (api_error(404, "Not Found", "Object Not Found"), None),  # the API does not serve PVCs: skip
+    ],
+)
+async def test_scene_problem(error: Exception | None, reason: str | None) -> None:
+    rt = runtime()
+    rt.kube = FakeKube(pvc=error)  # type: ignore[assignment]
+    problem = await training_handlers.scene_problem(rt, "default", SPEC, LOG)
+    assert (problem.reason if problem else None) == reason
+
+
+async def test_scene_problem_retries_on_server_errors() -> None:
+    rt = runtime()
+    rt.kube = FakeKube(pvc=api_error(500, "Internal Server Error"))  # type: ignore[assignment]
+    with pytest.raises(ApiException):
+        await training_handlers.scene_problem(rt, "default", SPEC, LOG)
+
+
+MANIFEST = jobs.build_job(training(), Settings())
+
+
+@pytest.mark.parametrize("code", [400, 422])
+async def test_rejected_job_is_not_retried(code: int) -> None:
+    rt = runtime()
+    message = 'Job.batch "gst-fox" is invalid: spec.template.spec.affinity.nodeAffinity: Invalid value'
+    rt.kube = FakeKube(create=api_error(code, "Invalid", "Invalid", message))  # type: ignore[assignment]
+    with pytest.raises(training_handlers.JobRejected) as err:
+        await training_handlers.create_or_adopt(rt, "default", MANIFEST, "uid-fox", LOG)
+    assert str(err.value) == f"the API server rejected Job gst-fox: {message}"
+
+
+async def test_409_adopts_our_own_job() -> None:
+    rt = runtime()
+    ours = jobs.build_job(training(), Settings())
+    rt.kube = FakeKube(create=api_error(409, "Conflict", "AlreadyExists"), existing=ours)  # type: ignore[assignment]
+    job, created = await training_handlers.create_or_adopt(rt, "default", MANIFEST, "uid-fox", LOG)
+    assert job is ours and created is False
+    rt.kube = FakeKube()  # type: ignore[assignment]
+    assert (await training_handlers.create_or_adopt(rt, "default", MANIFEST, "uid-fox", LOG))[1] is True
+
+
+async def test_409_of_another_owner_waits() -> None:
+    rt = runtime()
+    theirs = jobs.build_job(training(), Settings())
+    theirs["metadata"]["ownerReferences"][0]["uid"] = "uid-of-a-deleted-namesake"
+    rt.kube = FakeKube(create=api_error(409, "Conflict", "AlreadyExists"), existing=theirs)  # type: ignore[assignment]
+    with pytest.raises(kopf.TemporaryError) as err:
+        await training_handlers.create_or_adopt(rt, "default", MANIFEST, "uid-fox", LOG)
+    assert err.value.delay == training_handlers.FOREIGN_JOB_RETRY and "another owner" in str(err.value)
+
+
+# --- kube: error statuses raise (kubernetes_asyncio returns them as-is without preloading) -------------
+
+
+class RawResponse:
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status, self.reason, self._body = status, "Conflict" if status == 409 else "OK", body
+        self.headers: dict[str, str] = {}
+
+    async def read(self) -> bytes:
+        return self._body
+
+
+async def test_kube_error_statuses_raise() -> None:
+    from splatops.controller import kube
+
+    ok = RawResponse(201, b"{}")
+    assert await kube._ok(ok) is ok
+    body = json.dumps({"kind": "Status", "reason": "AlreadyExists", "code": 409}).encode()
+    with pytest.raises(ApiException) as err:
+        await kube._ok(RawResponse(409, body))
+    assert err.value.status == 409 and failures.api_status(err.value.body)["reason"] == "AlreadyExists"
