@@ -95,31 +95,6 @@ def training(name: str) -> dict[str, Any]:
 # --- The cluster process ----------------------------------------------------------------------------
 
 
-def fix_emulator_versions() -> None:
-    """Work around an emulator bug: writes to a custom resource keep its resourceVersion and
-    generation.
-
-    `SplatopsEmulator._write` bumps both on its `meta` dict after `_defaulted()`, which (with our
-    CRD installed) returns a copy of the object whose metadata is no longer that dict. kopf then
-    sees every status write to a training as the same version it created, takes it for consistent,
-    and runs the whole creation cycle (and its annotation patch) a second time: work a real API
-    server never causes. Keeping the metadata dict's identity makes the bumps land (our CRD
-    defaults nothing in metadata). Harmless once the emulator itself is fixed.
-    """
-    defaulted = c.SplatopsEmulator._defaulted
-    if getattr(defaulted, "keeps_metadata", False):
-        return
-
-    def _defaulted(self: c.SplatopsEmulator, res: Any, obj: dict[str, Any]) -> dict[str, Any]:
-        out = defaulted(self, res, obj)
-        if out is not obj and isinstance(obj.get("metadata"), dict):
-            out["metadata"] = obj["metadata"]
-        return out
-
-    _defaulted.keeps_metadata = True  # type: ignore[attr-defined]
-    c.SplatopsEmulator._defaulted = _defaulted  # type: ignore[method-assign]
-
-
 class Recorder:
     """Per training: its creation, its Job's creation and its first status write (monotonic clock)."""
 
@@ -216,7 +191,6 @@ async def add_scene_claim(emulator: c.SplatopsEmulator) -> None:
 
 
 async def _serve_cluster(conn: Any, kubeconfig: pathlib.Path) -> None:
-    fix_emulator_versions()
     loop = asyncio.get_running_loop()
     async with c.running_cluster(kubeconfig, namespace=NS) as cluster:
         await add_scene_claim(cluster.emulator)

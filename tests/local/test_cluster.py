@@ -118,6 +118,24 @@ async def test_status_subresource_semantics_and_generation(kube):
     assert obj["metadata"]["generation"] == 2 and obj["status"] == {"phase": "Running"}
 
 
+async def test_writes_bump_versions_under_the_real_crd(tmp_path):
+    """The shipped CRD defaults objects (a copy): the version bumps must land on what is stored.
+
+    kopf compares resourceVersions to tell its own writes from new ones; a status write that kept
+    the version made it run a training's whole creation cycle twice."""
+    async with c.running_cluster(tmp_path / "kubeconfig") as cl:
+        async with aiohttp.ClientSession(cl.url) as http:
+            _, obj = await call(http, "POST", GST, gst())
+            rv0, gen0 = int(obj["metadata"]["resourceVersion"]), obj["metadata"]["generation"]
+            _, obj = await call(http, "PATCH", f"{GST}/t1/status", {"status": {"phase": "Running"}}, MERGE)
+            rv1 = int(obj["metadata"]["resourceVersion"])
+            assert rv1 > rv0 and obj["metadata"]["generation"] == gen0
+            _, obj = await call(http, "PATCH", f"{GST}/t1", {"spec": {"suspend": True}}, MERGE)
+            assert int(obj["metadata"]["resourceVersion"]) > rv1 and obj["metadata"]["generation"] == gen0 + 1
+            _, stored = await call(http, "GET", f"{GST}/t1")
+            assert stored["metadata"] == obj["metadata"]
+
+
 async def test_json_patch_and_stale_resource_version(kube):
     _, http = kube
     _, obj = await call(http, "POST", GST, gst())

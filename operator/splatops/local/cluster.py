@@ -446,6 +446,7 @@ class SplatopsEmulator(kmock.KubernetesEmulator):
                     meta.pop(fixed, None)
             new["metadata"] = meta
             new = self._defaulted(res, new)
+            meta = new["metadata"]  # defaulting copies the object: bump the stored one's metadata
             if spec_changed(old, new):
                 meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
             if new == old:

@@ -47,6 +47,7 @@ class Runtime:
     last_progress_step: dict[Key, int] = dataclasses.field(default_factory=dict)
     job_owner: dict[Key, str] = dataclasses.field(default_factory=dict)  # (ns, job) -> training
     warned: set[str] = dataclasses.field(default_factory=set)  # once-per-process warnings given
+    pvc_seen: dict[Key, float] = dataclasses.field(default_factory=dict)  # (ns, claim) -> monotonic time
     _locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     _seen_counter: Iterator[int] = dataclasses.field(default_factory=itertools.count)
 

@@ -111,13 +111,22 @@ def _foreign_job(jname: str, job: Mapping[str, Any]) -> kopf.TemporaryError:
                                delay=FOREIGN_JOB_RETRY)
 
 
+# How long a PVC seen to exist is taken to still exist. A claim deleted within it costs no data:
+# the pod then waits unschedulable and the training fails with that reason instead.
+PVC_SEEN_TTL = 30.0
+
+
 async def scene_problem(rt: Runtime, namespace: str, spec: Spec, logger: Any) -> failures.Failure | None:
     """The scene's PVC must exist before the Job is created (else the pod waits unschedulable,
     and the training would fail with a misleading "no GPU node"). Without RBAC to read PVCs
     (403), or from an API that does not serve them, the check is skipped."""
     claim = spec.scene.claim_name
+    seen = rt.pvc_seen.get((namespace, claim))
+    if seen is not None and time.monotonic() - seen < PVC_SEEN_TTL:
+        return None  # a burst of trainings on one scene volume asks the API server once
     try:
         await rt.api().read_pvc(namespace, claim)
+        rt.pvc_seen[(namespace, claim)] = time.monotonic()
     except ApiException as exc:
         if failures.is_not_found(exc.status, exc.body):
             return failures.scene_pvc_not_found(namespace, claim, spec.scene.path)
@@ -152,7 +161,7 @@ async def suspend_changed(rt: Runtime, idx: Indices, *, old: Any, new: Any, name
     await reconcile(rt, key, idx, job=job)
 
 
-def training_event(rt: Runtime, *, type: str | None, namespace: str, name: str, **_: Any) -> None:
+async def training_event(rt: Runtime, *, type: str | None, namespace: str, name: str, **_: Any) -> None:
     if type == "DELETED":  # the Job and pods go by garbage collection; the PVC is never touched
         rt.forget((namespace, name))
         metrics.forget_training(namespace, name)
