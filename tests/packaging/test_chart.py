@@ -221,13 +221,13 @@ def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 
 # Exactly what the operator calls (controller/kube.py) and what kopf needs, nothing more:
-# kopf lists, watches and PATCHes its resources (annotations, finalizer, status) and never GETs
+# kopf lists and watches its resources (level-triggered handlers: it writes no annotations or
+# finalizers on trainings), PATCHes peering objects, and never GETs
 # or PUTs them; it POSTs core v1 Events; the operator never deletes a Job (the garbage collector
 # does, through the Job's ownerReference).
 OPERATOR_RULES = {
     (names.GROUP, names.PLURAL, "list"),
     (names.GROUP, names.PLURAL, "watch"),
-    (names.GROUP, names.PLURAL, "patch"),  # kopf: handler progress annotations, finalizer
     (names.GROUP, f"{names.PLURAL}/status", "patch"),  # kube.patch_status
     (names.GROUP, f"{names.PLURAL}/finalizers", "update"),  # blockOwnerDeletion on the Job's ownerReference
     ("batch", "jobs", "get"),  # kube.read_job

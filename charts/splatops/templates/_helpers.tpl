@@ -72,11 +72,12 @@ app.kubernetes.io/component: gateway
   test_rbac_runtime.py runs the operator and checks every call it makes against it).
   kopf only ever lists, watches and PATCHes (merge and JSON patch), never GETs or PUTs. */}}
 {{- define "splatops.namespacedRules" -}}
-# The operator's own resource: kopf lists and watches it and patches its annotations and
-# finalizer (handler progress); kube.patch_status writes /status (merge patch).
+# The operator's own resource: kopf lists and watches it; its handlers are level-triggered
+# (no kopf progress annotations, no finalizer), so it never writes the resource itself;
+# kube.patch_status writes /status (merge patch).
 - apiGroups: ["splatops.dev"]
   resources: ["gaussiansplattrainings"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["splatops.dev"]
   resources: ["gaussiansplattrainings/status"]
   verbs: ["patch"]

@@ -48,6 +48,8 @@ async def job_event(rt: Runtime, idx: Indices, *, type: str | None, body: kopf.B
         await reconcile(rt, (namespace, owner), idx)
     if type == "DELETED":
         rt.job_owner.pop((namespace, name), None)
+        if owner is not None:
+            rt.job_created.discard((namespace, owner))  # an unfinished training gets it back (timer)
     if rt.settings.max_concurrent > 0 and (type == "DELETED" or job_finished(body) or (body.get("spec") or {}).get("suspend")):
         await admit_waiting(rt, idx)  # a slot may have freed
 

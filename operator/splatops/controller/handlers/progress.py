@@ -19,6 +19,7 @@ from splatops.controller import jobs, metrics, status
 from splatops.controller.handlers.admission import admit_waiting
 from splatops.controller.handlers.reconcile import reconcile
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime
+from splatops.controller.handlers.training import sync_training
 
 
 def active(status: Mapping[str, Any], **_: Any) -> bool:
@@ -26,12 +27,16 @@ def active(status: Mapping[str, Any], **_: Any) -> bool:
     return status.get("phase") not in TERMINAL
 
 
-async def poll(rt: Runtime, idx: Indices, *, namespace: str, name: str, logger: Any, **_: Any) -> None:
+async def poll(rt: Runtime, idx: Indices, *, body: kopf.Body, namespace: str, name: str, logger: Any,
+               **_: Any) -> None:
     key: Key = (namespace, name)
     training = idx.training(key)
     jname = jobs.job_name(name)
-    if training is None or idx.job(namespace, jname) is None:
-        return  # ensure_job creates the Job and writes the first status
+    if training is None:
+        return
+    if idx.job(namespace, jname) is None:
+        await sync_training(rt, idx, key, body, logger)  # retries a creation an event could not finish
+        return
     settings = rt.settings
     if settings.max_concurrent > 0 and rt.current_status(key, training).get("phase") == Phase.QUEUED.value:
         await admit_waiting(rt, idx)

@@ -47,11 +47,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, rt: Runtime | 
     kopf.on.startup(id="connect", **on)(functools.partial(lifecycle.connect, rt))
     kopf.on.cleanup(id="disconnect", **on)(functools.partial(lifecycle.disconnect, rt))
 
-    ensure_job = _bound(rt, "ensure_job", training.ensure_job)
-    kopf.on.create(*GST, id="ensure_job", **on)(ensure_job)
-    kopf.on.resume(*GST, id="ensure_job", **on)(ensure_job)  # after an operator restart: adopt, never duplicate
-    kopf.on.field(*GST, field="spec.suspend", id="suspend", **on)(_bound(rt, "suspend", training.suspend_changed))
-    kopf.on.event(*GST, id="training_event", **on)(functools.partial(training.training_event, rt))
+    # Level-triggered (see training.py): no create/resume/field handlers, so no kopf annotations.
+    kopf.on.event(*GST, id="training_event", **on)(_bound(rt, "training_event", training.training_event))
 
     kopf.on.event("batch", "v1", "jobs", labels=MANAGED, id="job_event", **on)(_bound(rt, "job_event", children.job_event))
     kopf.on.event("", "v1", "pods", labels=MANAGED, id="pod_event", **on)(_bound(rt, "pod_event", children.pod_event))

@@ -47,6 +47,8 @@ class Runtime:
     last_progress_step: dict[Key, int] = dataclasses.field(default_factory=dict)
     job_owner: dict[Key, str] = dataclasses.field(default_factory=dict)  # (ns, job) -> training
     warned: set[str] = dataclasses.field(default_factory=set)  # once-per-process warnings given
+    job_created: set[Key] = dataclasses.field(default_factory=set)  # trainings whose Job we created or adopted
+    suspend_seen: dict[Key, bool] = dataclasses.field(default_factory=dict)  # spec.suspend last acted on
     pvc_seen: dict[Key, float] = dataclasses.field(default_factory=dict)  # (ns, claim) -> monotonic time
     _locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     _seen_counter: Iterator[int] = dataclasses.field(default_factory=itertools.count)
@@ -56,9 +58,10 @@ class Runtime:
 
     def forget(self, key: Key) -> None:
         for table in (self.written, self.written_at, self.seen, self.last_progress_write, self.last_progress_step,
-                      self._locks):
+                      self.suspend_seen, self._locks):
             table.pop(key, None)  # type: ignore[attr-defined]
         self.admitted.discard(key)
+        self.job_created.discard(key)
 
     def first_seen(self, key: Key) -> int:
         """The order in which the operator first saw this training (for FCFS among equal timestamps)."""
