@@ -259,3 +259,36 @@ def test_direct_fused_adam_matches_torch_adam(steps: int) -> None:
         assert sr.keys() == so.keys()
         for key in sr:
             torch.testing.assert_close(so[key], sr[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("image_bytes", "device_bytes", "on_device"),
+    [
+        (10 * 2**30, None, True),  # CPU: nothing to decide
+        (77 * 2**20, 24 * 2**30, True),  # fox at factor 1 on an A10G
+        (6 * 2**30, 24 * 2**30, True),  # exactly a quarter
+        (6 * 2**30 + 1, 24 * 2**30, False),  # a large capture: pinned host memory
+        (25 * 2**30, 24 * 2**30, False),  # would not fit at all
+    ],
+)
+def test_images_stay_on_the_host_when_they_would_crowd_the_gpu(image_bytes: int, device_bytes: int | None,
+                                                               on_device: bool) -> None:
+    assert train_mod.images_fit_on_device(image_bytes, device_bytes) is on_device
+
+
+def test_training_with_images_kept_on_the_host_matches(scene_dir: Path, scene: SceneData, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host-resident path trains to the same numbers (each step copies its one view)."""
+    a = train(_cfg(scene_dir, tmp_path / "a", max_steps=20), scene, Recorder(), CPU)
+    uploads: list[bool] = []
+    real_upload = train_mod._DeviceViews.upload.__func__  # type: ignore[attr-defined]
+
+    def upload(cls: type, views: list, device: torch.device, *, images_on_device: bool = True) -> object:
+        uploads.append(images_on_device)
+        return real_upload(cls, views, device, images_on_device=images_on_device)
+
+    monkeypatch.setattr(train_mod, "images_fit_on_device", lambda image_bytes, device_bytes: False)
+    monkeypatch.setattr(train_mod._DeviceViews, "upload", classmethod(upload))
+    b = train(_cfg(scene_dir, tmp_path / "b", max_steps=20), scene, Recorder(), CPU)
+    assert uploads == [False, False]
+    assert b.final_loss == pytest.approx(a.final_loss) and b.num_gaussians == a.num_gaussians

@@ -70,28 +70,52 @@ class TrainOutcome:
     peak_gpu_memory_bytes: int | None = None
 
 
+# Images live on the GPU (one upload; the loop never waits for a copy) unless all of them would
+# take more than this share of its memory: then they stay in pinned host memory and each step
+# copies its one view (a few MB, overlapped), so a large capture trains instead of running out of
+# memory before the first step.
+IMAGES_ON_DEVICE_MAX_FRACTION = 0.25
+
+
+def images_fit_on_device(image_bytes: int, device_bytes: int | None) -> bool:
+    """Whether the views' images should live on the device (None: not a GPU, nothing to decide)."""
+    return device_bytes is None or image_bytes <= IMAGES_ON_DEVICE_MAX_FRACTION * device_bytes
+
+
+def _device_bytes(device: torch.device) -> int | None:
+    return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+
+
 @dataclasses.dataclass
 class _DeviceViews:
-    """Views uploaded to the device once: uint8 images, stacked intrinsics and poses."""
+    """Views ready for the loop: uint8 images (on the device, or pinned on the host when they do
+    not fit), stacked intrinsics and poses on the device."""
 
     images: list[torch.Tensor]  # each [H, W, 3] uint8
     Ks: torch.Tensor  # [V, 3, 3]
     viewmats: torch.Tensor  # [V, 4, 4]
     sizes: list[tuple[int, int]]  # (width, height)
+    device: torch.device = torch.device("cpu")
 
     @classmethod
-    def upload(cls, views: list[View], device: torch.device) -> _DeviceViews:
+    def upload(cls, views: list[View], device: torch.device, *, images_on_device: bool = True) -> _DeviceViews:
         if not views:
-            return cls([], torch.empty(0, 3, 3, device=device), torch.empty(0, 4, 4, device=device), [])
+            return cls([], torch.empty(0, 3, 3, device=device), torch.empty(0, 4, 4, device=device), [], device)
+        if images_on_device:
+            images = [v.image.to(device, non_blocking=True) for v in views]
+        else:
+            images = [v.image.pin_memory() if device.type == "cuda" else v.image for v in views]
         return cls(
-            images=[v.image.to(device, non_blocking=True) for v in views],
+            images=images,
             Ks=torch.stack([v.K.float() for v in views]).to(device),
             viewmats=torch.stack([v.viewmat.float() for v in views]).to(device),
             sizes=[(v.width, v.height) for v in views],
+            device=device,
         )
 
     def target(self, i: int) -> torch.Tensor:
-        return (self.images[i].float() / 255.0)[None]  # [1, H, W, 3]
+        image = self.images[i].to(self.device, non_blocking=True)  # a no-op when already there
+        return (image.float() / 255.0)[None]  # [1, H, W, 3]
 
 
 def _rng_state(view_gen: torch.Generator, device: torch.device) -> dict[str, Any]:
@@ -256,8 +280,17 @@ class _Trainer:
         self.cfg, self.scene, self.hooks, self.device = cfg, scene, hooks, device
         self.backend = default_backend(device)
         self.view_gen = _seed_all(cfg.seed, device)
-        self.train_views = _DeviceViews.upload(scene.train, device)
-        self.test_views = _DeviceViews.upload(scene.test, device)
+        image_bytes = sum(v.image.numel() * v.image.element_size() for v in (*scene.train, *scene.test))
+        device_bytes = _device_bytes(device)
+        on_device = images_fit_on_device(image_bytes, device_bytes)
+        if not on_device:
+            log.info(
+                "Keeping the %d images (%.1f GiB) in host memory, more than %d%% of the GPU's %.1f GiB; "
+                "each step copies one.", len(scene.train) + len(scene.test), image_bytes / 2**30,
+                round(IMAGES_ON_DEVICE_MAX_FRACTION * 100), (device_bytes or 0) / 2**30,
+            )
+        self.train_views = _DeviceViews.upload(scene.train, device, images_on_device=on_device)
+        self.test_views = _DeviceViews.upload(scene.test, device, images_on_device=on_device)
         self.strategy = build_strategy(cfg)
         self.is_mcmc = isinstance(self.strategy, MCMCStrategy)
         self.start_step = 0
