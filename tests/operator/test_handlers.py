@@ -272,3 +272,23 @@ async def test_kube_error_statuses_raise() -> None:
     with pytest.raises(ApiException) as err:
         await kube._ok(RawResponse(409, body))
     assert err.value.status == 409 and failures.api_status(err.value.body)["reason"] == "AlreadyExists"
+
+
+# --- the model path is parsed once per generation ---------------------------------------------------
+
+
+def test_model_path_is_parsed_once_per_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from splatops.controller.handlers import reconcile
+
+    rt = runtime()
+    spec = training()["spec"]
+    parsed: list[Any] = []
+    real = reconcile.parse_spec
+    monkeypatch.setattr(reconcile, "parse_spec", lambda s: parsed.append(s) or real(s))
+    first = reconcile._model_path(rt, KEY, 1, spec)
+    assert first == jobs.model_path(parse_spec(spec)) and first
+    assert reconcile._model_path(rt, KEY, 1, spec) == first and len(parsed) == 1
+    assert reconcile._model_path(rt, KEY, 2, {**spec, "suspend": True}) == first and len(parsed) == 2
+    assert reconcile._model_path(rt, KEY, 3, {"scene": {}}) is None  # invalid: no path, no crash
+    rt.forget(KEY)
+    assert KEY not in rt.model_paths

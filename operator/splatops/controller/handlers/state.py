@@ -48,6 +48,7 @@ class Runtime:
     job_owner: dict[Key, str] = dataclasses.field(default_factory=dict)  # (ns, job) -> training
     warned: set[str] = dataclasses.field(default_factory=set)  # once-per-process warnings given
     job_created: set[Key] = dataclasses.field(default_factory=set)  # trainings whose Job we created or adopted
+    model_paths: dict[Key, tuple[Any, str | None]] = dataclasses.field(default_factory=dict)  # (generation, path)
     suspend_seen: dict[Key, bool] = dataclasses.field(default_factory=dict)  # spec.suspend last acted on
     pvc_seen: dict[Key, float] = dataclasses.field(default_factory=dict)  # (ns, claim) -> monotonic time
     _locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
@@ -58,7 +59,7 @@ class Runtime:
 
     def forget(self, key: Key) -> None:
         for table in (self.written, self.written_at, self.seen, self.last_progress_write, self.last_progress_step,
-                      self.suspend_seen, self._locks):
+                      self.suspend_seen, self.model_paths, self._locks):
             table.pop(key, None)  # type: ignore[attr-defined]
         self.admitted.discard(key)
         self.job_created.discard(key)
