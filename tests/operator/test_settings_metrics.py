@@ -62,6 +62,8 @@ def test_env_parsing(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], field
         ({"METRICS_PORT": "9000", "LIVENESS_PORT": "9000"}, "must differ"),
         ({"WATCH_SERVER_TIMEOUT": "600", "WATCH_CLIENT_TIMEOUT": "60"}, "watch_client_timeout"),
         ({"GPU_NODE_LABEL_VALUES": ""}, "gpu_node_label_values"),
+        ({"STANDALONE": "true", "PEERING_MANDATORY": "true"}, "exclude each other"),
+        ({"PEERING_LIFETIME": "1"}, "SPLATOPS_OPERATOR_PEERING_LIFETIME"),
     ],
 )
 def test_invalid_env_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str) -> None:
@@ -97,9 +99,10 @@ def test_invalid_job_default_names_its_variable(monkeypatch: pytest.MonkeyPatch,
 
 def test_kopf_settings_mapping() -> None:
     s = Settings(priority=200, peering_name="splat", watch_server_timeout=120, watch_client_timeout=150,
-                 watch_inactivity_timeout=300, event_level="INFO")
+                 watch_inactivity_timeout=300, event_level="INFO", peering_lifetime=30)
     ks = main.kopf_settings(s)
     assert (ks.peering.name, ks.peering.priority, ks.peering.standalone) == ("splat", 200, False)
+    assert ks.peering.lifetime == 30
     assert (ks.watching.server_timeout, ks.watching.client_timeout, ks.watching.inactivity_timeout) == (120, 150, 300)
     assert ks.posting.level == logging.INFO
     assert isinstance(ks.persistence.progress_storage, kopf.AnnotationsProgressStorage)

@@ -6,14 +6,17 @@ The test plays the Job controller and the kubelet through `SimCluster`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp.web
 import kmock
 import pytest
+import yaml
 
 from splatops import names
 from splatops.local import cluster as c
@@ -46,11 +49,19 @@ def training(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+def caller(request: kmock.Request) -> str:
+    """Who sent a request: the bearer token of its kubeconfig (see Harness.start_operator)."""
+    auth = next((v for k, v in request.headers.items() if k.lower() == "authorization"), "")
+    return auth.removeprefix("Bearer ").strip()
+
+
 class Emulator(c.SplatopsEmulator):
     """The emulator plus what these tests need of the API server: PersistentVolumeClaims served
-    as it serves them (a missing one is its `NotFound` Status, not kmock's generic 404), and two
-    knobs: PVC reads forbidden (RBAC without `get persistentvolumeclaims`), and Job creations
-    rejected with a 422 (the API server's validation, which the emulator does not do)."""
+    as it serves them (a missing one is its `NotFound` Status, not kmock's generic 404), and
+    knobs: PVC reads forbidden (RBAC without `get persistentvolumeclaims`), Job creations
+    rejected with a 422 (the API server's validation, which the emulator does not do), and
+    callers whose writes to kopf's peering objects are lost (a crashed replica's last heartbeat
+    stays). `calls` counts requests by (caller, method, resource, subresource)."""
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -59,6 +70,21 @@ class Emulator(c.SplatopsEmulator):
             verbs={"get", "list", "watch", "create", "delete"})
         self.pvc_forbidden = False
         self.reject_jobs: str | None = None  # the 422's message
+        self.calls: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+        self.peering_lost: set[str] = set()  # callers whose peering writes are answered 404, not applied
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        who, key = caller(request), self._key(request.resource)
+        method = str(getattr(request.method, "value", request.method))
+        self.calls[(who, method, key, request.subresource or "")] += 1
+        if who in self.peering_lost and key.startswith("kopf.dev/") and method != "GET":
+            return await self._render_error(kmock.KubernetesError(404, "NotFound", f"{key} unreachable"))
+        return await super()._handle(request)
+
+    def writes(self, who: str, *resources: str) -> dict[tuple[str, str, str], int]:
+        """Non-read requests of `who` to `resources`, by (method, resource, subresource)."""
+        return {(m, r, sub): n for (w, m, r, sub), n in self.calls.items()
+                if w == who and r in resources and m not in ("GET", "HEAD")}
 
     async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
         if self._key(request.resource) == PVC_RESOURCE and request.name and not request.subresource:
@@ -90,12 +116,21 @@ class Harness:
         assert isinstance(self.cluster.emulator, Emulator)
         return self.cluster.emulator
 
-    async def start_operator(self, **env: str) -> None:
+    async def start_operator(self, caller: str | None = None, **env: str) -> threading.Event:
         """Run `splatops.controller.main.run()` in a thread with its own event loop, as embedded
-        kopf operators run: kopf's shutdown waits for (and cancels) every task of its loop."""
+        kopf operators run: kopf's shutdown waits for (and cancels) every task of its loop.
+
+        With `caller`, the operator uses its own kubeconfig whose token is `caller` (its requests
+        are told apart in `Emulator.calls`). Returns its stop flag."""
         from splatops.controller import main
         from splatops.controller.settings import Settings
 
+        if caller is not None:
+            kubeconfig = self.cluster.kubeconfig.with_name(f"kubeconfig-{caller}")
+            config = c.kubeconfig_dict(self.cluster.url, self.cluster.namespace)
+            config["users"][0]["user"]["token"] = caller
+            kubeconfig.write_text(yaml.safe_dump(config))
+            self.monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         for key, value in env.items():
             self.monkeypatch.setenv(f"SPLATOPS_OPERATOR_{key.upper()}", value)
         settings = Settings.from_env()
@@ -118,6 +153,18 @@ class Harness:
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise AssertionError("the operator did not become ready in 20 s")
             await asyncio.sleep(0.05)
+        if caller is not None:  # kopf logs in (reads KUBECONFIG) after ready: before the next start
+            await eventually(lambda: any(key[0] == caller for key in self.emulator.calls),
+                             f"a request from {caller}", 20)
+        return stop
+
+    async def stop_operator(self, stop: threading.Event) -> None:
+        """Stop one operator (gracefully: kopf runs its cleanup) and wait for its thread."""
+        thread = next(t for t, s in self._operators if s is stop)
+        self._operators.remove((thread, stop))
+        stop.set()
+        await asyncio.to_thread(thread.join, 20)
+        assert not thread.is_alive(), "the operator did not stop within 20 s"
 
     async def stop_operators(self) -> None:
         while self._operators:

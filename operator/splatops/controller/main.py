@@ -39,6 +39,7 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     ks.peering.standalone = settings.standalone
     ks.peering.priority = settings.priority
     ks.peering.mandatory = settings.peering_mandatory
+    ks.peering.lifetime = settings.peering_lifetime
     # Never go silent: the server ends each watch, the client gives up a bit later, and a watch
     # with no event at all for inactivity_timeout is restarted.
     ks.watching.server_timeout = settings.watch_server_timeout

@@ -100,8 +100,15 @@ class Settings(BaseSettings):
     # -- high availability (kopf peering)
     standalone: bool = Field(False, description="Run without peering (single replica only).")
     peering_name: str = Field("splatops", min_length=1)
-    peering_mandatory: bool = Field(False, description="Fail if the peering object does not exist.")
+    peering_mandatory: bool = Field(
+        False, description="Start paused until the peering object is read (and stay paused while it is missing): "
+        "required with two or more replicas, or a standby may act before it sees the active one.")
     priority: int = Field(0, description="kopf peering priority; give each replica a distinct one.")
+    peering_lifetime: int = Field(
+        60, ge=2, le=3600,
+        description="Seconds a replica's peering heartbeat stays valid: a standby takes over this long "
+        "after the active replica's last heartbeat when it dies without removing it (kopf's default: 60).",
+    )
     # -- watching (never go silent on a stalled watch)
     watch_server_timeout: float = Field(300.0, gt=0)
     watch_client_timeout: float = Field(330.0, gt=0)
@@ -140,6 +147,10 @@ class Settings(BaseSettings):
             raise ValueError("watch_client_timeout must exceed watch_server_timeout so the server ends watches first")
         if self.metrics_port and self.metrics_port == self.liveness_port:
             raise ValueError("metrics_port and liveness_port must differ")
+        if self.standalone and self.peering_mandatory:
+            # kopf would pause for ever, silently, waiting for a peering it was told not to use.
+            raise ValueError("standalone and peering_mandatory exclude each other: a standalone operator uses no "
+                             "peering; set one of them to false")
         return self
 
     @property
