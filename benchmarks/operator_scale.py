@@ -312,7 +312,7 @@ async def start_profiler(pid: int, path: pathlib.Path | None, seconds: float) ->
 
 
 async def bench(count: int, run_seconds: float, env: dict[str, str], rate: float = 0.0,
-                profile: pathlib.Path | None = None) -> dict[str, Any]:
+                profile: pathlib.Path | None = None, profile_target: str = "operator") -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         kubeconfig = pathlib.Path(tmp) / "kubeconfig"
@@ -329,7 +329,8 @@ async def bench(count: int, run_seconds: float, env: dict[str, str], rate: float
             if not await cluster.call("wait", ["warmup"], 60):
                 raise TimeoutError("the operator did not handle the warm-up resource within 60 s")
             rss_idle = rss_mb(proc.pid)[0]
-            spy = await start_profiler(proc.pid, profile, max(5.0, count / max(rate, 50.0) + 5))
+            spied = proc.pid if profile_target == "operator" else cluster.proc.pid
+            spy = await start_profiler(spied, profile, max(5.0, count / max(rate, 50.0) + 5))
 
             before = request_counts(await cluster.call("stats"))
             cpu0 = {"operator": cpu_s(proc.pid), "cluster": cpu_s(cluster.proc.pid), "generator": time.process_time(),
@@ -439,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=pathlib.Path,
                         help="py-spy record the operator while it handles the creations (.svg: flamegraph, "
                              "else collapsed stacks); needs py-spy installed")
+    parser.add_argument("--profile-target", choices=("operator", "cluster"), default="operator",
+                        help="which process --profile records (cluster: the emulator and kubelet sim)")
     parser.add_argument("--json", type=pathlib.Path, help="also write the results here")
     args = parser.parse_args(argv)
     env = {
@@ -454,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(every {args.progress_interval} s): its request and status-write rates mean little", file=sys.stderr)
     results = []
     for rate in rates:
-        result = asyncio.run(bench(args.count, args.run_seconds, env, rate, args.profile))
+        result = asyncio.run(bench(args.count, args.run_seconds, env, rate, args.profile, args.profile_target))
         results.append(result)
         print(json.dumps(result, indent=2), flush=True)
         for label, ok in targets(result):

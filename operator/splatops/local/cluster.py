@@ -278,10 +278,15 @@ class SplatopsEmulator(kmock.KubernetesEmulator):
     # -- in-process API (also used by the HTTP handlers) ---------------------------------------
 
     def read(self, resource: Any, namespace: str | None, name: str) -> dict[str, Any] | None:
+        raw = self._peek(resource, namespace, name)
+        return copy.deepcopy(raw) if raw is not None else None
+
+    def _peek(self, resource: Any, namespace: str | None, name: str) -> Mapping[str, Any] | None:
+        """The stored object itself, not a copy: for reads that never let it out or change it."""
         key = (self._res(resource), namespace, name)
         if key not in self.objects or self.objects[key].deleted:
             return None
-        return copy.deepcopy(self.objects[key].raw)
+        return self.objects[key].raw
 
     def list_objects(self, resource: Any, namespace: str | None = None,
                      label_selector: str | None = None) -> list[dict[str, Any]]:
@@ -505,7 +510,8 @@ class SplatopsEmulator(kmock.KubernetesEmulator):
 
     def _defaulted(self, res: Any, obj: dict[str, Any]) -> dict[str, Any]:
         """Apply the defaults of a served CRD's schema (when the CRD object is in the cluster)."""
-        crd = self.read(CRD_RESOURCE, None, f"{res.plural}.{res.group}") if res.group else None
+        # Not `read`: a deep copy of the whole CRD on every write was an eighth of the emulator's CPU.
+        crd = self._peek(CRD_RESOURCE, None, f"{res.plural}.{res.group}") if res.group else None
         if not crd:
             return obj
         for version in crd.get("spec", {}).get("versions", []):
