@@ -85,39 +85,29 @@ _SCRAPE = {
     "relabelings": {"type": "array", "items": RELABEL},
     "metricRelabelings": {"type": "array", "items": RELABEL},
 }
-SERVICE_MONITOR_SPEC = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["selector", "endpoints"],
-    "properties": {
-        "selector": LABEL_SELECTOR,
-        "namespaceSelector": NAMESPACE_SELECTOR,
-        "jobLabel": {"type": "string"},
-        "targetLabels": STRINGS,
-        "podTargetLabels": STRINGS,
-        "endpoints": {
-            "type": "array",
-            "minItems": 1,
-            "items": {"type": "object", "additionalProperties": False, "properties": {**_SCRAPE, "targetPort": {"type": ["integer", "string"]}}},
+def _monitor_spec(endpoints: str, endpoint_port: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The spec of a ServiceMonitor or PodMonitor: a selector and at least one scrape endpoint."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["selector", endpoints],
+        "properties": {
+            "selector": LABEL_SELECTOR,
+            "namespaceSelector": NAMESPACE_SELECTOR,
+            "jobLabel": {"type": "string"},
+            "podTargetLabels": STRINGS,
+            **extra,
+            endpoints: {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "object", "additionalProperties": False, "properties": {**_SCRAPE, **endpoint_port}},
+            },
         },
-    },
-}
-POD_MONITOR_SPEC = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["selector", "podMetricsEndpoints"],
-    "properties": {
-        "selector": LABEL_SELECTOR,
-        "namespaceSelector": NAMESPACE_SELECTOR,
-        "jobLabel": {"type": "string"},
-        "podTargetLabels": STRINGS,
-        "podMetricsEndpoints": {
-            "type": "array",
-            "minItems": 1,
-            "items": {"type": "object", "additionalProperties": False, "properties": {**_SCRAPE, "portNumber": {"type": "integer", "minimum": 1, "maximum": 65535}}},
-        },
-    },
-}
+    }
+
+
+SERVICE_MONITOR_SPEC = _monitor_spec("endpoints", {"targetPort": {"type": ["integer", "string"]}}, targetLabels=STRINGS)
+POD_MONITOR_SPEC = _monitor_spec("podMetricsEndpoints", {"portNumber": {"type": "integer", "minimum": 1, "maximum": 65535}})
 RULE = {
     "type": "object",
     "additionalProperties": False,
