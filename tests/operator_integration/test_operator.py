@@ -267,7 +267,7 @@ async def test_job_deleted_by_ttl_keeps_the_terminal_status(kube: Harness):
     await asyncio.sleep(1.0)  # reconciles of the deletion, timer ticks
     assert (kube.status("ttl"), kube.sim.jobs("ttl")) == (final, [])
     await kube.stop_operators()
-    await kube.start_operator()  # on.resume runs ensure_job again
+    await kube.start_operator()  # its initial listing runs the training handler again
     await asyncio.sleep(1.0)
     assert (kube.status("ttl"), kube.sim.jobs("ttl")) == (final, [])
     assert phase_events(kube, "ttl") == ["Pending", "Running", "Succeeded"]

@@ -23,9 +23,9 @@ from splatops.controller.settings import Settings
 PERSISTENCE_PREFIX = "splatops.dev"
 log = logging.getLogger("splatops.operator")
 # Run every due handler of a cause in one processing cycle. kopf's default (`asap`) runs one
-# handler per cycle and persists the progress of the rest in annotations: on creation that is
-# ensure_job in one cycle and the spec.suspend field handler in the next, i.e. two annotation
-# patches and two processing cycles per resource where one of each suffices.
+# handler per cycle and persists the progress of the rest in annotations. The training handler is
+# level-triggered (an event handler: no lifecycle, no annotations), so this only matters for
+# create/update/field handlers, should one ever be added.
 LIFECYCLE = kopf.lifecycles.all_at_once
 # Python's GC for the operator process: generation 0 collected every this many net allocations
 # (Python's default: 700). See tune_gc().

@@ -26,7 +26,8 @@ from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime, 
 from splatops.controller.timeutil import format_time
 
 
-# Seconds before ensure_job retries while a deleted namesake's Job is still being garbage-collected.
+# While a deleted namesake's Job is still being garbage-collected, creation waits: the error says
+# so, and the next event or progress-timer tick tries again (kopf does not retry event handlers).
 FOREIGN_JOB_RETRY = 10.0
 log = logging.getLogger("splatops.operator")
 
