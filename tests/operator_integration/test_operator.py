@@ -292,6 +292,26 @@ async def test_suspend_and_resume(kube: Harness):
     assert kube.status("t7")["jobName"] == job_name and len(kube.sim.pods(job_name)) == 1
 
 
+async def test_suspend_flipped_while_the_operator_was_down(kube: Harness):
+    """Level-triggered: a restarted operator acts on spec.suspend as it finds it, both ways."""
+    await kube.start_operator()
+    await kube.create("t8")
+    await kube.running_pod("t8", progress(40))
+    await kube.wait_phase("t8", "Running")
+    job_name = kube.job_of("t8")["metadata"]["name"]
+    await kube.stop_operators()
+    await kube.emulator.patch(c.TRAINING_RESOURCE, NS, "t8", {"spec": {"suspend": True}})
+    await kube.start_operator()
+    await eventually(lambda: kube.sim.job(job_name)["spec"].get("suspend") is True, "the Job suspended")
+    await kube.sim.sync_job(job_name)
+    await kube.wait_phase("t8", "Suspended")
+    await kube.stop_operators()
+    await kube.emulator.patch(c.TRAINING_RESOURCE, NS, "t8", {"spec": {"suspend": False}})
+    await kube.start_operator()
+    await eventually(lambda: not kube.sim.job(job_name)["spec"].get("suspend"), "the Job resumed")
+    assert len(kube.sim.jobs("t8")) == 1
+
+
 async def test_failure_reason_when_job_condition_arrives_with_the_pod(kube: Harness):
     """The Job's Failed condition may reach the operator before the pod's termination message."""
     kube.sim.controller_lag = 0.0  # the Job controller reacts in the same instant
