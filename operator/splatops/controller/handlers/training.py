@@ -63,19 +63,17 @@ async def sync_training(rt: Runtime, idx: Indices, key: Key, body: Mapping[str, 
 
 
 async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], logger: Any) -> None:
-    """Validate, then create the one Job (suspended when it must queue), or adopt ours."""
+    """Validate, then create the one Job (suspended when it must queue), or adopt ours.
+    Called by sync_training for a training that is not terminal."""
     namespace, name = key
-    body = training
-    if rt.current_status(key, training).get("phase") in TERMINAL:
-        return  # final, also when the Job is gone (ttlSecondsAfterFinished): never a new Job
     try:
-        spec = parse_spec(dict(body.get("spec") or {}))
+        spec = parse_spec(dict(training.get("spec") or {}))
     except ValidationError as exc:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         await fail_invalid(rt, key, training, detail)
         return
     jname = jobs.job_name(name)
-    uid = body["metadata"]["uid"]
+    uid = training["metadata"]["uid"]
     existing = idx.job(namespace, jname)
     if existing is not None and not jobs.owned_by(existing, uid):
         raise _foreign_job(jname, existing)
@@ -83,44 +81,43 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
         rt.job_created.add(key)
         await follow_suspend(rt, idx, key, training, existing, logger)
         return
+    problem = await scene_problem(rt, namespace, spec, logger)
+    if problem is not None:
+        await fail(rt, key, training, problem.reason, problem.message)
+        return
     queued = False
-    if existing is None:
-        problem = await scene_problem(rt, namespace, spec, logger)
-        if problem is not None:
-            await fail(rt, key, training, problem.reason, problem.message)
+    max_concurrent = rt.settings.max_concurrent
+    capped = max_concurrent > 0 and not (spec.suspend or spec.queue_name)
+    others: list[queue.Waiting] = []
+    # Only admission under a cap needs serialising; uncapped creates run concurrently.
+    async with rt.admission_lock if capped else contextlib.nullcontext():
+        suspend = bool(spec.suspend or spec.queue_name)
+        if capped:
+            running, waiting = slots(rt, idx)
+            created_at = str(training["metadata"].get("creationTimestamp") or format_time(time.time()))
+            me = queue.Waiting(created_at, rt.first_seen(key), namespace, name)
+            admitted = queue.admit(running, [w for w in waiting if (w.namespace, w.name) != key] + [me], max_concurrent)
+            suspend = queued = me not in admitted
+            others = [w for w in admitted if w != me and w.has_job]
+        manifest = jobs.build_job(training, rt.settings, suspend=suspend)
+        try:
+            job, created = await create_or_adopt(rt, namespace, manifest, uid, logger)
+        except JobRejected as exc:
+            await fail_invalid(rt, key, training, str(exc))
             return
-        max_concurrent = rt.settings.max_concurrent
-        capped = max_concurrent > 0 and not (spec.suspend or spec.queue_name)
-        others: list[queue.Waiting] = []
-        # Only admission under a cap needs serialising; uncapped creates run concurrently.
-        async with rt.admission_lock if capped else contextlib.nullcontext():
-            suspend = bool(spec.suspend or spec.queue_name)
-            if capped:
-                running, waiting = slots(rt, idx)
-                created = str(body["metadata"].get("creationTimestamp") or format_time(time.time()))
-                me = queue.Waiting(created, rt.first_seen(key), namespace, name)
-                admitted = queue.admit(running, [w for w in waiting if (w.namespace, w.name) != key] + [me], max_concurrent)
-                suspend = queued = me not in admitted
-                others = [w for w in admitted if w != me and w.has_job]
-            manifest = jobs.build_job(body, rt.settings, suspend=suspend)
-            try:
-                existing, created = await create_or_adopt(rt, namespace, manifest, uid, logger)
-            except JobRejected as exc:
-                await fail_invalid(rt, key, training, str(exc))
-                return
-            rt.job_created.add(key)
-            rt.suspend_seen[key] = bool(spec.suspend)
-            if not (existing.get("spec") or {}).get("suspend"):
-                rt.admitted.add(key)
-                if created:  # an adopted Job was counted by whoever created it
-                    admitted_metrics(training)
-                logger.info(f"Created Job {jname}." if created else f"Adopted Job {jname}.")
-            else:
-                why = "Kueue" if spec.queue_name else "suspend" if spec.suspend else "queued"
-                logger.info(f"Created Job {jname} suspended ({why}).")
-        if others:
-            await admit_waiting(rt, idx)
-    await reconcile(rt, key, idx, job=existing, queued=queued)
+        rt.job_created.add(key)
+        rt.suspend_seen[key] = bool(spec.suspend)
+        if not (job.get("spec") or {}).get("suspend"):
+            rt.admitted.add(key)
+            if created:  # an adopted Job was counted by whoever created it
+                admitted_metrics(training)
+            logger.info(f"Created Job {jname}." if created else f"Adopted Job {jname}.")
+        else:
+            why = "Kueue" if spec.queue_name else "suspend" if spec.suspend else "queued"
+            logger.info(f"Created Job {jname} suspended ({why}).")
+    if others:
+        await admit_waiting(rt, idx)
+    await reconcile(rt, key, idx, job=job, queued=queued)
 
 
 async def create_or_adopt(rt: Runtime, namespace: str, manifest: dict[str, Any], uid: str,
