@@ -267,10 +267,10 @@ async def test_kube_error_statuses_raise() -> None:
     from splatops.controller import kube
 
     ok = RawResponse(201, b"{}")
-    assert await kube._ok(ok) is ok
+    assert await kube.raise_for_status(ok) is ok
     body = json.dumps({"kind": "Status", "reason": "AlreadyExists", "code": 409}).encode()
     with pytest.raises(ApiException) as err:
-        await kube._ok(RawResponse(409, body))
+        await kube.raise_for_status(RawResponse(409, body))
     assert err.value.status == 409 and failures.api_status(err.value.body)["reason"] == "AlreadyExists"
 
 

@@ -6,7 +6,8 @@ kubeconfig, connection refused, unauthorized; `Forbidden` for a 403) and `NotFou
 that does not exist).
 
 Calls made with `_preload_content=False` (plain dicts instead of the client's models) do not raise
-on an error status in kubernetes_asyncio: `_checked` turns such a response into the same errors.
+on an error status in kubernetes_asyncio: the operator's `raise_for_status` turns such a response
+into the client's ApiException, and from there into the same errors.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 
 from splatops import names
 from splatops.controller.jobs import child_labels  # the operator's labels (pure; no kopf)
+from splatops.controller.kube import raise_for_status
 
 IN_CLUSTER_NAMESPACE_FILE = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -133,16 +135,6 @@ def _api_error(exc: ApiException, what: str) -> Exception:
     return RuntimeError(f"Kubernetes API error on {what}: {exc.status} {exc.reason}: {detail or body}")
 
 
-async def _checked(resp: Any) -> Any:
-    """Raise ApiException for an error status, as calls without `_preload_content=False` do."""
-    if not 200 <= resp.status <= 299:
-        exc = ApiException(status=resp.status, reason=resp.reason)
-        exc.body = await resp.read()
-        resp.release()
-        raise exc
-    return resp
-
-
 def training_selector(name: str) -> str:
     """Label selector of a training's trainer pods, with the operator's own label values (a name
     longer than 63 characters is hashed into the label, see controller.jobs.child_labels)."""
@@ -196,7 +188,7 @@ class Kube:
     async def training_pods(self, name: str) -> list[dict[str, Any]]:
         """The trainer pods of a training (not other pods labelled with it), oldest first."""
         async with self._calling(f"pods of {name!r}"):
-            resp = await _checked(await self.core.list_namespaced_pod(
+            resp = await raise_for_status(await self.core.list_namespaced_pod(
                 self.namespace, label_selector=training_selector(name), _preload_content=False
             ))
             pods = list((await resp.json()).get("items") or [])
@@ -205,7 +197,7 @@ class Kube:
     async def pod_log(self, pod: str, *, container: str | None = names.TRAINER_CONTAINER) -> str:
         async with self._calling(f"log of pod {pod!r}"):
             kwargs = {"container": container} if container else {}
-            resp = await _checked(
+            resp = await raise_for_status(
                 await self.core.read_namespaced_pod_log(pod, self.namespace, _preload_content=False, **kwargs)
             )
             return await resp.text()
@@ -215,7 +207,7 @@ class Kube:
             kwargs = {"container": container} if container else {}
             # "true" as kubectl sends it: the client would send "True", which the API server
             # accepts but the embedded emulator of `splatops local` reads as not following.
-            resp = await _checked(await self.core.read_namespaced_pod_log(
+            resp = await raise_for_status(await self.core.read_namespaced_pod_log(
                 pod, self.namespace, follow="true", _preload_content=False, **kwargs
             ))
             try:
@@ -226,12 +218,12 @@ class Kube:
 
     async def create_pod(self, body: dict[str, Any]) -> dict[str, Any]:
         async with self._calling(f"pod {body['metadata'].get('name') or body['metadata'].get('generateName')!r}"):
-            resp = await _checked(await self.core.create_namespaced_pod(self.namespace, body, _preload_content=False))
+            resp = await raise_for_status(await self.core.create_namespaced_pod(self.namespace, body, _preload_content=False))
             return await resp.json()
 
     async def get_pod(self, name: str) -> dict[str, Any]:
         async with self._calling(f"pod {name!r}"):
-            resp = await _checked(await self.core.read_namespaced_pod(name, self.namespace, _preload_content=False))
+            resp = await raise_for_status(await self.core.read_namespaced_pod(name, self.namespace, _preload_content=False))
             return await resp.json()
 
     async def delete_pod(self, name: str) -> None:
@@ -243,7 +235,7 @@ class Kube:
     async def get_claim(self, name: str) -> dict[str, Any]:
         """A PersistentVolumeClaim of the namespace (NotFound, Forbidden without RBAC to read it)."""
         async with self._calling(f"PersistentVolumeClaim {name!r} in namespace {self.namespace!r}"):
-            resp = await _checked(await self.core.read_namespaced_persistent_volume_claim(
+            resp = await raise_for_status(await self.core.read_namespaced_persistent_volume_claim(
                 name, self.namespace, _preload_content=False
             ))
             return await resp.json()

@@ -17,10 +17,10 @@ from splatops import names
 MERGE_PATCH = "application/merge-patch+json"
 
 
-async def _ok(resp: Any) -> Any:
+async def raise_for_status(resp: Any) -> Any:
     """Raise ApiException for an error status, as the client does with preloaded content: with
     `_preload_content=False` kubernetes_asyncio returns every response, errors included (a 409,
-    404 or 422 would otherwise read as a successful result)."""
+    404 or 422 would otherwise read as a successful result). Shared by the CLI's client."""
     if not 200 <= resp.status <= 299:
         raise ApiException(http_resp=RESTResponse(resp, await resp.read()))
     return resp
@@ -37,36 +37,36 @@ class Kube:
         await self.api.close()
 
     async def create_job(self, namespace: str, job: dict[str, Any]) -> dict[str, Any]:
-        created = await _ok(await self.batch.create_namespaced_job(namespace, job, _preload_content=False))
+        created = await raise_for_status(await self.batch.create_namespaced_job(namespace, job, _preload_content=False))
         return await created.json()
 
     async def read_job(self, namespace: str, name: str) -> dict[str, Any]:
-        resp = await _ok(await self.batch.read_namespaced_job(name, namespace, _preload_content=False))
+        resp = await raise_for_status(await self.batch.read_namespaced_job(name, namespace, _preload_content=False))
         return await resp.json()
 
     async def read_pvc(self, namespace: str, name: str) -> dict[str, Any]:
-        resp = await _ok(await self.core.read_namespaced_persistent_volume_claim(name, namespace, _preload_content=False))
+        resp = await raise_for_status(await self.core.read_namespaced_persistent_volume_claim(name, namespace, _preload_content=False))
         return await resp.json()
 
     async def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        resp = await _ok(await self.batch.patch_namespaced_job(
+        resp = await raise_for_status(await self.batch.patch_namespaced_job(
             name, namespace, patch, _content_type=MERGE_PATCH, _preload_content=False))
         return await resp.json()
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        await _ok(await self.custom.patch_namespaced_custom_object_status(
+        await raise_for_status(await self.custom.patch_namespaced_custom_object_status(
             names.GROUP, names.VERSION, namespace, names.PLURAL, name, {"status": status},
             _content_type=MERGE_PATCH, _preload_content=False,
         ))
 
     async def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
-        resp = await _ok(await self.core.list_namespaced_pod(
+        resp = await raise_for_status(await self.core.list_namespaced_pod(
             namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}", _preload_content=False
         ))
         return list((await resp.json()).get("items") or [])
 
     async def log_tail(self, namespace: str, pod: str, lines: int) -> str:
-        resp = await _ok(await self.core.read_namespaced_pod_log(
+        resp = await raise_for_status(await self.core.read_namespaced_pod_log(
             pod, namespace, container=names.TRAINER_CONTAINER, tail_lines=lines, _preload_content=False
         ))
         return await resp.text()
