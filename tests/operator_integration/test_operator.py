@@ -273,12 +273,17 @@ async def test_job_deleted_by_ttl_keeps_the_terminal_status(kube: Harness):
     assert phase_events(kube, "ttl") == ["Pending", "Running", "Succeeded"]
 
 
-async def test_suspend_and_resume(kube: Harness):
+async def running_job(kube: Harness, name: str) -> str:
+    """Start the operator and a training whose pod runs: its Job's name, once it is Running."""
     await kube.start_operator()
-    await kube.create("t7")
-    await kube.running_pod("t7", progress(40))
-    await kube.wait_phase("t7", "Running")
-    job_name = kube.job_of("t7")["metadata"]["name"]
+    await kube.create(name)
+    await kube.running_pod(name, progress(40))
+    await kube.wait_phase(name, "Running")
+    return kube.job_of(name)["metadata"]["name"]
+
+
+async def test_suspend_and_resume(kube: Harness):
+    job_name = await running_job(kube, "t7")
     await kube.emulator.patch(c.TRAINING_RESOURCE, NS, "t7", {"spec": {"suspend": True}})
     await eventually(lambda: kube.sim.job(job_name)["spec"].get("suspend") is True, "the Job suspended")
     await kube.sim.sync_job(job_name)  # the Job controller deletes the pod
@@ -294,11 +299,7 @@ async def test_suspend_and_resume(kube: Harness):
 
 async def test_suspend_flipped_while_the_operator_was_down(kube: Harness):
     """Level-triggered: a restarted operator acts on spec.suspend as it finds it, both ways."""
-    await kube.start_operator()
-    await kube.create("t8")
-    await kube.running_pod("t8", progress(40))
-    await kube.wait_phase("t8", "Running")
-    job_name = kube.job_of("t8")["metadata"]["name"]
+    job_name = await running_job(kube, "t8")
     await kube.stop_operators()
     await kube.emulator.patch(c.TRAINING_RESOURCE, NS, "t8", {"spec": {"suspend": True}})
     await kube.start_operator()
