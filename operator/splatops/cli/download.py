@@ -32,7 +32,7 @@ from typing import Any
 from splatops import names
 from splatops.cli import original
 from splatops.cli.kube import Kube, NotFound
-from splatops.controller.jobs import child_labels  # the operator's label values (pure; no kopf)
+from splatops.controller.jobs import child_labels, restricted_container_security  # pure; no kopf
 
 VOLUMES_FILE = "volumes.json"  # {claimName: local directory}, written by `splatops local`
 DOWNLOAD_IMAGE = os.environ.get("SPLATOPS_DOWNLOAD_IMAGE", "busybox:1.36")
@@ -163,14 +163,10 @@ def reader_pod(training: str, claim: str, image: str = DOWNLOAD_IMAGE) -> dict[s
                 "image": image,
                 "command": ["sleep", "3600"],
                 "securityContext": {
-                    "runAsNonRoot": True,
+                    **restricted_container_security(),
                     "runAsUser": names.IMAGE_UID,
                     "runAsGroup": names.IMAGE_UID,
-                    "allowPrivilegeEscalation": False,
                     "privileged": False,
-                    "readOnlyRootFilesystem": True,
-                    "capabilities": {"drop": ["ALL"]},
-                    "seccompProfile": {"type": "RuntimeDefault"},
                 },
                 "volumeMounts": [{"name": names.SCENE_VOLUME, "mountPath": names.SCENE_MOUNT, "readOnly": True}],
                 "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},

@@ -118,6 +118,18 @@ def resources(spec: Spec, settings: Settings) -> dict[str, Any]:
     }
 
 
+def restricted_container_security() -> dict[str, Any]:
+    """A container securityContext admissible under Pod Security "restricted", with a read-only
+    root filesystem (the trainer's and the CLI's download pod's)."""
+    return {
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def lifetime(spec: Spec, settings: Settings) -> dict[str, int]:
     """activeDeadlineSeconds and ttlSecondsAfterFinished: the spec's, else the operator's defaults
     (a default of 0 sets none). Once the TTL controller deletes a finished Job the training keeps
@@ -173,13 +185,7 @@ def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool 
         ],
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "runAsNonRoot": True,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_container_security(),
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
