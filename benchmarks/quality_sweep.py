@@ -9,6 +9,8 @@ processes on one GPU: gsplat's CUDA backward is not deterministic, so one run of
 little (±0.3 dB PSNR on fox), and the loop is host-bound, so concurrent runs share the GPU well.
 Concurrency distorts steps/s, so this script reports quality only (PSNR, SSIM, Gaussians);
 time the chosen variant alone with `train_fox.py`.
+16 runs at once took 437 s on an H200; `--deadline` bounds a sweep inside a device call's time
+limit (unfinished runs are killed and left out, the finished ones still reported).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,22 +34,33 @@ def main() -> int:
     ap.add_argument("variants", nargs="+", metavar="NAME:ARGS")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--logs", type=Path, default=None, help="keep each run's log here")
+    ap.add_argument("--deadline", type=float, default=0.0, metavar="S",
+                    help="kill runs still going after S seconds and report the finished ones")
     args = ap.parse_args()
 
-    procs: list[tuple[str, subprocess.Popen[str]]] = []
+    logs = args.logs or Path(tempfile.mkdtemp(prefix="sweep-logs-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: list[tuple[str, Path, subprocess.Popen[str]]] = []
     for rep in range(args.repeats):
         for spec in args.variants:
             name, _, extra = spec.partition(":")
             cmd = [sys.executable, str(HERE / "train_fox.py"), args.scene, "--out", f"/tmp/sweep-{name}-{rep}",
                    *shlex.split(extra)]
-            procs.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+            log = logs / f"{name}-{rep}.log"
+            with log.open("w") as f:  # a file, not a pipe: no run blocks on a full pipe while we wait
+                procs.append((name, log, subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)))
 
+    deadline = time.monotonic() + args.deadline if args.deadline else None
     results: dict[str, list[dict]] = {}
-    for i, (name, p) in enumerate(procs):
-        out, _ = p.communicate()
-        if args.logs:
-            args.logs.mkdir(parents=True, exist_ok=True)
-            (args.logs / f"{name}-{i}.log").write_text(out)
+    for i, (name, log, p) in enumerate(procs):
+        try:
+            p.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            print(f"{name}: run {i} killed at the deadline", file=sys.stderr)
+            continue
+        out = log.read_text()
         line = next((ln for ln in out.splitlines() if ln.startswith("bench: ")), None)
         if p.returncode != 0 or line is None:
             print(f"{name}: run {i} failed (rc={p.returncode}):\n{out[-2000:]}", file=sys.stderr)

@@ -198,6 +198,26 @@ def test_knn_mean_distance(chunk: int, k: int) -> None:
     torch.testing.assert_close(knn_mean_distance(pts, k=k, chunk=chunk), torch.tensor(expected))
 
 
+@pytest.mark.parametrize(("num_views", "seed"), [(1, 0), (7, 42), (43, 3)])
+def test_epoch_order_shows_every_view_once_per_epoch(num_views: int, seed: int) -> None:
+    order = train_mod.EpochOrder(num_views, seed)
+    epochs = [[order(e * num_views + i) for i in range(num_views)] for e in range(4)]
+    assert all(sorted(epoch) == list(range(num_views)) for epoch in epochs)
+    if num_views > 2:
+        assert len({tuple(epoch) for epoch in epochs}) > 1  # reshuffled, not one fixed cycle
+        assert epochs != [[order(e * num_views + i) for i in range(num_views)] for e in range(4)
+                          for order in [train_mod.EpochOrder(num_views, seed + 1)]]
+
+
+def test_epoch_order_is_a_function_of_seed_and_step() -> None:
+    """What makes resume exact without sampler state: any step, in any order of asking."""
+    straight = [train_mod.EpochOrder(9, 5)(step) for step in range(40)]
+    one = train_mod.EpochOrder(9, 5)
+    assert [one(step) for step in reversed(range(40))][::-1] == straight
+    with pytest.raises(ValueError, match="at least one view"):
+        train_mod.EpochOrder(0, 5)
+
+
 @pytest.mark.parametrize(("step", "factor"), [(0, 1.0), (500, 0.1), (1000, 0.01), (2000, 0.01)])
 def test_means_lr_decays_to_one_percent(step: int, factor: float) -> None:
     assert means_lr(step, 1000, scene_scale=2.0) == pytest.approx(1.6e-4 * 2.0 * factor)

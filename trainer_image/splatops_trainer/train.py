@@ -118,12 +118,11 @@ class _DeviceViews:
         return (image.float() / 255.0)[None]  # [1, H, W, 3]
 
 
-def _rng_state(view_gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+def _rng_state(device: torch.device) -> dict[str, Any]:
     """Every RNG's state as tensors and plain containers (checkpoints load with weights_only)."""
     kind, key, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "view_sampler": view_gen.get_state(),
         "python": random.getstate(),  # (version, tuple of ints, None)
         "numpy": {
             "kind": str(kind),
@@ -138,9 +137,8 @@ def _rng_state(view_gen: torch.Generator, device: torch.device) -> dict[str, Any
     return state
 
 
-def _set_rng_state(state: dict[str, Any], view_gen: torch.Generator, device: torch.device) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    view_gen.set_state(state["view_sampler"])
     random.setstate(state["python"])
     n = state["numpy"]
     np.random.set_state(
@@ -150,15 +148,37 @@ def _set_rng_state(state: dict[str, Any], view_gen: torch.Generator, device: tor
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _seed_all(seed: int, device: torch.device) -> torch.Generator:
+def _seed_all(seed: int, device: torch.device) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)
-    gen = torch.Generator()  # CPU: drawing a view index never touches the GPU
-    gen.manual_seed(seed)
-    return gen
+
+
+class EpochOrder:
+    """Which training view step N shows: each view once per epoch, in a fresh shuffled order.
+
+    What a shuffling data loader does, rather than a uniform draw with replacement: every view
+    weighs the same in each stretch of steps (the default strategy's densification averages
+    gradients over the ~100 steps between refinements), and no view goes unseen for long. On fox
+    (7000 steps) it raised held-out PSNR from 31.49 (mean of 14 runs, 8 of them >= 31.5) to 31.75
+    (13 runs, all >= 31.5): benchmarks/README.md. A pure function of (seed, step), so a resumed
+    run shows exactly the views an uninterrupted one would, with no sampler state to checkpoint.
+    """
+
+    def __init__(self, num_views: int, seed: int):
+        if num_views < 1:
+            raise ValueError(f"need at least one view, got {num_views}")
+        self.num_views, self.seed = num_views, seed
+        self._epoch, self._perm = -1, []
+
+    def __call__(self, step: int) -> int:
+        epoch, pos = divmod(step, self.num_views)
+        if epoch != self._epoch:  # CPU generator: drawing an order never touches the GPU
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
+            self._epoch, self._perm = epoch, torch.randperm(self.num_views, generator=g).tolist()
+        return self._perm[pos]
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
@@ -271,6 +291,7 @@ def fused_adam_step(optimizers: dict[str, torch.optim.Optimizer]) -> None:
         p.grad = None
 
 
+
 class _Trainer:
     def __init__(self, cfg: TrainerConfig, scene: SceneData, hooks: TrainHooks, device: torch.device):
         if cfg.max_steps <= 0:
@@ -279,7 +300,8 @@ class _Trainer:
             raise ValueError("the scene has no training views")
         self.cfg, self.scene, self.hooks, self.device = cfg, scene, hooks, device
         self.backend = default_backend(device)
-        self.view_gen = _seed_all(cfg.seed, device)
+        _seed_all(cfg.seed, device)
+        self.view_order = EpochOrder(len(scene.train), cfg.seed)
         image_bytes = sum(v.image.numel() * v.image.element_size() for v in (*scene.train, *scene.test))
         device_bytes = _device_bytes(device)
         on_device = images_fit_on_device(image_bytes, device_bytes)
@@ -333,7 +355,7 @@ class _Trainer:
         for k, opt in self.optimizers.items():
             opt.load_state_dict(ckpt.optimizers[k])
         self.strategy_state = _to_device(ckpt.strategy_state, self.device)
-        _set_rng_state(ckpt.rng, self.view_gen, self.device)
+        _set_rng_state(ckpt.rng, self.device)
         self.start_step = self.resumed_from = ckpt.step
         log.info("resumed from checkpoint at step %d (%d Gaussians)", ckpt.step, n)
 
@@ -345,7 +367,7 @@ class _Trainer:
             splats={k: _to_cpu(v) for k, v in self.splats.items()},
             optimizers={k: _to_cpu(o.state_dict()) for k, o in self.optimizers.items()},
             strategy_state=_to_cpu(self.strategy_state),
-            rng=_rng_state(self.view_gen, self.device),
+            rng=_rng_state(self.device),
             resume_key=self.resume_key,
         )
         retire, self._retire = self._retire, []
@@ -398,7 +420,6 @@ class _Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         lam = cfg.ssim_lambda
-        n_train = len(self.train_views.images)
         loss_sum = torch.zeros((), device=self.device)
         window_start, window_t = self.start_step, time.perf_counter()
         last_loss = float("nan")
@@ -410,7 +431,7 @@ class _Trainer:
             for step in range(self.start_step, cfg.max_steps):
                 done = step + 1
                 sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
-                i = int(torch.randint(n_train, (1,), generator=self.view_gen))
+                i = self.view_order(step)
                 means_lr_now = means_lr(step, cfg.max_steps, self.scene.scene_scale)
                 self.optimizers["means"].param_groups[0]["lr"] = means_lr_now
 
