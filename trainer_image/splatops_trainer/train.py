@@ -162,8 +162,8 @@ class EpochOrder:
     What a shuffling data loader does, rather than a uniform draw with replacement: every view
     weighs the same in each stretch of steps (the default strategy's densification averages
     gradients over the ~100 steps between refinements), and no view goes unseen for long. On fox
-    (7000 steps) it raised held-out PSNR from 31.49 (mean of 14 runs, 8 of them >= 31.5) to 31.75
-    (13 runs, all >= 31.5): benchmarks/README.md. A pure function of (seed, step), so a resumed
+    (7000 steps) it raised held-out PSNR from a mean of 31.50 (18 runs, 12 of them >= 31.5) to
+    31.72 (20 runs, 19 of them >= 31.5): benchmarks/README.md. A pure function of (seed, step), so a resumed
     run shows exactly the views an uninterrupted one would, with no sampler state to checkpoint.
     """
 
