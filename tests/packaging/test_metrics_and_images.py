@@ -149,16 +149,14 @@ def test_phase_metric_is_the_current_phase_only() -> None:
     # The counts by namespace and phase are unchanged in meaning.
     counts = {(s.labels["namespace"], s.labels["phase"]): s.value for f in collector.collect() if f.name == metric_names.TRAININGS for s in f.samples}
     assert counts[("splats", "Pending")] == 1 and counts[("splats", "Running")] == 0 and counts[("other", "Queued")] == 1
-    # And the operator's registry exposes the family under that name.
-    metrics.PHASES.set("exposition-test", "t", "Running")
-    try:
-        exposed = [
-            (s.labels, s.value) for f in text_string_to_metric_families(generate_latest(metrics.REGISTRY).decode())
-            for s in f.samples if s.name == metric_names.TRAINING_PHASE and s.labels.get("namespace") == "exposition-test"
-        ]
-        assert exposed == [({"namespace": "exposition-test", "name": "t", "phase": "Running"}, 1.0)]
-    finally:
-        metrics.PHASES.forget("exposition-test", "t")
+    # And /metrics of an active operator exposes the family under that name.
+    view = metrics.OperatorMetrics(active=True)
+    view.set_phase("exposition-test", "t", "Running")
+    exposed = [
+        (s.labels, s.value) for f in text_string_to_metric_families(generate_latest(metrics.serving_registry(view)).decode())
+        for s in f.samples if s.name == metric_names.TRAINING_PHASE
+    ]
+    assert exposed == [({"namespace": "exposition-test", "name": "t", "phase": "Running"}, 1.0)]
 
 
 def _hadolint() -> str:

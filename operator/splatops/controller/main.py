@@ -18,6 +18,7 @@ import kopf
 from splatops import names
 from splatops.controller import metrics
 from splatops.controller.handlers import register
+from splatops.controller.handlers.state import Runtime
 from splatops.controller.settings import Settings
 
 PERSISTENCE_PREFIX = "splatops.dev"
@@ -69,10 +70,12 @@ def namespaces_kwargs(settings: Settings) -> dict[str, Any]:
     return {"clusterwide": True}
 
 
-async def operator(settings: Settings, *, ready_flag: Any = None, stop_flag: Any = None) -> None:
-    """Run the operator in the current event loop until stop_flag (or a signal)."""
+async def operator(settings: Settings, *, ready_flag: Any = None, stop_flag: Any = None,
+                   view: metrics.OperatorMetrics | None = None) -> None:
+    """Run the operator in the current event loop until stop_flag (or a signal). `view` gets its
+    per-training series (run() serves it on /metrics)."""
     registry = kopf.OperatorRegistry()
-    register(registry, settings)
+    register(registry, settings, Runtime(settings=settings, metrics=view or metrics.OperatorMetrics()))
     await kopf.operator(
         registry=registry,
         settings=kopf_settings(settings),
@@ -82,18 +85,6 @@ async def operator(settings: Settings, *, ready_flag: Any = None, stop_flag: Any
         stop_flag=stop_flag,
         **namespaces_kwargs(settings),
     )
-
-
-_metrics_started = threading.Lock()
-_metrics_ports: set[int] = set()
-
-
-def start_metrics(port: int) -> None:
-    """Start the /metrics server once per port per process (run() may be called again in tests)."""
-    with _metrics_started:
-        if port and port not in _metrics_ports:
-            metrics.serve(port)
-            _metrics_ports.add(port)
 
 
 def tune_gc(enabled: bool) -> bool:
@@ -119,13 +110,20 @@ def run(settings: Settings | None = None, *, ready_flag: Any = None, stop_flag: 
     """Validate settings, serve metrics, run kopf until stopped. Blocks."""
     settings = settings or Settings.from_env()
     tune_gc(settings.gc_tuning)
-    start_metrics(settings.metrics_port)
+    view = metrics.OperatorMetrics()
+    # Per run, not per process: /metrics shows this run's trainings (run() may be called again,
+    # or twice at once, in one test process), and the port is free again once it returns.
+    server = metrics.serve(settings.metrics_port, view)
     log.info("splatops operator starting: %s", settings.model_dump())
-    coro = operator(settings, ready_flag=ready_flag, stop_flag=stop_flag)
+    coro = operator(settings, ready_flag=ready_flag, stop_flag=stop_flag, view=view)
     try:
         asyncio.run(coro)
     except asyncio.CancelledError:
         pass
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
 
 
 def main() -> None:

@@ -17,3 +17,6 @@ STEP = "splatops_training_step"  # gauge {namespace, name}
 LAST_PROGRESS = "splatops_training_last_progress_timestamp_seconds"  # gauge {namespace, name}
 LOSS = "splatops_training_loss"  # gauge {namespace, name}
 PSNR = "splatops_training_psnr_db"  # gauge {namespace, name}
+# gauge: 1 while this replica handles trainings, 0 while kopf peering pauses it (a standby) or
+# before it starts. Only an active replica exports the per-training series and phase counts above.
+OPERATOR_ACTIVE = "splatops_operator_active"

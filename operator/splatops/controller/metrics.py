@@ -1,12 +1,18 @@
-"""The operator's Prometheus metrics (names fixed in metric_names.py; the chart queries them)."""
+"""The operator's Prometheus metrics (names fixed in metric_names.py; the chart queries them).
+
+Two kinds: what happened in this process (counters, histograms: module-level, in REGISTRY), and
+one operator's view of the trainings it handles (phases, progress gauges: an OperatorMetrics per
+operator run). /metrics serves both (serving_registry()).
+"""
 
 from __future__ import annotations
 
 import threading
 from typing import Iterable, Mapping
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from splatops.api.models import Phase
@@ -24,13 +30,6 @@ DURATION = Histogram(m.DURATION, "Seconds from start to finish of a training.", 
 QUEUE_WAIT = Histogram(m.QUEUE_WAIT, "Seconds from creation to admission of a training.", buckets=_WAIT_BUCKETS, registry=REGISTRY)
 RECONCILE_ERRORS = Counter(m.RECONCILE_ERRORS.removesuffix("_total"), "Handler errors (each retried by kopf).", ["handler"], registry=REGISTRY)
 STATUS_WRITES = Counter("splatops_status_writes", "Status patches written, by kind (phase or progress).", ["kind"], registry=REGISTRY)
-PROGRESS_RATIO = Gauge(m.PROGRESS_RATIO, "Training progress, 0 to 1.", ["namespace", "name"], registry=REGISTRY)
-STEP = Gauge(m.STEP, "Current training iteration.", ["namespace", "name"], registry=REGISTRY)
-LAST_PROGRESS = Gauge(m.LAST_PROGRESS, "Unix time of the last progress read.", ["namespace", "name"], registry=REGISTRY)
-LOSS = Gauge(m.LOSS, "Latest training loss.", ["namespace", "name"], registry=REGISTRY)
-PSNR = Gauge(m.PSNR, "Latest evaluation PSNR (dB).", ["namespace", "name"], registry=REGISTRY)
-
-_PER_TRAINING = (PROGRESS_RATIO, STEP, LAST_PROGRESS, LOSS, PSNR)
 
 
 class PhaseCollector(Collector):
@@ -43,6 +42,8 @@ class PhaseCollector(Collector):
       ask "is this training Running now" (`and on (namespace, name)
       splatops_training_phase{phase="Running"} == 1`) and "has it itself waited N minutes" (`for:`).
       A training's series go when it is deleted (forget()).
+
+    Served through an OperatorMetrics, which hides it while the operator is paused.
     """
 
     _COUNT_HELP = "GaussianSplatTrainings by phase."
@@ -59,6 +60,10 @@ class PhaseCollector(Collector):
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             self._phases.pop((namespace, name), None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._phases.clear()
 
     def phases(self) -> dict[tuple[str, str], str]:
         """A snapshot: (namespace, name) -> current phase."""
@@ -93,34 +98,97 @@ def _count(phases: Mapping[tuple[str, str], str]) -> dict[tuple[str, str], int]:
     return counts
 
 
-PHASES = PhaseCollector()
-REGISTRY.register(PHASES)
+class OperatorMetrics(Collector):
+    """One operator run's per-training series, exported only while it is the active replica.
+
+    kopf peering pauses a standby replica by stopping its watches, so what it knew about trainings
+    freezes there: exported, it would double the phase counts of the active replica and show
+    long-finished trainings as Running. So `splatops_operator_active` says whether this replica
+    handles trainings (set by handlers/activity.py), and only while it is 1 are the phases and
+    progress gauges exported; a pause forgets them, and on resuming kopf's re-list fills them
+    again from the cluster's current state.
+    """
+
+    _ACTIVE_HELP = "1 while this operator replica handles trainings; 0 while kopf peering pauses it (standby)."
+
+    def __init__(self, active: bool = False) -> None:
+        self.phases = PhaseCollector()
+        labels = ["namespace", "name"]
+        self.progress_ratio = Gauge(m.PROGRESS_RATIO, "Training progress, 0 to 1.", labels, registry=None)
+        self.step = Gauge(m.STEP, "Current training iteration.", labels, registry=None)
+        self.last_progress = Gauge(m.LAST_PROGRESS, "Unix time of the last progress read.", labels, registry=None)
+        self.loss = Gauge(m.LOSS, "Latest training loss.", labels, registry=None)
+        self.psnr = Gauge(m.PSNR, "Latest evaluation PSNR (dB).", labels, registry=None)
+        self._gauges = (self.progress_ratio, self.step, self.last_progress, self.loss, self.psnr)
+        self._active = active
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def set_active(self, active: bool) -> None:
+        """Leaving the active state forgets every training: nothing seen before a pause is
+        trusted after it (a training deleted meanwhile would otherwise stay for good)."""
+        self._active = active
+        if not active:
+            self.phases.clear()
+            for gauge in self._gauges:
+                gauge.clear()
+
+    def set_phase(self, namespace: str, name: str, phase: str | None) -> None:
+        self.phases.set(namespace, name, phase)
+
+    def record_progress(self, namespace: str, name: str, progress: Mapping[str, object], now: float) -> None:
+        labels = (namespace, name)
+        self.progress_ratio.labels(*labels).set(float(progress.get("percent") or 0.0) / 100.0)  # type: ignore[arg-type]
+        self.step.labels(*labels).set(float(progress.get("step") or 0))  # type: ignore[arg-type]
+        self.last_progress.labels(*labels).set(now)
+        if progress.get("loss") is not None:
+            self.loss.labels(*labels).set(float(progress["loss"]))  # type: ignore[arg-type]
+        if progress.get("psnr") is not None:
+            self.psnr.labels(*labels).set(float(progress["psnr"]))  # type: ignore[arg-type]
+
+    def forget_training(self, namespace: str, name: str) -> None:
+        self.phases.forget(namespace, name)
+        for gauge in self._gauges:
+            try:
+                gauge.remove(namespace, name)
+            except KeyError:
+                pass  # never had progress: nothing to remove
+
+    def collect(self) -> Iterable[Metric]:
+        active = self._active
+        yield GaugeMetricFamily(m.OPERATOR_ACTIVE, self._ACTIVE_HELP, value=1.0 if active else 0.0)
+        for collector in (self.phases, *self._gauges):
+            # Paused: the families without samples. A handler still finishing an event that
+            # arrived just before the pause may write after set_active(False) cleared them.
+            yield from (collector.collect() if active else collector.describe())
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(m.OPERATOR_ACTIVE, self._ACTIVE_HELP)
+        for collector in (self.phases, *self._gauges):
+            yield from collector.describe()
 
 
-def record_progress(namespace: str, name: str, progress: Mapping[str, object], now: float) -> None:
-    labels = (namespace, name)
-    PROGRESS_RATIO.labels(*labels).set(float(progress.get("percent") or 0.0) / 100.0)  # type: ignore[arg-type]
-    STEP.labels(*labels).set(float(progress.get("step") or 0))  # type: ignore[arg-type]
-    LAST_PROGRESS.labels(*labels).set(now)
-    if progress.get("loss") is not None:
-        LOSS.labels(*labels).set(float(progress["loss"]))  # type: ignore[arg-type]
-    if progress.get("psnr") is not None:
-        PSNR.labels(*labels).set(float(progress["psnr"]))  # type: ignore[arg-type]
+class _ProcessMetrics(Collector):
+    """REGISTRY's families, served next to an operator's own (registries cannot nest)."""
+
+    def collect(self) -> Iterable[Metric]:
+        return REGISTRY.collect()
 
 
-def forget_training(namespace: str, name: str) -> None:
-    PHASES.forget(namespace, name)
-    for gauge in _PER_TRAINING:
-        try:
-            gauge.remove(namespace, name)
-        except KeyError:
-            pass  # never had progress: nothing to remove
+def serving_registry(view: OperatorMetrics) -> CollectorRegistry:
+    """What /metrics shows: this process's counters and histograms, and `view`."""
+    registry = CollectorRegistry()
+    registry.register(_ProcessMetrics())
+    registry.register(view)
+    return registry
 
 
 def exported_names() -> set[str]:
-    """Every sample family name the registry exposes (for the chart-consistency test)."""
+    """Every sample family name /metrics exposes (for the chart-consistency test)."""
     names: set[str] = set()
-    for family in REGISTRY.collect():
+    for family in serving_registry(OperatorMetrics()).collect():
         names.add(family.name)
         if family.type == "counter":
             names.add(family.name + "_total")
@@ -129,6 +197,9 @@ def exported_names() -> set[str]:
     return names
 
 
-def serve(port: int) -> None:
-    if port:
-        start_http_server(port, registry=REGISTRY)
+def serve(port: int, view: OperatorMetrics) -> WSGIServer | None:
+    """Serve /metrics on `port` (0: not at all) in a daemon thread; shut it down when done."""
+    if not port:
+        return None
+    server, _ = start_http_server(port, registry=serving_registry(view))
+    return server

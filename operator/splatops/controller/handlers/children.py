@@ -8,7 +8,6 @@ from typing import Any, Mapping
 import kopf
 
 from splatops import names
-from splatops.controller import metrics
 from splatops.controller.handlers.admission import admit_waiting
 from splatops.controller.handlers.reconcile import job_finished, reconcile
 from splatops.controller.handlers.state import JOB_NAME_LABELS, Indices, Key, Runtime, snapshot
@@ -25,7 +24,7 @@ async def gst_index(rt: Runtime, *, namespace: str, name: str, body: kopf.Body, 
     snap = snapshot(body)
     rt.first_seen(key)
     rt.observed(key, snap.get("status"))
-    metrics.PHASES.set(namespace, name, (snap.get("status") or {}).get("phase"))
+    rt.metrics.set_phase(namespace, name, (snap.get("status") or {}).get("phase"))
     return {key: snap}
 
 

@@ -6,7 +6,6 @@ not moved, so a thousand running trainings never flood the API server.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any, Mapping
 
@@ -65,16 +64,5 @@ async def poll(rt: Runtime, idx: Indices, *, body: kopf.Body, namespace: str, na
     rt.last_progress_write[key] = now
     rt.last_progress_step[key] = progress.step
     metrics.STATUS_WRITES.labels("progress").inc()
-    metrics.record_progress(namespace, name, fields, now)
+    rt.metrics.record_progress(namespace, name, fields, now)
 
-
-def timer_without_finalizer(registry: kopf.OperatorRegistry, handler_id: str) -> None:
-    """kopf gives every timer a finalizer. Ours needs none: it only reads and writes status, and
-    nothing must be cleaned up on deletion (owner references do that). Without it, deleting a
-    training never waits for a running operator (Argo CD prunes at once) and creation skips a
-    patch round trip. kopf stops the timer when it sees the deletion event.
-    """
-    handlers = registry._spawning._handlers  # no public API to opt a timer out of its finalizer
-    for i, handler in enumerate(handlers):
-        if handler.id == handler_id:
-            handlers[i] = dataclasses.replace(handler, requires_finalizer=False)

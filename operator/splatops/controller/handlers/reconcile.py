@@ -56,7 +56,7 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
         rt.remember(key, patch)
         metrics.STATUS_WRITES.labels("phase").inc()
         if status.phase_changed(current, desired):
-            on_phase_change(training, desired)
+            on_phase_change(rt, training, desired)
             if desired["phase"] == Phase.FAILED.value and desired.get("reason") in OPERATOR_DECIDED and job is not None \
                     and not (job.get("spec") or {}).get("suspend"):
                 # The Job would wait forever; suspending removes the stuck pod but keeps the Job for inspection.
@@ -89,14 +89,14 @@ async def fail(rt: Runtime, key: Key, training: Mapping[str, Any], reason: str, 
     desired = status.failed_status(reason, message, time.time(), training["metadata"].get("generation"))
     await rt.api().patch_status(ns, name, desired)
     rt.remember(key, desired)
-    on_phase_change(training, desired)
+    on_phase_change(rt, training, desired)
 
 
-def on_phase_change(training: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
+def on_phase_change(rt: Runtime, training: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
     """A Kubernetes Event and the outcome metrics for every phase change."""
     ns, name = training["metadata"]["namespace"], training["metadata"]["name"]
     phase, reason, message = desired["phase"], desired.get("reason") or "", desired.get("message") or ""
-    metrics.PHASES.set(ns, name, phase)
+    rt.metrics.set_phase(ns, name, phase)
     kind = "Warning" if phase == Phase.FAILED.value else "Normal"
     kopf.event(_event_body(training), type=kind, reason=phase, message=f"{reason}: {message}" if reason else message)
     started = parse_time(desired.get("startTime"))

@@ -7,13 +7,14 @@ the resources: never rename one).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Awaitable, Callable
 
 import kopf
 
 from splatops.controller import metrics
-from splatops.controller.handlers import children, lifecycle, progress, training
+from splatops.controller.handlers import activity, children, lifecycle, progress, training
 from splatops.controller.handlers.state import GST, GST_INDEX, JOB_INDEX, MANAGED, POD_INDEX, Indices, Runtime
 from splatops.controller.settings import Settings
 
@@ -47,6 +48,15 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, rt: Runtime | 
     kopf.on.startup(id="connect", **on)(functools.partial(lifecycle.connect, rt))
     kopf.on.cleanup(id="disconnect", **on)(functools.partial(lifecycle.disconnect, rt))
 
+    # Whether kopf peering lets this replica act (see activity.py): for the metrics only.
+    kopf.on.startup(id="activity_start", **on)(functools.partial(activity.started, rt))
+    kopf.on.cleanup(id="activity_stop", **on)(functools.partial(activity.stopping, rt))
+    plural = activity.peering_plural(settings)
+    if plural is not None:
+        kopf.daemon(group="kopf.dev", version="v1", plural=plural, id="peering",
+                    when=functools.partial(activity.is_ours, settings), **on)(functools.partial(activity.peering_daemon, rt))
+        without_finalizer(registry, "peering")
+
     # Level-triggered (see training.py): no create/resume/field handlers, so no kopf annotations.
     kopf.on.event(*GST, id="training_event", **on)(_bound(rt, "training_event", training.training_event))
 
@@ -55,5 +65,21 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, rt: Runtime | 
 
     kopf.timer(*GST, interval=settings.progress_interval, initial_delay=settings.progress_interval,
                when=progress.active, id="progress", **on)(_bound(rt, "progress", progress.poll))
-    progress.timer_without_finalizer(registry, "progress")
+    without_finalizer(registry, "progress")
     return rt
+
+
+def without_finalizer(registry: kopf.OperatorRegistry, handler_id: str) -> None:
+    """kopf gives every daemon and timer a finalizer, to stop it before the object goes. Ours need
+    none: the progress timer only reads and writes status, and nothing must be cleaned up on
+    deletion (owner references do that), so deleting a training never waits for a running
+    operator (Argo CD prunes at once) and creation skips a patch round trip; the peering daemon
+    must never block the deletion of kopf's peering object (the chart's hook re-creates it).
+    kopf stops either when it sees the deletion event.
+    """
+    handlers = registry._spawning._handlers  # no public API to opt a daemon or timer out of its finalizer
+    found = [i for i, handler in enumerate(handlers) if handler.id == handler_id]
+    if not found:  # e.g. kopf suffixes the id of a handler with a field filter
+        raise LookupError(f"no daemon or timer with id {handler_id!r}: {[h.id for h in handlers]}")
+    for i in found:
+        handlers[i] = dataclasses.replace(handlers[i], requires_finalizer=False)

@@ -20,6 +20,7 @@ import kopf
 from splatops import names
 from splatops.api.models import Phase
 from splatops.controller.kube import Kube
+from splatops.controller.metrics import OperatorMetrics
 from splatops.controller.settings import Settings
 
 Key = tuple[str, str]  # (namespace, name)
@@ -38,6 +39,7 @@ WRITTEN_MAX_AGE = 60.0
 class Runtime:
     settings: Settings
     kube: Kube | None = None
+    metrics: OperatorMetrics = dataclasses.field(default_factory=OperatorMetrics)  # this run's per-training series
     admission_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     admitted: set[Key] = dataclasses.field(default_factory=set)  # training keys
     written: dict[Key, dict[str, Any]] = dataclasses.field(default_factory=dict)  # status fields not yet in the index

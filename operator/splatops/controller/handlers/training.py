@@ -19,7 +19,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from splatops.api.models import Spec, parse_spec
-from splatops.controller import failures, jobs, metrics, queue
+from splatops.controller import failures, jobs, queue
 from splatops.controller.handlers.admission import admit_waiting, admitted_metrics, slots
 from splatops.controller.handlers.reconcile import fail, fail_invalid, reconcile
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime, snapshot
@@ -41,7 +41,7 @@ async def training_event(rt: Runtime, idx: Indices, *, type: str | None, body: k
     key: Key = (namespace, name)
     if type == "DELETED":  # the Job and pods go by garbage collection; the PVC is never touched
         rt.forget(key)
-        metrics.forget_training(namespace, name)
+        rt.metrics.forget_training(namespace, name)
         return
     await sync_training(rt, idx, key, body, logger)
 
