@@ -142,3 +142,18 @@ async def test_metrics_and_liveness_served_over_http(kube: Harness):
     started = [line for line in text.splitlines() if line.startswith(f'splatops_trainings_started_total{{namespace="{NS}"}} ')]
     assert started and float(started[0].split()[-1]) >= 1, started
     assert "splatops_queue_wait_seconds_count " in text and f'splatops_trainings{{namespace="{NS}",phase="Pending"}}' in text
+
+
+async def test_status_write_to_a_training_deleted_meanwhile_is_not_an_error(kube: Harness):
+    """The index can still show a training the API server has just deleted (a Job or pod event
+    reconciles it): the write's definitive NotFound means "gone", not a handler error to retry."""
+    from splatops.controller import kube as kube_client
+
+    await kube.create("here")
+    api = await kube_client.connect()
+    try:
+        assert await api.patch_status(NS, "here", {"message": "written"}) is True
+        assert kube.status("here")["message"] == "written"
+        assert await api.patch_status(NS, "gone", {"message": "lost"}) is False
+    finally:
+        await api.close()

@@ -342,3 +342,27 @@ async def test_kueue_admission_and_preemption(kube: Harness):
     await kube.sim.sync_job(job_name)
     status = await kube.wait_phase("kq", "Queued")
     assert kube.sim.pods(job_name) == [] and status["reason"], status
+
+
+async def test_job_lost_while_the_operator_was_down_is_created_again_with_a_warning(kube: Harness):
+    """A Job deleted before its outcome was recorded (by hand, or by its TTL while the operator was
+    down) is created again, once: the trainer resumes from its checkpoint. A Warning says why."""
+    await kube.start_operator()
+    await kube.create("lost")
+    job = await kube.wait_job("lost")
+    await kube.wait_phase("lost", "Pending")
+    await kube.stop_operators()
+    await kube.emulator.delete(c.JOB_RESOURCE, NS, job["metadata"]["name"])
+    await kube.start_operator()
+    again = await kube.wait_job("lost")
+    assert again["metadata"]["uid"] != job["metadata"]["uid"]
+    await eventually(lambda: len([e for e in kube.emulator.list_objects(c.EVENT_RESOURCE, NS)
+                                  if e.get("reason") == "JobRecreated"]) == 1, "one JobRecreated Event")
+    events = [e for e in kube.emulator.list_objects(c.EVENT_RESOURCE, NS) if e.get("reason") == "JobRecreated"]
+    assert events[0]["type"] == "Warning" and "resumes from its newest checkpoint" in events[0]["message"]
+    assert events[0]["involvedObject"]["name"] == "lost"
+    pod = await kube.sim.start(again["metadata"]["name"])
+    await kube.sim.run(pod, progress(300))
+    await kube.sim.terminate(pod, 0, complete())
+    await kube.wait_phase("lost", "Succeeded")
+    assert len(kube.sim.jobs("lost")) == 1

@@ -13,6 +13,7 @@ from kubernetes_asyncio.client.rest import RESTResponse
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from splatops import names
+from splatops.controller import failures
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -53,11 +54,19 @@ class Kube:
             name, namespace, patch, _content_type=MERGE_PATCH, _preload_content=False))
         return await resp.json()
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        await raise_for_status(await self.custom.patch_namespaced_custom_object_status(
-            names.GROUP, names.VERSION, namespace, names.PLURAL, name, {"status": status},
-            _content_type=MERGE_PATCH, _preload_content=False,
-        ))
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """Merge `status` into the training's status; False when the training is gone (deleted
+        after the index showed it: its DELETED event forgets it, nothing is left to write)."""
+        try:
+            await raise_for_status(await self.custom.patch_namespaced_custom_object_status(
+                names.GROUP, names.VERSION, namespace, names.PLURAL, name, {"status": status},
+                _content_type=MERGE_PATCH, _preload_content=False,
+            ))
+        except ApiException as exc:
+            if failures.is_not_found(exc.status, exc.body):
+                return False
+            raise
+        return True
 
     async def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
         resp = await raise_for_status(await self.core.list_namespaced_pod(

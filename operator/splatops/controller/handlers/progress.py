@@ -59,7 +59,8 @@ async def poll(rt: Runtime, idx: Indices, *, body: kopf.Body, namespace: str, na
     if progress is None or rt.last_progress_step.get(key) == progress.step:
         return
     fields = status.progress_status(progress, now)
-    await rt.api().patch_status(namespace, name, {"progress": fields})
+    if not await rt.api().patch_status(namespace, name, {"progress": fields}):
+        return  # deleted meanwhile
     rt.remember(key, {"progress": fields})
     rt.last_progress_write[key] = now
     rt.last_progress_step[key] = progress.step

@@ -52,7 +52,8 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
         patch = status.status_patch(current, desired)
         if not patch:
             return desired
-        await rt.api().patch_status(ns, name, patch)
+        if not await rt.api().patch_status(ns, name, patch):
+            return None  # deleted meanwhile
         rt.remember(key, patch)
         metrics.STATUS_WRITES.labels("phase").inc()
         if status.phase_changed(current, desired):
@@ -87,7 +88,8 @@ async def fail(rt: Runtime, key: Key, training: Mapping[str, Any], reason: str, 
     """Fail a training before it has a Job (nothing in the cluster would ever say why)."""
     ns, name = key
     desired = status.failed_status(reason, message, time.time(), training["metadata"].get("generation"))
-    await rt.api().patch_status(ns, name, desired)
+    if not await rt.api().patch_status(ns, name, desired):
+        return  # deleted meanwhile
     rt.remember(key, desired)
     on_phase_change(rt, training, desired)
 
@@ -98,7 +100,7 @@ def on_phase_change(rt: Runtime, training: Mapping[str, Any], desired: Mapping[s
     phase, reason, message = desired["phase"], desired.get("reason") or "", desired.get("message") or ""
     rt.metrics.set_phase(ns, name, phase)
     kind = "Warning" if phase == Phase.FAILED.value else "Normal"
-    kopf.event(_event_body(training), type=kind, reason=phase, message=f"{reason}: {message}" if reason else message)
+    kopf.event(event_body(training), type=kind, reason=phase, message=f"{reason}: {message}" if reason else message)
     started = parse_time(desired.get("startTime"))
     finished = parse_time(desired.get("completionTime"))
     duration = (finished - started) if started is not None and finished is not None else None
@@ -112,7 +114,8 @@ def on_phase_change(rt: Runtime, training: Mapping[str, Any], desired: Mapping[s
             metrics.DURATION.labels("failed").observe(max(0.0, duration))
 
 
-def _event_body(training: Mapping[str, Any]) -> dict[str, Any]:
+def event_body(training: Mapping[str, Any]) -> dict[str, Any]:
+    """The object reference kopf.event needs (the training, not a whole body)."""
     meta = training.get("metadata") or {}
     return {
         "apiVersion": names.API_VERSION,

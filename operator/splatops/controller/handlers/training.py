@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from splatops.api.models import Spec, parse_spec
 from splatops.controller import failures, jobs, queue
 from splatops.controller.handlers.admission import admit_waiting, admitted_metrics, slots
-from splatops.controller.handlers.reconcile import fail, fail_invalid, reconcile
+from splatops.controller.handlers.reconcile import event_body, fail, fail_invalid, reconcile
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime, snapshot
 from splatops.controller.timeutil import format_time
 
@@ -29,6 +29,7 @@ from splatops.controller.timeutil import format_time
 # While a deleted namesake's Job is still being garbage-collected, creation waits: the error says
 # so, and the next event or progress-timer tick tries again (kopf does not retry event handlers).
 FOREIGN_JOB_RETRY = 10.0
+JOB_RECREATED = "JobRecreated"  # the Event reason
 log = logging.getLogger("splatops.operator")
 
 
@@ -107,6 +108,8 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
             return
         rt.job_created.add(key)
         rt.suspend_seen[key] = bool(spec.suspend)
+        if created and (training.get("status") or {}).get("jobName"):
+            job_recreated(training, jname)
         if not (job.get("spec") or {}).get("suspend"):
             rt.admitted.add(key)
             if created:  # an adopted Job was counted by whoever created it
@@ -118,6 +121,19 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
     if others:
         await admit_waiting(rt, idx)
     await reconcile(rt, key, idx, job=job, queued=queued)
+
+
+def job_recreated(training: Mapping[str, Any], jname: str) -> None:
+    """The status names a Job that is gone before its outcome was recorded: deleted by hand, or by
+    ttlSecondsAfterFinished while the operator was down. Creating it again is the level-triggered
+    answer (the trainer resumes from its newest checkpoint, and a finished one only rewrites its
+    results); the Warning says why a training ran a second pod."""
+    message = (f"Job {jname} was deleted before its outcome was recorded (by hand, or by "
+               "ttlSecondsAfterFinished while the operator was down); created it again: the trainer "
+               "resumes from its newest checkpoint on the volume.")
+    meta = training["metadata"]
+    log.warning("%s/%s: %s", meta.get("namespace"), meta.get("name"), message)  # not kopf's logger: one Event, ours
+    kopf.event(event_body(training), type="Warning", reason=JOB_RECREATED, message=message)
 
 
 async def create_or_adopt(rt: Runtime, namespace: str, manifest: dict[str, Any], uid: str,
