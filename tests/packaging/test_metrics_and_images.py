@@ -208,3 +208,13 @@ def test_dashboard_is_well_formed() -> None:
         cells |= mine
         assert p["targets"] and all(t["expr"] and t["refId"] for t in p["targets"])
     assert dashboard["uid"] and {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "namespace"}
+
+
+def test_active_operator_alert_counts_the_replicas_acting(renders) -> None:
+    """Exactly one replica acts under kopf peering: the alert fires on none (all paused) or two,
+    over the same scrape targets as SplatopsOperatorDown (which covers all replicas down)."""
+    alerts = _alerts(renders)
+    expr = _flat(alerts["SplatopsActiveOperatorNotOne"]["expr"])
+    selector = re.search(r"\{(job=[^}]*)\}", alerts["SplatopsOperatorDown"]["expr"]).group(1)
+    assert expr == f"sum({metric_names.OPERATOR_ACTIVE}{{{selector}}}) != 1", expr
+    assert alerts["SplatopsActiveOperatorNotOne"]["labels"]["severity"] == "critical"
