@@ -162,6 +162,18 @@ def test_a_real_training_checkpoint_loads_with_weights_only(tmp_path: Path) -> N
     assert torch.equal(got[0], expect[0]) and got[1:] == expect[1:]
 
 
+def test_a_checkpoint_from_before_the_epoch_view_order_still_resumes(tmp_path: Path) -> None:
+    """Checkpoints written while views were drawn with replacement also hold that sampler's state:
+    restoring them ignores it (the epoch order is a function of seed and step)."""
+    cfg = _cfg(tmp_path)
+    rng = {**train_mod._rng_state(torch.device("cpu")), "view_sampler": torch.Generator().manual_seed(1).get_state()}
+    ck.save_checkpoint(cfg, dataclasses.replace(_ckpt(cfg, 10), rng=rng))
+    expect = torch.rand(3)
+    torch.manual_seed(0)
+    train_mod._set_rng_state(ck.load_latest(cfg).rng, torch.device("cpu"))  # type: ignore[union-attr]
+    assert torch.equal(torch.rand(3), expect)
+
+
 class _Exploit:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
