@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from splatops.controller import policy as pol
+
 ENV_PREFIX = "SPLATOPS_OPERATOR_"
 
 DEFAULT_GPU_PRODUCT_KEY = "nvidia.com/gpu.product"
@@ -86,6 +88,22 @@ class Settings(BaseSettings):
         604800, ge=0, validation_alias=_env_alias("default_ttl_seconds_after_finished"),
         description="Job ttlSecondsAfterFinished when spec.ttlSecondsAfterFinished is unset (0 = keep finished Jobs).",
     )
+    # -- policy on what a spec may ask of its pod (controller/policy.py; the chart's `policy` values)
+    policy_allowed_image_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated images a spec.image may name: a repository (any tag or digest) or a "
+        "prefix ending in '/'; '*' = any image; empty = the repository of trainer_image.",
+    )
+    policy_allowed_priority_classes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated PriorityClasses a spec may name; empty = none.")
+    policy_denied_toleration_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(pol.DEFAULT_DENIED_TOLERATION_KEYS),
+        description="Comma-separated taint keys (a trailing '*' = a prefix) spec.tolerations may not name; "
+        "a toleration without a key is always refused.")
+    policy_denied_node_label_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(pol.DEFAULT_DENIED_NODE_LABEL_KEYS),
+        description="Comma-separated node label keys (a trailing '*' = a prefix) spec.nodeSelector and "
+        "spec.affinity's node affinity may not name.")
     # -- admission
     max_concurrent: int = Field(0, ge=0, description="Cap on trainings running at once; 0 = no cap.")
     # -- progress
@@ -119,7 +137,9 @@ class Settings(BaseSettings):
     # -- process
     gc_tuning: bool = Field(True, description="Freeze startup objects out of Python's GC and collect less often (see main.tune_gc).")
 
-    @field_validator("namespaces", "gpu_node_label_values", mode="before")
+    @field_validator("namespaces", "gpu_node_label_values", "policy_allowed_image_prefixes",
+                     "policy_allowed_priority_classes", "policy_denied_toleration_keys",
+                     "policy_denied_node_label_keys", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -152,6 +172,16 @@ class Settings(BaseSettings):
             raise ValueError("standalone and peering_mandatory exclude each other: a standalone operator uses no "
                              "peering; set one of them to false")
         return self
+
+    @property
+    def policy(self) -> pol.Policy:
+        images = self.policy_allowed_image_prefixes or [pol.image_repository(self.trainer_image)]
+        return pol.Policy(
+            allowed_image_prefixes=tuple(images),
+            allowed_priority_classes=tuple(self.policy_allowed_priority_classes),
+            denied_toleration_keys=tuple(self.policy_denied_toleration_keys),
+            denied_node_label_keys=tuple(self.policy_denied_node_label_keys),
+        )
 
     @property
     def liveness_endpoint(self) -> str | None:

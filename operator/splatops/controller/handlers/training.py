@@ -23,6 +23,7 @@ from splatops.controller import failures, jobs, queue
 from splatops.controller.handlers.admission import admit_waiting, admitted_metrics, slots
 from splatops.controller.handlers.reconcile import event_body, fail, fail_invalid, reconcile
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime, snapshot
+from splatops.controller.policy import policy_violations
 from splatops.controller.timeutil import format_time
 
 
@@ -81,6 +82,11 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
     if existing is not None:  # ours from before (an operator restart): adopt it, never a second one
         rt.job_created.add(key)
         await follow_suspend(rt, idx, key, training, existing, logger)
+        return
+    # Checked before a new Job only: an adopted one was created under the policy of its day.
+    violations = policy_violations(spec, rt.settings.policy)
+    if violations:
+        await fail_invalid(rt, key, training, "; ".join(violations))
         return
     problem = await scene_problem(rt, namespace, spec, logger)
     if problem is not None:
