@@ -53,6 +53,11 @@ app.kubernetes.io/component: gateway
 {{- printf "%s:%s" .Values.trainer.image.repository (default .Chart.AppVersion .Values.trainer.image.tag) -}}
 {{- end -}}
 
+{{/* The images spec.image may name (policy.allowedImagePrefixes, default: the trainer's repository), as JSON. */}}
+{{- define "splatops.policyImages" -}}
+{{- .Values.policy.allowedImagePrefixes | default (list .Values.trainer.image.repository) | toJson -}}
+{{- end -}}
+
 {{/* The selected GPU node preset; fails the render with the known names if it does not exist. */}}
 {{- define "splatops.gpuPreset" -}}
 {{- $preset := get .Values.gpu.presets .Values.gpu.preset -}}
