@@ -241,14 +241,26 @@ async def test_409_adopts_our_own_job() -> None:
     assert (await training_handlers.create_or_adopt(rt, "default", MANIFEST, "uid-fox", LOG))[1] is True
 
 
-async def test_409_of_another_owner_waits() -> None:
+async def test_409_of_another_owner_is_not_adopted() -> None:
     rt = runtime()
     theirs = jobs.build_job(training(), Settings())
     theirs["metadata"]["ownerReferences"][0]["uid"] = "uid-of-a-deleted-namesake"
     rt.kube = FakeKube(create=api_error(409, "Conflict", "AlreadyExists"), existing=theirs)  # type: ignore[assignment]
-    with pytest.raises(kopf.TemporaryError) as err:
+    with pytest.raises(training_handlers.ForeignJob) as err:
         await training_handlers.create_or_adopt(rt, "default", MANIFEST, "uid-fox", LOG)
-    assert err.value.delay == training_handlers.FOREIGN_JOB_RETRY and "another owner" in str(err.value)
+    assert err.value.job is theirs
+
+
+def test_foreign_job_message_names_the_owner() -> None:
+    theirs = jobs.build_job(training(), Settings())
+    theirs["metadata"]["ownerReferences"][0]["uid"] = "uid-old"
+    namesake = training_handlers.foreign_job_message("gst-fox", training(), theirs)
+    assert "deleted GaussianSplatTraining fox (uid uid-old)" in namesake and "garbage collection" in namesake
+    theirs["metadata"]["ownerReferences"] = [{"kind": "CronJob", "name": "nightly", "uid": "u1"}]
+    other = training_handlers.foreign_job_message("gst-fox", training(), theirs)
+    assert "belongs to CronJob nightly (uid u1)" in other and "delete that Job" in other
+    theirs["metadata"]["ownerReferences"] = []
+    assert "belongs to no owner" in training_handlers.foreign_job_message("gst-fox", training(), theirs)
 
 
 # --- kube: error statuses raise (kubernetes_asyncio returns them as-is without preloading) -------------

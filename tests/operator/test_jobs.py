@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import re
 from typing import Any
 
 import kubernetes_validate
@@ -124,12 +126,68 @@ def test_job_name_deterministic_and_short(name: str) -> None:
     first, second = jobs.job_name(name), jobs.job_name(name)
     assert first == second and len(first) <= 63
     assert first.startswith("gst-") and first[-1].isalnum()
-    if len(name) <= 59:
+    if len(name) <= 58:
         assert first == f"gst-{name}"
 
 
 def test_long_names_do_not_collide() -> None:
     assert jobs.job_name("c" * 100 + "1") != jobs.job_name("c" * 100 + "2")
+
+
+def test_a_name_spelled_like_a_hashed_one_gets_another_job_and_label() -> None:
+    """The reported collision: a 67-character training's Job is `gst-<head>-<hash>`; a training
+    literally named `<head>-<hash>` must not map to the same Job or pod label."""
+    long = "scene-" + "a" * 61
+    assert len(long) == 67
+    forged = jobs.job_name(long).removeprefix("gst-")
+    assert jobs.job_name(forged) != jobs.job_name(long)
+    label = jobs.child_labels(long)[names.LABEL_TRAINING]
+    assert jobs.child_labels(label)[names.LABEL_TRAINING] != label
+
+
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def random_names(rng: random.Random, count: int) -> set[str]:
+    """Valid training names (DNS subdomains up to 253 characters), many near the length limits,
+    plus, for each long one, the names spelled like its hashed Job name and label."""
+    out: set[str] = set()
+    for _ in range(count):
+        length = rng.choice([rng.randint(1, 253), rng.randint(55, 70)])
+        name = "".join(rng.choice("abc.-") for _ in range(length))
+        name = re.sub(r"[.-]{2,}", "-", name).strip(".-") or "a"
+        name = re.sub(r"\.-|-\.", "-", name)
+        if DNS_SUBDOMAIN.match(name):
+            out.add(name)
+            out.add(jobs.job_name(name).removeprefix("gst-"))
+            out.add(jobs.child_labels(name)[names.LABEL_TRAINING])
+    return {n for n in out if DNS_SUBDOMAIN.match(n) and len(n) <= 253}
+
+
+def test_distinct_training_names_give_distinct_job_names_and_labels() -> None:
+    """Property: the map from training name to Job name (and to the pod label value) is one to
+    one, and its values are valid (DNS subdomain / label value, at most 63 characters)."""
+    names_ = random_names(random.Random(11), 3000)
+    assert len(names_) > 3000
+    job_names = {jobs.job_name(n) for n in names_}
+    labels = {jobs.child_labels(n)[names.LABEL_TRAINING] for n in names_}
+    assert len(job_names) == len(names_) and len(labels) == len(names_)
+    assert all(len(j) <= 63 and DNS_SUBDOMAIN.match(j) for j in job_names)
+    assert all(len(v) <= 63 and LABEL_VALUE.match(v) for v in labels)
+
+
+def test_pods_carry_the_training_uid() -> None:
+    job = jobs.build_job(training(), SETTINGS)
+    assert job["spec"]["template"]["metadata"]["labels"][names.LABEL_TRAINING_UID] == "uid-fox"
+    assert job["metadata"]["labels"][names.LABEL_TRAINING_UID] == "uid-fox"
+
+
+def test_a_recreated_job_carries_the_earlier_attempts() -> None:
+    assert "annotations" not in jobs.build_job(training(), SETTINGS)["metadata"]
+    job = jobs.build_job(training(), SETTINGS, attempts_before=2)
+    assert job["metadata"]["annotations"] == {names.ANNOTATION_ATTEMPTS_BEFORE: "2"}
+    kubernetes_validate.validate(job, "1.30", strict=True)
 
 
 @pytest.mark.parametrize(("path", "model"), [("fox", "fox/gsplat/results.ply"), (".", "gsplat/results.ply"), ("a/b/", "a/b/gsplat/results.ply")])

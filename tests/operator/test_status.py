@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from op_fixtures import T0, T0_EPOCH, failed_msg, job, pod, result_msg, terminated
 
-from splatops import contract
+from splatops import contract, names
 from splatops.api.models import Phase, Status
 from splatops.controller import failures, queue, status
 
@@ -106,7 +106,7 @@ def test_succeeded_status_has_result_fields_and_validates() -> None:
     assert out["config"] == config and out["completionTime"] and out["startTime"] == T0
     assert out["progress"]["percent"] == 100.0 and out["progress"]["message"] == "Iteration 100/100 | Loss: 0.0200"
     conds = {c["type"]: c["status"] for c in out["conditions"]}
-    assert conds == {"Queued": "False", "Running": "False", "Suspended": "False", "Succeeded": "True", "Failed": "False"}
+    assert conds == {"Pending": "False", "Queued": "False", "Running": "False", "Suspended": "False", "Succeeded": "True", "Failed": "False"}
     Status.model_validate(out)  # the written status fits the CRD's status schema models
 
 
@@ -267,3 +267,34 @@ def test_trainer_reason_without_words_gets_an_actionable_message(message: str, r
 )
 def test_model_path_is_volume_relative(reported: str, expected: str) -> None:
     assert status.volume_relative(reported, "fallback.ply") == expected
+
+
+def _recreated(active: int = 0, failed: int = 0, before: str = "2") -> dict[str, Any]:
+    j = job(active=active, failed=failed)
+    j["metadata"].update(uid="job-2", annotations={names.ANNOTATION_ATTEMPTS_BEFORE: before})
+    return j
+
+
+def _pod_of(job_uid: str, name: str) -> dict[str, Any]:
+    p = pod()
+    p["metadata"].update(name=name, uid=name, ownerReferences=[{"kind": "Job", "uid": job_uid}])
+    return p
+
+
+@pytest.mark.parametrize(("job_", "pods", "previous", "expected"), [
+    (_recreated(active=1), (), 2, 3),  # the lost Job ran 2 pods; the new one's first is the 3rd
+    (_recreated(active=1, failed=1), (), 3, 4),  # and its retry the 4th
+    (_recreated(), (_pod_of("job-1", "old-a"), _pod_of("job-1", "old-b"), _pod_of("job-2", "new")), 2, 3),
+    (_recreated(before="junk"), (), 1, 1),
+])
+def test_attempts_count_on_across_recreated_jobs(job_: Any, pods: tuple[Any, ...], previous: int, expected: int) -> None:
+    assert status.attempts(job_, pods, previous) == expected
+
+
+def test_blocked_creation_is_pending_with_its_reason_in_a_condition() -> None:
+    obs = observe(None, prev={"phase": "Pending"})
+    obs = status.Observed(**{**obs.__dict__, "blocked": ("JobCreateRetrying", "Creating Job gst-fox failed: etcd timeout; retrying.")})
+    out = status.desired_status(obs)
+    assert (out["phase"], out["reason"]) == ("Pending", "JobCreateRetrying")
+    cond = next(c for c in out["conditions"] if c["type"] == "Pending")
+    assert cond["status"] == "True" and cond["reason"] == "JobCreateRetrying" and "etcd timeout" in cond["message"]

@@ -32,7 +32,8 @@ class Phase(str, enum.Enum):
 
 
 # Condition types: one per phase, so `kubectl wait --for=condition=<Phase>` works for each.
-CONDITION_TYPES = ("Queued", "Running", "Suspended", "Succeeded", "Failed")
+# Pending's carries why a Job is not there yet (e.g. JobCreateRetrying with the API server's message).
+CONDITION_TYPES = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed")
 
 
 class _Model(BaseModel):
@@ -269,7 +270,7 @@ class Progress(_Model):
 class Condition(_Model):
     """A status condition (metav1.Condition shape)."""
 
-    type: str = Field(..., description="Queued, Running, Suspended, Succeeded or Failed.")
+    type: str = Field(..., description="Pending, Queued, Running, Suspended, Succeeded or Failed.")
     status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
     reason: str = Field(..., description="Machine-readable reason in CamelCase.")
     message: str = Field("", description="Human-readable details.")

@@ -22,31 +22,47 @@ TMP_VOLUME = "tmp"
 RUN_AS_USER = names.IMAGE_UID
 
 
+HASH_LEN = 10  # hex digits of sha256: 40 bits
+
+
+def bounded(value: str, limit: int) -> str:
+    """`value` itself when shorter than `limit` characters; else exactly `limit` characters, a
+    head of it and a hash of all of it. The lengths never meet, so no name used as is can equal
+    a hashed one (a 59-character training literally named like a long one's hashed form got the
+    same Job). Dots in the head become '-': it stays a DNS subdomain ('x.-hash' is not)."""
+    if len(value) < limit:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:HASH_LEN]
+    return f"{value[: limit - HASH_LEN - 1].replace('.', '-')}-{digest}"
+
+
 def job_name(training_name: str) -> str:
-    """`gst-<name>`; names too long for a label get truncated plus a stable hash suffix."""
-    name = f"{JOB_NAME_PREFIX}{training_name}"
-    if len(name) <= MAX_JOB_NAME:
-        return name
-    digest = hashlib.sha256(training_name.encode()).hexdigest()[:8]
-    head = name[: MAX_JOB_NAME - len(digest) - 1].rstrip("-.")
-    return f"{head}-{digest}"
+    """`gst-<name>` (at most 62 characters), else `gst-<head>-<hash>` (exactly 63): distinct
+    trainings never share a Job name (the Job controller copies it into a 63-character label)."""
+    return JOB_NAME_PREFIX + bounded(training_name, MAX_JOB_NAME - len(JOB_NAME_PREFIX))
 
 
-def child_labels(training_name: str) -> dict[str, str]:
-    """The operator's own labels for Jobs and pods (never labels copied from the resource)."""
-    return {
+def training_job_name(training: Mapping[str, Any]) -> str:
+    """The Job of `training`: the one its status already names (only ever a Job it owned; an
+    operator before the collision-free names named long trainings' Jobs otherwise, and an upgrade
+    must find those), else job_name() of its name."""
+    recorded = (training.get("status") or {}).get("jobName")
+    return str(recorded) if recorded else job_name(training["metadata"]["name"])
+
+
+def child_labels(training_name: str, uid: str | None = None) -> dict[str, str]:
+    """The operator's own labels for Jobs and pods (never labels copied from the resource).
+    The uid label is the one to select a training's pods by (`splatops logs`): a namesake
+    created after a deletion has another."""
+    labels = {
         names.LABEL_NAME: "splatops",
         names.LABEL_COMPONENT: names.COMPONENT_TRAINER,
         names.LABEL_MANAGED_BY: names.MANAGED_BY,
-        names.LABEL_TRAINING: _label_value(training_name),
+        names.LABEL_TRAINING: bounded(training_name, 63),
     }
-
-
-def _label_value(value: str) -> str:
-    if len(value) <= 63:
-        return value
-    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
-    return f"{value[:54].rstrip('-._')}-{digest}"
+    if uid:
+        labels[names.LABEL_TRAINING_UID] = uid
+    return labels
 
 
 def scene_dir(spec: Spec) -> str:
@@ -161,12 +177,14 @@ def owner_reference(training: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool = False) -> dict[str, Any]:
-    """The Job for `training`. `suspend=True` creates it held back (operator queue, or Kueue)."""
+def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool = False,
+              attempts_before: int = 0) -> dict[str, Any]:
+    """The Job for `training`. `suspend=True` creates it held back (operator queue, or Kueue);
+    `attempts_before`: trainer pods its lost predecessors ran (status.attempts counts on)."""
     meta = training["metadata"]
     spec = parse_spec(training.get("spec") or {})
     name = meta["name"]
-    labels = child_labels(name)
+    labels = child_labels(name, meta.get("uid"))
     job_labels = dict(labels)
     if spec.queue_name:
         job_labels[names.KUEUE_QUEUE_LABEL] = spec.queue_name
@@ -236,15 +254,13 @@ def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool 
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
     job_spec.update(lifetime(spec, settings))
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": job_name(name),
-            "namespace": meta.get("namespace"),
-            "labels": job_labels,
-            "ownerReferences": [owner_reference(training)],
-        },
-        "spec": job_spec,
+    job_meta: dict[str, Any] = {
+        "name": training_job_name(training),
+        "namespace": meta.get("namespace"),
+        "labels": job_labels,
+        "ownerReferences": [owner_reference(training)],
     }
+    if attempts_before:
+        job_meta["annotations"] = {names.ANNOTATION_ATTEMPTS_BEFORE: str(attempts_before)}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": job_meta, "spec": job_spec}
 

@@ -37,6 +37,7 @@ class Observed:
     now: float = 0.0
     unschedulable_grace: float = 600.0
     model_path: str | None = None  # where results.ply lands (relative to the volume)
+    blocked: tuple[str, str] | None = None  # why the Job cannot be created now: (reason, message)
 
 
 def _pod_sort_key(pod: Mapping[str, Any]) -> str:
@@ -54,11 +55,29 @@ def running_pod(pods: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 
 
 def attempts(job: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]], previous: int | None) -> int:
-    """Pods started so far: the Job's counters, or the pods we saw, never going backwards."""
+    """Pods started so far: those of the Jobs before this one (a lost Job made again carries
+    their count in an annotation), plus this Job's counters or the pods of it we saw; never
+    going backwards."""
+    meta = (job or {}).get("metadata") or {}
+    before = _int((meta.get("annotations") or {}).get(names.ANNOTATION_ATTEMPTS_BEFORE))
     st = (job or {}).get("status") or {}
     counted = int(st.get("active") or 0) + int(st.get("succeeded") or 0) + int(st.get("failed") or 0)
-    seen = len({(p.get("metadata") or {}).get("uid") or (p.get("metadata") or {}).get("name") for p in pods})
-    return max(counted, seen, previous or 0)
+    uid = meta.get("uid")
+    # A namesake Job's pods (the lost one's, still being collected) are not this Job's.
+    mine = [p for p in pods if not uid or not _owner_uids(p) or uid in _owner_uids(p)]
+    seen = len({(p.get("metadata") or {}).get("uid") or (p.get("metadata") or {}).get("name") for p in mine})
+    return max(before + max(counted, seen), previous or 0)
+
+
+def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
+    return {str(r.get("uid")) for r in (obj.get("metadata") or {}).get("ownerReferences") or []}
+
+
+def _int(value: Any) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
 
 
 def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
@@ -75,6 +94,8 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
                 return Phase.FAILED, better.reason, better.message
         return Phase(prev), str(obs.status.get("reason") or ""), str(obs.status.get("message") or "")
     if job is None:
+        if obs.blocked is not None:  # e.g. JobCreateRetrying, JobNameTaken
+            return Phase.PENDING, obs.blocked[0], obs.blocked[1]
         if obs.queued_by_operator:
             return Phase.QUEUED, REASON_WAITING_SLOT, "Waiting for a free training slot (operator cap)."
         return Phase.PENDING, REASON_CREATED, "Creating the training Job."

@@ -53,7 +53,7 @@ def slots(rt: Runtime, idx: Indices) -> tuple[int, list[queue.Waiting]]:
         if spec.get("suspend") or spec.get("queueName"):
             continue
         phase = rt.current_status(key, training).get("phase")
-        job = idx.job(key[0], jobs.job_name(key[1]))
+        job = idx.job(key[0], jobs.training_job_name(training))
         if job is not None and not jobs.owned_by(job, training["metadata"].get("uid")):
             job = None
         if phase in TERMINAL or (job is None and phase is not None) or (job is not None and not (job.get("spec") or {}).get("suspend")):
@@ -80,9 +80,10 @@ async def admit_waiting(rt: Runtime, idx: Indices) -> None:
             if not item.has_job:
                 continue  # its slot is reserved: its own ensure_job creates its Job unsuspended
             key = (item.namespace, item.name)
-            await rt.api().patch_job(item.namespace, jobs.job_name(item.name), {"spec": {"suspend": False}})
-            rt.admitted.add(key)
             training = idx.training(key)
+            jname = jobs.training_job_name(training) if training is not None else jobs.job_name(item.name)
+            await rt.api().patch_job(item.namespace, jname, {"spec": {"suspend": False}})
+            rt.admitted.add(key)
             if training is not None:
                 admitted_metrics(training)
             admitted.append(key)

@@ -30,7 +30,7 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
         if training is None:
             return None
         ns, name = key
-        jname = jobs.job_name(name)
+        jname = jobs.training_job_name(training)
         job = job if job is not None else idx.job(ns, jname)
         pods = idx.job_pods(ns, jname)
         if job is not None and not jobs.owned_by(job, training["metadata"].get("uid")):
@@ -46,7 +46,7 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
         obs = status.Observed(
             spec=spec, status=current, generation=training["metadata"].get("generation"), job=job, pods=pods,
             queued_by_operator=queued, now=time.time(), unschedulable_grace=rt.settings.unschedulable_grace,
-            model_path=model_path,
+            model_path=model_path, blocked=rt.job_blocked.get(key),
         )
         desired = status.desired_status(obs)
         patch = status.status_patch(current, desired)

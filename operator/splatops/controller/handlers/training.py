@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
 
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from splatops import names
 from splatops.api.models import Spec, parse_spec
 from splatops.controller import failures, jobs, queue
 from splatops.controller.handlers.admission import admit_waiting, admitted_metrics, slots
@@ -30,12 +31,24 @@ from splatops.controller.timeutil import format_time
 # While a deleted namesake's Job is still being garbage-collected, creation waits: the error says
 # so, and the next event or progress-timer tick tries again (kopf does not retry event handlers).
 FOREIGN_JOB_RETRY = 10.0
+JOB_CREATE_RETRY = 5.0  # seconds before kopf retries a Job creation the API server failed (5xx, 429)
 JOB_RECREATED = "JobRecreated"  # the Event reason
+# Why a training has no Job yet: the status reason (phase Pending) and the Warning Event's reason.
+JOB_NAME_TAKEN = "JobNameTaken"
+JOB_CREATE_RETRYING = "JobCreateRetrying"
 log = logging.getLogger("splatops.operator")
 
 
 class JobRejected(Exception):
     """The API server refused the Job as invalid (400/422): retrying cannot help."""
+
+
+class ForeignJob(Exception):
+    """The Job's name is held by a Job this training does not own."""
+
+    def __init__(self, job: Mapping[str, Any]) -> None:
+        super().__init__((job.get("metadata") or {}).get("name"))
+        self.job = job
 
 
 async def training_event(rt: Runtime, idx: Indices, *, type: str | None, body: kopf.Body, namespace: str,
@@ -55,7 +68,7 @@ async def sync_training(rt: Runtime, idx: Indices, key: Key, body: Mapping[str, 
     if rt.current_status(key, training).get("phase") in TERMINAL:
         return  # final, also when the Job is gone (ttlSecondsAfterFinished): never a new Job
     namespace, name = key
-    existing = idx.job(namespace, jobs.job_name(name))
+    existing = idx.job(namespace, jobs.training_job_name(training))
     if existing is None and key in rt.job_created:
         return  # created or adopted: the Job watch has not caught up yet
     if existing is not None and key in rt.job_created:
@@ -67,20 +80,18 @@ async def sync_training(rt: Runtime, idx: Indices, key: Key, body: Mapping[str, 
 async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], logger: Any) -> None:
     """Validate, then create the one Job (suspended when it must queue), or adopt ours.
     Called by sync_training for a training that is not terminal."""
-    namespace, name = key
-    try:
-        spec = parse_spec(dict(training.get("spec") or {}))
-    except ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        await fail_invalid(rt, key, training, detail)
+    namespace, _ = key
+    spec = await valid_spec(rt, key, training)
+    if spec is None:
         return
-    jname = jobs.job_name(name)
-    uid = training["metadata"]["uid"]
+    jname = jobs.training_job_name(training)
     existing = idx.job(namespace, jname)
-    if existing is not None and not jobs.owned_by(existing, uid):
-        raise _foreign_job(jname, existing)
+    if existing is not None and not jobs.owned_by(existing, training["metadata"]["uid"]):
+        await job_blocked(rt, idx, key, training, JOB_NAME_TAKEN, foreign_job_message(jname, training, existing),
+                          FOREIGN_JOB_RETRY)
     if existing is not None:  # ours from before (an operator restart): adopt it, never a second one
         rt.job_created.add(key)
+        rt.job_blocked.pop(key, None)
         await follow_suspend(rt, idx, key, training, existing, logger)
         return
     # Checked before a new Job only: an adopted one was created under the policy of its day.
@@ -92,10 +103,45 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
     if problem is not None:
         await fail(rt, key, training, problem.reason, problem.message)
         return
+    try:
+        job, queued, others = await admit_and_create(rt, idx, key, training, spec, logger)
+    except JobRejected as exc:
+        await fail_invalid(rt, key, training, str(exc))
+        return
+    except ForeignJob as exc:
+        await job_blocked(rt, idx, key, training, JOB_NAME_TAKEN, foreign_job_message(jname, training, exc.job),
+                          FOREIGN_JOB_RETRY)
+    except ApiException as exc:  # 5xx, 429, ...: the API server may take it next time
+        detail = failures.api_error_message(exc.status, exc.reason, exc.body)
+        await job_blocked(rt, idx, key, training, JOB_CREATE_RETRYING,
+                          f"Creating Job {jname} failed: {detail}; retrying.", JOB_CREATE_RETRY)
+    if others:
+        await admit_waiting(rt, idx)
+    await reconcile(rt, key, idx, job=job, queued=queued)
+
+
+async def valid_spec(rt: Runtime, key: Key, training: Mapping[str, Any]) -> Spec | None:
+    """The parsed spec, or None after failing the training as InvalidSpec: the schema let it
+    through but the operator cannot run it."""
+    try:
+        spec = parse_spec(dict(training.get("spec") or {}))
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        await fail_invalid(rt, key, training, detail)
+        return None
+    return spec
+
+
+async def admit_and_create(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], spec: Spec,
+                           logger: Any) -> tuple[dict[str, Any], bool, list[queue.Waiting]]:
+    """Decide whether the new Job must queue under the operator's cap, then create it.
+    Returns (the Job, whether it is queued, other admitted trainings to unsuspend)."""
+    namespace, name = key
     queued = False
     max_concurrent = rt.settings.max_concurrent
     capped = max_concurrent > 0 and not (spec.suspend or spec.queue_name)
     others: list[queue.Waiting] = []
+    current = rt.current_status(key, training)
     # Only admission under a cap needs serialising; uncapped creates run concurrently.
     async with rt.admission_lock if capped else contextlib.nullcontext():
         suspend = bool(spec.suspend or spec.queue_name)
@@ -106,15 +152,15 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
             admitted = queue.admit(running, [w for w in waiting if (w.namespace, w.name) != key] + [me], max_concurrent)
             suspend = queued = me not in admitted
             others = [w for w in admitted if w != me and w.has_job]
-        manifest = jobs.build_job(training, rt.settings, suspend=suspend)
-        try:
-            job, created = await create_or_adopt(rt, namespace, manifest, uid, logger)
-        except JobRejected as exc:
-            await fail_invalid(rt, key, training, str(exc))
-            return
+        # A Job made again after its predecessor was lost carries the pods that one ran (status.attempts).
+        before = int(current.get("attempts") or 0) if current.get("jobName") else 0
+        manifest = jobs.build_job(training, rt.settings, suspend=suspend, attempts_before=before)
+        jname = manifest["metadata"]["name"]
+        job, created = await create_or_adopt(rt, namespace, manifest, training["metadata"]["uid"], logger)
         rt.job_created.add(key)
+        rt.job_blocked.pop(key, None)
         rt.suspend_seen[key] = bool(spec.suspend)
-        if created and (training.get("status") or {}).get("jobName"):
+        if created and current.get("jobName"):
             job_recreated(training, jname)
         if not (job.get("spec") or {}).get("suspend"):
             rt.admitted.add(key)
@@ -124,9 +170,35 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
         else:
             why = "Kueue" if spec.queue_name else "suspend" if spec.suspend else "queued"
             logger.info(f"Created Job {jname} suspended ({why}).")
-    if others:
-        await admit_waiting(rt, idx)
-    await reconcile(rt, key, idx, job=job, queued=queued)
+    return job, queued, others
+
+
+async def job_blocked(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], reason: str,
+                      message: str, delay: float) -> NoReturn:
+    """The Job cannot be created now. Say why, in the status (Pending, `reason`) and in a Warning
+    Event (once per distinct message, not per retry), then let kopf retry: the training's next
+    event or the progress timer tries again."""
+    if rt.job_blocked.get(key) != (reason, message):
+        rt.job_blocked[key] = (reason, message)
+        meta = training["metadata"]
+        log.warning("%s/%s: %s", meta.get("namespace"), meta.get("name"), message)
+        kopf.event(event_body(training), type="Warning", reason=reason, message=message)
+    await reconcile(rt, key, idx)
+    raise kopf.TemporaryError(message, delay=delay)
+
+
+def foreign_job_message(jname: str, training: Mapping[str, Any], job: Mapping[str, Any]) -> str:
+    """Who holds the Job name: a deleted namesake (its Job goes by garbage collection) or
+    anyone else (it stays until someone deletes it)."""
+    refs = (job.get("metadata") or {}).get("ownerReferences") or []
+    name = training["metadata"]["name"]
+    if any(r.get("kind") == names.KIND and r.get("name") == name for r in refs):
+        uids = ", ".join(str(r.get("uid")) for r in refs)
+        return (f"Job {jname} still belongs to a deleted {names.KIND} {name} (uid {uids}); waiting for its "
+                "garbage collection, then this training creates its own Job.")
+    owners = ", ".join(f"{r.get('kind')} {r.get('name')} (uid {r.get('uid')})" for r in refs) or "no owner"
+    return (f"Job {jname} already exists and belongs to {owners}, not to this training; waiting: delete that "
+            "Job (or re-create this training under another name) to let it start.")
 
 
 def job_recreated(training: Mapping[str, Any], jname: str) -> None:
@@ -157,16 +229,9 @@ async def create_or_adopt(rt: Runtime, namespace: str, manifest: dict[str, Any],
             raise
     existing = await rt.api().read_job(namespace, jname)
     if not jobs.owned_by(existing, uid):
-        raise _foreign_job(jname, existing)
+        raise ForeignJob(existing)
     logger.info(f"Job {jname} already exists; adopting it (no second Job).")
     return existing, False
-
-
-def _foreign_job(jname: str, job: Mapping[str, Any]) -> kopf.TemporaryError:
-    """A Job of a deleted namesake is still being garbage-collected: wait for it to go."""
-    owners = [r.get("uid") for r in (job.get("metadata") or {}).get("ownerReferences") or []]
-    return kopf.TemporaryError(f"Job {jname} exists but belongs to another owner {owners}; waiting for its deletion.",
-                               delay=FOREIGN_JOB_RETRY)
 
 
 # How long a PVC seen to exist is taken to still exist. A claim deleted within it costs no data:
@@ -209,7 +274,7 @@ async def follow_suspend(rt: Runtime, idx: Indices, key: Key, training: Mapping[
     if rt.suspend_seen.get(key) == wanted:
         return
     rt.suspend_seen[key] = wanted
-    jname = jobs.job_name(name)
+    jname = jobs.training_job_name(training)
     job_suspended = bool((job.get("spec") or {}).get("suspend"))
     if wanted and not job_suspended:
         async with rt.admission_lock:
