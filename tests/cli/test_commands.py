@@ -310,6 +310,24 @@ async def test_logs_finds_the_pods_of_a_training_with_a_name_over_63_characters(
     assert capsys.readouterr().out.splitlines() == ["Iteration 1/2", "long-name log"]
 
 
+async def test_logs_selects_pods_by_the_training_uid_not_its_name(kube, capsys):
+    """A deleted namesake's pod (still being garbage-collected, and newer) carries the same
+    name label: `logs` reads this training's pod, found by its uid."""
+    assert await run("train", "fox", "--pvc", "scenes", *flags(kube)) == 0
+    ours = await _trainer_pod(kube, "fox", ["ours"], suffix="aaaaa")
+    namesake = jobs.build_job({**kube.emulator.read(c.TRAINING_RESOURCE, NS, "fox"),
+                               "metadata": {"name": "fox", "namespace": NS, "uid": "uid-of-the-deleted-fox"}}, Settings())
+    labels = namesake["spec"]["template"]["metadata"]["labels"]
+    assert labels[names.LABEL_TRAINING] == kube.emulator.read(c.POD_RESOURCE, NS, ours)["metadata"]["labels"][names.LABEL_TRAINING]
+    await kube.emulator.create(c.POD_RESOURCE, {"apiVersion": "v1", "kind": "Pod",
+                                                "metadata": {"name": "gst-fox-old", "namespace": NS, "labels": labels},
+                                                "spec": {"containers": [{"name": names.TRAINER_CONTAINER, "image": "t"}]}})
+    await kube.emulator.append_log(NS, "gst-fox-old", "the deleted namesake's")
+    capsys.readouterr()
+    assert await run("logs", "fox", *flags(kube)) == 0
+    assert capsys.readouterr().out == "ours\n"
+
+
 async def test_logs_reads_the_newest_trainer_pod_not_a_download_pod(kube, capsys):
     assert await run("train", "fox", "--pvc", "scenes", *flags(kube)) == 0
     await _trainer_pod(kube, "fox", ["first attempt"], suffix="aaaaa")

@@ -233,7 +233,7 @@ async def cmd_logs(args: argparse.Namespace) -> int:
 
     async with connect(_target(args)) as kube:
         resource = await kube.get_training(args.name)
-        pods = await kube.training_pods(args.name)
+        pods = await kube.training_pods(resource)
         if not pods:
             phase = (resource.get("status") or {}).get("phase") or "Pending"
             raise NotFound(f"training {args.name!r} has no trainer pod yet (phase {phase})")
