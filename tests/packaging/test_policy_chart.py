@@ -132,3 +132,15 @@ def test_not_rendered_without_the_api_or_when_disabled(tmp_path: pathlib.Path, v
     objects = render(tmp_path, values, *apis)
     assert not of_kind(objects, "ValidatingAdmissionPolicy") and not of_kind(objects, "ValidatingAdmissionPolicyBinding")
     assert of_kind(objects, "StatefulSet")  # the operator still enforces the policy
+
+
+def test_log_values_reach_the_operator(tmp_path: pathlib.Path) -> None:
+    """operator.logFormat/logLevel (not policy, but rendered the same way): the operator's env."""
+    (sts,) = of_kind(render(tmp_path, {"operator": {"logFormat": "json", "logLevel": "DEBUG"}}), "StatefulSet")
+    env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SPLATOPS_OPERATOR_LOG_FORMAT"] == "json" and env["SPLATOPS_OPERATOR_LOG_LEVEL"] == "DEBUG"
+    from splatops.controller.settings import Settings
+
+    settings = Settings(**{k.removeprefix("SPLATOPS_OPERATOR_").lower(): v for k, v in env.items()
+                           if k.startswith("SPLATOPS_OPERATOR_") and v is not None})
+    assert settings.log_format == "json" and settings.policy.allowed_image_prefixes == ("ghcr.io/splatops/trainer",)

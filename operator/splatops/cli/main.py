@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import pathlib
 import sys
@@ -302,10 +301,7 @@ async def cmd_download(args: argparse.Namespace) -> int:
 def cmd_operator(args: argparse.Namespace) -> int:
     from splatops.controller import main as controller_main
 
-    result = controller_main.run()
-    if inspect.isawaitable(result):
-        asyncio.run(result)
-    return EXIT_OK
+    return controller_main.main()  # settings, logging (as `python -m splatops.controller`), the operator
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:

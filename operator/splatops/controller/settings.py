@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     watch_inactivity_timeout: float = Field(600.0, gt=0)
     # -- kopf posting
     event_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="kopf log lines at or above this level are also posted as Kubernetes Events.")
+    # -- logging (kopf's handler and formatters, as `kopf run` sets them up)
+    log_level: Literal["DEBUG", "INFO", "WARNING"] = Field("INFO", description="Lowest level printed (stderr).")
+    log_format: Literal["text", "json"] = Field("text", description="text, or json: one JSON object per line (kopf's formatter).")
     # -- process
     gc_tuning: bool = Field(True, description="Freeze startup objects out of Python's GC and collect less often (see main.tune_gc).")
 
