@@ -29,7 +29,7 @@ def warnings(kube: Harness, name: str, reason: str) -> list[dict]:
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     from splatops.controller.handlers import training as handlers
 
-    monkeypatch.setattr(handlers, "JOB_CREATE_RETRY", 0.3)
+    monkeypatch.setattr(handlers, "JOB_CREATE_RETRY", 0.3, raising=False)
     monkeypatch.setattr(handlers, "FOREIGN_JOB_RETRY", 0.3)
 
 
