@@ -67,7 +67,7 @@ async def sync_training(rt: Runtime, idx: Indices, key: Key, body: Mapping[str, 
     training = idx.training(key) or snapshot(body)
     if rt.current_status(key, training).get("phase") in TERMINAL:
         return  # final, also when the Job is gone (ttlSecondsAfterFinished): never a new Job
-    namespace, name = key
+    namespace, _ = key
     existing = idx.job(namespace, jobs.training_job_name(training))
     if existing is None and key in rt.job_created:
         return  # created or adopted: the Job watch has not caught up yet
@@ -268,7 +268,7 @@ async def follow_suspend(rt: Runtime, idx: Indices, key: Key, training: Mapping[
                          job: Mapping[str, Any], logger: Any) -> None:
     """spec.suspend changed since we last acted on it (or we have not seen this training yet):
     suspend the Job now, or queue it for a slot again (it resumes from its checkpoint)."""
-    namespace, name = key
+    namespace, _ = key
     spec = training.get("spec") or {}
     wanted = bool(spec.get("suspend"))
     if rt.suspend_seen.get(key) == wanted:
