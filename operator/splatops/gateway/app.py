@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from splatops import contract
 from splatops.cli import original
-from splatops.cli.kube import ClusterUnavailable, Conflict
+from splatops.cli.kube import ClusterUnavailable, Conflict, NotFound
 from splatops.gateway import files
 from splatops.gateway.repository import KubeRepository, TrainingRepository
 from splatops.gateway.security import Authenticator, RateLimiter
@@ -85,6 +85,9 @@ async def api_call(settings: GatewaySettings, what: str, call: Awaitable[T]) -> 
                             f"{settings.api_timeout:g} s ({what}); try again later") from None
     except ClusterUnavailable as exc:
         raise HTTPException(status_code=503, detail=f"the Kubernetes API is unavailable ({what}): {exc}") from None
+    except NotFound as exc:  # the trainings' type or namespace is not there: not the client's doing
+        raise HTTPException(status_code=503, detail=f"the Kubernetes API answered 404: {exc} ({what}); "
+                            "is the splatops CRD installed and the namespace right?") from None
     except Conflict:
         raise
     except RuntimeError as exc:
