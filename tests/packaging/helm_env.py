@@ -235,6 +235,18 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "namespaced": {"watch": {"namespaces": ["team-a", "team-b"]}},
     "single-replica": {"operator": {"replicas": 1}, "podDisruptionBudget": {"enabled": False}},
     "gateway": {"gateway": {"enabled": True, "sceneClaimName": "scenes", "trainingNamespace": "splats"}},
+    # Everything the gateway's security offers, with its NetworkPolicies and the operator's.
+    "gateway-secured": {
+        "gateway": {"enabled": True, "sceneClaimName": "scenes", "trainingNamespace": "splats",
+                    "auth": {"token": "s3cret", "proxyHeader": "X-Auth-Request-User"},
+                    "rateLimit": {"postsPerMinute": 2, "burst": 4}},
+        "networkPolicy": {
+            "enabled": True,
+            "gateway": {"allowedNamespaces": ["ingress-nginx"], "allowedPods": [{"app": "oauth2-proxy"}]},
+            "metrics": {"allowedNamespaces": ["monitoring"]},
+            "egress": {"apiServerCIDRs": ["10.0.0.10/32"], "apiServerPorts": [443]},
+        },
+    },
     "monitoring": {
         "monitoring": {
             "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
