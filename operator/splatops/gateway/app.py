@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import re
-from collections.abc import AsyncIterator, Awaitable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -160,24 +160,8 @@ def create_app(settings: GatewaySettings | None = None, repository: TrainingRepo
         limiter.check(who)
         return who
 
-    @app.exception_handler(files.Refused)
-    async def _refused(_: Request, exc: files.Refused) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content={"detail": exc.reason})
-
-    @app.exception_handler(ClusterUnavailable)
-    async def _unavailable(_: Request, exc: ClusterUnavailable) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": f"the Kubernetes API is unavailable: {exc}"})
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}  # liveness: the process serves requests; the API is /readyz's
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> JSONResponse:
-        problem = await readiness.check(settings, state["repo"])
-        if problem:
-            return JSONResponse(status_code=503, content={"status": "unavailable", "detail": problem})
-        return JSONResponse(content={"status": "ok"})
+    _add_error_handlers(app)
+    _add_probes(app, settings, readiness, lambda: state["repo"])
 
     @app.post("/scene/{scene_id}/train_gsplat", summary="Start training (in the background)")
     async def train_gsplat(
@@ -218,6 +202,36 @@ def create_app(settings: GatewaySettings | None = None, repository: TrainingRepo
             return original.started_response(scene_id, data_factor, max_steps)
         raise HTTPException(status_code=409, detail=f"could not pick a free training name for scene {scene_id}")
 
+    _add_read_routes(app, settings, runs, client)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(files.Refused)
+    async def _refused(_: Request, exc: files.Refused) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": exc.reason})
+
+    @app.exception_handler(ClusterUnavailable)
+    async def _unavailable(_: Request, exc: ClusterUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": f"the Kubernetes API is unavailable: {exc}"})
+
+
+def _add_probes(app: FastAPI, settings: GatewaySettings, readiness: Readiness,
+                repo: Callable[[], TrainingRepository | None]) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}  # liveness: the process serves requests; the API is /readyz's
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        problem = await readiness.check(settings, repo())
+        if problem:
+            return JSONResponse(status_code=503, content={"status": "unavailable", "detail": problem})
+        return JSONResponse(content={"status": "ok"})
+
+
+def _add_read_routes(app: FastAPI, settings: GatewaySettings,
+                     runs: Callable[[str], Awaitable[list[dict[str, Any]]]], client: Callable[[Request], str]) -> None:
     @app.get("/scene/{scene_id}/train_gsplat/status", summary="Training status (newest run)")
     async def train_gsplat_status(scene_id: str, _client: str = Depends(client)) -> dict[str, Any]:
         check_scene_id(scene_id)
@@ -246,8 +260,6 @@ def create_app(settings: GatewaySettings | None = None, repository: TrainingRepo
         headers.update({"Content-Length": str(st.st_size),
                         "Content-Disposition": f'attachment; filename="{scene_id}_gaussian_splatting.ply"'})
         return StreamingResponse(files.read_chunks(fd), media_type="application/octet-stream", headers=headers)
-
-    return app
 
 
 def model_headers(scene_id: str, latest: Any, previous: bool) -> dict[str, str]:
