@@ -146,6 +146,7 @@ def test_network_policy_defaults_allow_the_own_namespace_and_any_api_address(ren
     kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
     assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]
     assert policy["spec"]["egress"][1] == {"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]}
+    (tmp_path / "b").mkdir()
     no_egress = helm_env.render(tmp_path / "b", {"networkPolicy": {"enabled": True, "egress": {"enabled": False}}})
     assert one(no_egress, "NetworkPolicy", "-operator")["spec"]["policyTypes"] == ["Ingress"]
     assert "egress" not in one(no_egress, "NetworkPolicy", "-operator")["spec"]
