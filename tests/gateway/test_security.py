@@ -152,6 +152,9 @@ def test_bearer_token_from_a_file_constant_time_and_rotated(tmp_path):
         assert client.get("/scene/mijato/gsplat/model", headers={"Authorization": "Bearer s3cret-1"}).status_code == 401
         assert client.get("/scene/mijato/gsplat/model", headers={"Authorization": "bearer s3cret-22"}).status_code == 200
         assert client.get("/healthz").status_code == 200  # probes need no token
+        token.write_text("")  # emptied (or removed): nobody gets in, and the reason is given
+        r = client.get("/scene/mijato/gsplat/model", headers={"Authorization": "Bearer s3cret-22"})
+        assert r.status_code == 503 and "is empty" in r.json()["detail"]
 
 
 def test_missing_token_file_fails_at_startup(tmp_path):

@@ -70,7 +70,7 @@ class Authenticator:
         if self.tokens is not None:
             given = request.headers.get("authorization", "")
             if given[: len(BEARER)].lower() == BEARER:
-                if hmac.compare_digest(given[len(BEARER):].strip().encode(), self.tokens.current()):
+                if hmac.compare_digest(given[len(BEARER):].strip().encode(), _expected(self.tokens)):
                     return f"token:{address}"
                 raise _unauthorized("invalid bearer token")
         raise _unauthorized("authentication required: " + self._how())
@@ -82,6 +82,13 @@ class Authenticator:
         if self.proxy_header:
             ways.append(f"come through the authenticating proxy (header {self.proxy_header})")
         return " or ".join(ways)
+
+
+def _expected(tokens: TokenSource) -> bytes:
+    try:
+        return tokens.current()
+    except (OSError, ValueError) as exc:  # the Secret went away: refuse everyone, say why
+        raise HTTPException(status_code=503, detail=f"the gateway cannot read its token: {exc}") from None
 
 
 def _unauthorized(reason: str) -> HTTPException:
