@@ -8,6 +8,7 @@ import contextlib
 import pathlib
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -92,6 +93,19 @@ class CountingRepository(InMemoryRepository):
 
     async def ping(self) -> None:
         self.pings += 1
+
+
+class BrokenRepository(InMemoryRepository):
+    async def runs(self, scene_id: str) -> list[dict[str, Any]]:
+        raise KeyError("a bug")
+
+
+def test_an_unexpected_error_is_still_json(tmp_path):
+    app = create_app(_settings(tmp_path), BrokenRepository())
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/scene/fox/train_gsplat/status")
+    assert (r.status_code, r.headers["content-type"]) == (500, "application/json")
+    assert "internal error of the gateway (KeyError) on GET /scene/fox/train_gsplat/status" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("ttl, pings", [(3600, 1), (0, 3)])

@@ -215,6 +215,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _unavailable(_: Request, exc: ClusterUnavailable) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": f"the Kubernetes API is unavailable: {exc}"})
 
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        # Still JSON for the client; the traceback goes to the log (uvicorn logs it after us).
+        return JSONResponse(status_code=500, content={
+            "detail": f"internal error of the gateway ({type(exc).__name__}) on {request.method} {request.url.path}; see its log"})
+
 
 def _add_probes(app: FastAPI, settings: GatewaySettings, readiness: Readiness,
                 repo: Callable[[], TrainingRepository | None]) -> None:
