@@ -5,15 +5,14 @@ same table of trainings as the operator's own check (tests/operator/policy_cases
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 from typing import Any
 
 import celpy
+import helm_env
 import kubernetes_validate
 import pytest
 import yaml
@@ -25,15 +24,15 @@ from policy_cases import CASES, POLICY_VALUES  # noqa: E402
 
 from splatops import names  # noqa: E402
 
-CHART = ROOT / "charts" / "splatops"
+CHART = helm_env.CHART
 VAP_API = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
-HELM = pathlib.Path(os.environ.get("SPLATOPS_HELM") or shutil.which("helm")
-                    or pathlib.Path.home() / ".cache/splatops/tools/bin/helm")
-pytestmark = pytest.mark.skipif(not HELM.exists(), reason=f"no helm binary at {HELM} (scripts/build-tools)")
+HELM = helm_env.HELM_BIN  # `helm template` with --api-versions: the real binary only, no helm-sdkpy fallback
+pytestmark = pytest.mark.skipif(not HELM.exists(), reason=helm_env.UNAVAILABLE)
 ENV = celpy.Environment()
 
 
 def render(tmp_path: pathlib.Path, values: dict[str, Any], *api_versions: str) -> list[dict[str, Any]]:
+    """`helm template`, as for an API server that serves `api_versions` besides Helm's defaults."""
     path = tmp_path / "values.json"
     path.write_text(json.dumps(values))
     args = [str(HELM), "template", "t", str(CHART), "-n", "splatops-system", "--kube-version", "1.31.0", "-f", str(path)]
@@ -124,8 +123,16 @@ def test_manifests_valid_and_binding_scoped_to_watched_namespaces(tmp_path: path
     assert vap["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == [names.PLURAL]
 
 
+def test_installed_by_helm_where_the_api_server_serves_it(tmp_path: pathlib.Path) -> None:
+    """`helm install` against an API server whose discovery has v1 ValidatingAdmissionPolicy
+    (the emulator's: Kubernetes 1.30+) installs both objects by default."""
+    objects = helm_env.render(tmp_path)
+    vap = helm_env.one(objects, "ValidatingAdmissionPolicy")
+    assert helm_env.one(objects, "ValidatingAdmissionPolicyBinding")["spec"]["policyName"] == vap["metadata"]["name"]
+
+
 @pytest.mark.parametrize(("values", "apis"), [
-    ({}, ()),  # an API server without ValidatingAdmissionPolicy v1 (before Kubernetes 1.30)
+    ({}, ()),  # helm template's default API versions lack v1 ValidatingAdmissionPolicy (as before Kubernetes 1.30)
     ({"policy": {"validatingAdmissionPolicy": {"enabled": False}}}, (VAP_API,)),
 ], ids=["api-missing", "disabled"])
 def test_not_rendered_without_the_api_or_when_disabled(tmp_path: pathlib.Path, values: dict[str, Any], apis: tuple[str, ...]) -> None:
