@@ -60,7 +60,10 @@ def evaluate(vap: dict[str, Any], obj: dict[str, Any]) -> list[str]:
     def run(expression: str) -> Any:
         activation = {"object": celpy.json_to_cel(obj), "variables": celpy.celtypes.MapType(
             {celpy.celtypes.StringType(k): v for k, v in variables.items()})}
-        return ENV.program(ENV.compile(expression)).evaluate(activation)
+        result = ENV.program(ENV.compile(expression)).evaluate(activation)
+        if isinstance(result, celpy.CELEvalError):  # the API server would deny with an error (failurePolicy Fail)
+            raise AssertionError(f"CEL error {result} in {expression}")
+        return result
 
     for var in vap["spec"]["variables"]:
         variables[var["name"]] = run(var["expression"])
@@ -95,6 +98,17 @@ def test_cel_agrees_with_the_operator(policy: dict[str, Any], extra: dict[str, A
 def test_cel_message_names_the_value(policy: dict[str, Any], extra: dict[str, Any], value: str) -> None:
     (message,) = evaluate(policy, training(**extra))
     assert value in message, message
+
+
+def test_cel_survives_a_match_expression_without_key(policy: dict[str, Any]) -> None:
+    """The CRD keeps spec.affinity free-form (the operator checks its shape later): a malformed
+    term must not make the CEL fail (failurePolicy Fail would deny with an evaluation error)."""
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"operator": "Exists"}, {"key": "node-role.kubernetes.io/master", "operator": "Exists"}]}]}}}
+    (message,) = evaluate(policy, training(affinity=affinity))
+    assert "node label node-role.kubernetes.io/master in spec.affinity" in message
+    affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"].pop()
+    assert evaluate(policy, training(affinity=affinity)) == []
 
 
 def test_default_allows_only_the_trainer_repository(tmp_path: pathlib.Path) -> None:

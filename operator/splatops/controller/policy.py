@@ -79,7 +79,8 @@ def node_affinity_keys(affinity: dict[str, Any] | None) -> Iterator[str]:
     preferred = [p.get("preference") or {} for p in node.get("preferredDuringSchedulingIgnoredDuringExecution") or []]
     for term in [*required, *preferred]:
         for expr in term.get("matchExpressions") or []:
-            yield str(expr.get("key"))
+            if expr.get("key"):
+                yield str(expr["key"])
 
 
 def policy_violations(spec: Spec, policy: Policy) -> list[str]:
