@@ -11,13 +11,14 @@ from splatops import names
 from splatops.controller import jobs
 from splatops.local import cluster as c
 
-from .conftest import NS, Harness, eventually
+from .conftest import NS, PVC_RESOURCE, Harness, eventually
 from .test_operator import complete, condition, progress
 
 pytestmark = pytest.mark.timeout(60)
 
 TIMEOUT = "etcdserver: request timed out"
 THROTTLED = "the server has received too many requests and has asked us to try again later"
+UNAVAILABLE = "the server is currently unable to handle the request"
 
 
 def warnings(kube: Harness, name: str, reason: str) -> list[dict]:
@@ -37,7 +38,8 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     ({("POST", c.JOB_RESOURCE, False): (500, "InternalError", TIMEOUT)}, TIMEOUT),
     ({("POST", c.JOB_RESOURCE, False): (409, "AlreadyExists", 'jobs.batch "gst-flaky" already exists'),
       ("GET", c.JOB_RESOURCE, True): (429, "TooManyRequests", THROTTLED)}, THROTTLED),
-], ids=["500", "409+429"])
+    ({("GET", PVC_RESOURCE, True): (503, "ServiceUnavailable", UNAVAILABLE)}, "Checking the scene PVC scenes failed: " + UNAVAILABLE),
+], ids=["500", "409+429", "pvc-503"])
 async def test_failing_job_creation_is_shown_while_retried(kube: Harness, script: dict, words: str):
     """The API server keeps failing the creation (until the test lets it through)."""
     kube.emulator.fail_next.update({k: [v] * 1000 for k, v in script.items()})
@@ -52,7 +54,7 @@ async def test_failing_job_creation_is_shown_while_retried(kube: Harness, script
     await eventually(lambda: bool(warnings(kube, "flaky", "JobCreateRetrying")), "a JobCreateRetrying Event")
     event = warnings(kube, "flaky", "JobCreateRetrying")[0]
     assert event["type"] == "Warning" and words in event["message"]
-    await eventually(lambda: len(kube.emulator.fail_next[("POST", c.JOB_RESOURCE, False)]) <= 997, "three tries")
+    await eventually(lambda: all(len(v) <= 997 for v in kube.emulator.fail_next.values()), "three tries")
     assert kube.sim.jobs("flaky") == []
     kube.emulator.fail_next.clear()  # the API server recovers
     job = await kube.wait_job("flaky")  # the operator kept retrying

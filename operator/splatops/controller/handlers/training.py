@@ -99,7 +99,12 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
     if violations:
         await fail_invalid(rt, key, training, "; ".join(violations))
         return
-    problem = await scene_problem(rt, namespace, spec, logger)
+    try:
+        problem = await scene_problem(rt, namespace, spec, logger)
+    except ApiException as exc:  # 5xx, 429 on the PVC: the Job waits for the check, say so
+        detail = failures.api_error_message(exc.status, exc.reason, exc.body)
+        await job_blocked(rt, idx, key, training, JOB_CREATE_RETRYING,
+                          f"Checking the scene PVC {spec.scene.claim_name} failed: {detail}; retrying.", JOB_CREATE_RETRY)
     if problem is not None:
         await fail(rt, key, training, problem.reason, problem.message)
         return
