@@ -225,3 +225,14 @@ def test_owned_by() -> None:
     job = jobs.build_job(training(), SETTINGS)
     assert jobs.owned_by(job, "uid-fox") and not jobs.owned_by(job, "uid-of-a-deleted-namesake")
     assert not jobs.owned_by({"metadata": {}}, "uid-fox")
+
+
+def test_a_training_keeps_the_job_its_status_names() -> None:
+    """After an upgrade from the earlier naming (59+ characters: `gst-<54>-<8 hex>`), a running
+    training's Job is found under the name its status records, not looked for under a new one."""
+    body = training("b" * 60)
+    assert jobs.training_job_name(body) == jobs.job_name("b" * 60)
+    legacy = "gst-" + "b" * 50 + "-0123abcd"
+    body["status"] = {"jobName": legacy}
+    assert jobs.training_job_name(body) == legacy
+    assert jobs.build_job(body, SETTINGS)["metadata"]["name"] == legacy
