@@ -434,3 +434,9 @@ def test_kubectl_splat_is_the_same_cli(monkeypatch, capsys):
     assert plugin.replace("usage: kubectl splat ", "usage: splatops ", 1) == plain  # same parser, other name
     for command in ("train", "status", "wait", "logs", "list", "download"):
         assert command in plugin
+
+
+def test_operator_with_invalid_settings_exits_2_naming_the_variable(monkeypatch, capsys):
+    monkeypatch.setenv("SPLATOPS_OPERATOR_LOG_FORMAT", "xml")
+    assert cli.main(["operator"]) == 2
+    assert "SPLATOPS_OPERATOR_LOG_FORMAT" in capsys.readouterr().err
