@@ -74,13 +74,16 @@ IMAGES_DIR = "images"
 COLMAP_DIR = "colmap/sparse_initial"
 SPARSE_DIR = "sparse/0"
 SPARSE_LINK_TARGET = "../colmap/sparse_initial"  # relative, so the link survives remounts
-OUTPUT_DIR = "gsplat"
+OUTPUT_DIR = "gsplat"  # the seed's output directory; a training's default is OUTPUT_DIR/<training name>
 CONFIG_FILE = "config.json"  # under OUTPUT_DIR
 RESULT_PLY = "results.ply"  # under OUTPUT_DIR: the MAIN OUTPUT
 RESULTS_DIR = "results"  # under OUTPUT_DIR
 TRAINING_LOG = "results/training_log.txt"  # under OUTPUT_DIR
 CHECKPOINTS_DIR = "results/checkpoints"  # under OUTPUT_DIR
 ERROR_LOG = "error.log"  # under OUTPUT_DIR
+# The trainer's exclusive lock on its output directory, held for the whole run (flock; the file
+# also names the holder). Under OUTPUT_DIR; never deleted, so every writer locks the same inode.
+LOCK_FILE = ".splatops.lock"
 
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet truncates beyond this
@@ -91,6 +94,7 @@ DEFAULT_METRICS_PORT = 9090
 # operator's Job builder uses, named once here.
 ENV_PREFIX = "SPLATOPS_"
 ENV_SCENE_DIR = "SPLATOPS_SCENE_DIR"
+ENV_OUTPUT_DIR = "SPLATOPS_OUTPUT_DIR"  # the training's own output directory (see splatops.api.layout)
 ENV_DATA_FACTOR = "SPLATOPS_DATA_FACTOR"
 ENV_MAX_STEPS = "SPLATOPS_MAX_STEPS"
 ENV_STRATEGY = "SPLATOPS_STRATEGY"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import posixpath
+
 import kubernetes_validate
 import pytest
 from op_fixtures import training
@@ -132,11 +134,28 @@ def test_long_names_do_not_collide() -> None:
     assert jobs.job_name("c" * 100 + "1") != jobs.job_name("c" * 100 + "2")
 
 
-@pytest.mark.parametrize(("path", "model"), [("fox", "fox/gsplat/results.ply"), (".", "gsplat/results.ply"), ("a/b/", "a/b/gsplat/results.ply")])
-def test_model_path(path: str, model: str) -> None:
+@pytest.mark.parametrize(("path", "output", "directory"), [
+    ("fox", None, "fox/gsplat/t1"),
+    (".", None, "gsplat/t1"),
+    ("a/b/", None, "a/b/gsplat/t1"),
+    ("fox", "fox/gsplat", "fox/gsplat"),  # the original REST API's seed layout, named explicitly
+    ("fox", "runs/./fox-v2/", "runs/fox-v2"),
+])
+def test_output_location(path: str, output: str | None, directory: str) -> None:
+    """One place decides where a training writes: the Job's env, status.modelPath and the CLI agree."""
+    from splatops.api import layout
     from splatops.api.models import parse_spec
+    from splatops.cli import original
 
-    assert jobs.model_path(parse_spec({"scene": {"claimName": "c", "path": path}})) == model
+    spec: dict[str, Any] = {"scene": {"claimName": "c", "path": path}}
+    if output is not None:
+        spec["output"] = {"path": output}
+    location = layout.output_location(parse_spec(spec), "t1")
+    assert (location.claim, location.directory, location.model_path) == ("c", directory, f"{directory}/results.ply")
+    resource = {"metadata": {"name": "t1", "namespace": "ns", "uid": "u"}, "spec": spec}
+    env = {e["name"]: e["value"] for e in jobs.build_job(resource, Settings())["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[contract.ENV_OUTPUT_DIR] == posixpath.normpath(f"/data/{directory}")
+    assert original.model_path_in_volume(resource) == location.model_path
 
 
 LIFETIME = ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")

@@ -266,4 +266,5 @@ def test_trainer_reason_without_words_gets_an_actionable_message(message: str, r
      ("/elsewhere/results.ply", "fallback.ply")],
 )
 def test_model_path_is_volume_relative(reported: str, expected: str) -> None:
-    assert status.volume_relative(reported, "fallback.ply") == expected
+    result = contract.Result(status=contract.STATUS_COMPLETE, model_path=reported)
+    assert status.result_fields(result, "fallback.ply")["modelPath"] == expected

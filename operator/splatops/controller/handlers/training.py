@@ -18,11 +18,12 @@ import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from splatops.api import layout
 from splatops.api.models import Spec, parse_spec
-from splatops.controller import failures, jobs, queue
-from splatops.controller.handlers.admission import admit_waiting, admitted_metrics, slots
+from splatops.controller import failures, jobs, queue, status
+from splatops.controller.handlers.admission import admit_waiting, admitted_metrics, output_writers, slots
 from splatops.controller.handlers.reconcile import event_body, fail, fail_invalid, reconcile
-from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime, snapshot
+from splatops.controller.handlers.state import TERMINAL, Blocked, Indices, Key, Runtime, snapshot
 from splatops.controller.timeutil import format_time
 
 
@@ -30,6 +31,7 @@ from splatops.controller.timeutil import format_time
 # so, and the next event or progress-timer tick tries again (kopf does not retry event handlers).
 FOREIGN_JOB_RETRY = 10.0
 JOB_RECREATED = "JobRecreated"  # the Event reason
+OUTPUT_BUSY = status.REASON_OUTPUT_BUSY  # also the Event's reason
 log = logging.getLogger("splatops.operator")
 
 
@@ -43,6 +45,7 @@ async def training_event(rt: Runtime, idx: Indices, *, type: str | None, body: k
     if type == "DELETED":  # the Job and pods go by garbage collection; the PVC is never touched
         rt.forget(key)
         rt.metrics.forget_training(namespace, name)
+        await retry_blocked(rt, idx)  # it may have held (or been first in line for) an output directory
         return
     await sync_training(rt, idx, key, body, logger)
 
@@ -74,18 +77,38 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
         await fail_invalid(rt, key, training, detail)
         return
     jname = jobs.job_name(name)
-    uid = training["metadata"]["uid"]
     existing = idx.job(namespace, jname)
-    if existing is not None and not jobs.owned_by(existing, uid):
+    if existing is not None and not jobs.owned_by(existing, training["metadata"]["uid"]):
         raise _foreign_job(jname, existing)
     if existing is not None:  # ours from before (an operator restart): adopt it, never a second one
         rt.job_created.add(key)
+        rt.outputs.blocked.pop(key, None)
         await follow_suspend(rt, idx, key, training, existing, logger)
         return
     problem = await scene_problem(rt, namespace, spec, logger)
     if problem is not None:
         await fail(rt, key, training, problem.reason, problem.message)
         return
+    location = rt.location(key, training) or layout.output_location(spec, name)
+    # Creating the Job takes the output directory: decided under its lock, so two trainings of
+    # one directory never both see it free.
+    async with rt.outputs.lock(location.key(namespace)):
+        if await output_busy(rt, idx, key, training, location):
+            return
+        created = await create_job(rt, idx, key, training, spec, logger)
+    if created is not None:
+        job, queued, others = created
+        if others:
+            await admit_waiting(rt, idx)
+        await reconcile(rt, key, idx, job=job, queued=queued)
+
+
+async def create_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], spec: Spec,
+                     logger: Any) -> tuple[Mapping[str, Any], bool, list[queue.Waiting]] | None:
+    """Create (or adopt) the Job, suspended when it must wait for a slot under the operator's cap.
+    Returns (the Job, whether it queued, other trainings admitted meanwhile); None if rejected."""
+    namespace, name = key
+    jname, uid = jobs.job_name(name), training["metadata"]["uid"]
     queued = False
     max_concurrent = rt.settings.max_concurrent
     capped = max_concurrent > 0 and not (spec.suspend or spec.queue_name)
@@ -105,8 +128,9 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
             job, created = await create_or_adopt(rt, namespace, manifest, uid, logger)
         except JobRejected as exc:
             await fail_invalid(rt, key, training, str(exc))
-            return
+            return None
         rt.job_created.add(key)
+        rt.outputs.blocked.pop(key, None)
         rt.suspend_seen[key] = bool(spec.suspend)
         if created and (training.get("status") or {}).get("jobName"):
             job_recreated(training, jname)
@@ -118,9 +142,51 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
         else:
             why = "Kueue" if spec.queue_name else "suspend" if spec.suspend else "queued"
             logger.info(f"Created Job {jname} suspended ({why}).")
-    if others:
-        await admit_waiting(rt, idx)
-    await reconcile(rt, key, idx, job=job, queued=queued)
+    return job, queued, others
+
+
+async def output_busy(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any],
+                      location: layout.OutputLocation) -> bool:
+    """Whether another training writes this one's output directory (or is ahead in line for it).
+    If so the training waits in Queued (OutputBusy) without a Job, with one Event per holder;
+    `retry_blocked` tries again when a writer ends."""
+    namespace, name = key
+    created = str(training["metadata"].get("creationTimestamp") or format_time(time.time()))
+    me = queue.Waiting(created, rt.first_seen(key), namespace, name)
+    holder = queue.output_holder(me, output_writers(rt, idx, key, location.key(namespace)))
+    if holder is None:
+        return False
+    message = (f"Waiting for training {holder.name}, which writes the same output directory "
+               f"{location.directory} on claim {location.claim}; starts when it ends "
+               "(Succeeded, Failed or deleted).")
+    previous = rt.outputs.blocked.get(key)
+    rt.outputs.blocked[key] = Blocked(holder.name, message)
+    if previous is None or previous.holder != holder.name:
+        log.info("%s/%s: %s", namespace, name, message)
+        kopf.event(event_body(training), type="Normal", reason=OUTPUT_BUSY, message=message)
+    await reconcile(rt, key, idx)
+    if rt.settings.max_concurrent > 0:
+        await admit_waiting(rt, idx)  # a slot it may have been counted for goes to the next in line
+    return True
+
+
+async def retry_blocked(rt: Runtime, idx: Indices) -> None:
+    """A writer ended (its Job finished or went, its pod stopped, it was deleted): let the
+    trainings waiting for an output directory try again, oldest first."""
+    if not rt.outputs.blocked:
+        return
+    waiting = []
+    for key in list(rt.outputs.blocked):
+        training = idx.training(key)
+        if training is None:
+            rt.outputs.blocked.pop(key, None)
+            continue
+        waiting.append((str(training["metadata"].get("creationTimestamp") or ""), rt.first_seen(key), key, training))
+    for *_, key, training in sorted(waiting, key=lambda w: w[:3]):
+        try:
+            await sync_training(rt, idx, key, training, log)
+        except Exception as exc:  # noqa: BLE001 - one training's trouble must not stall the others; its timer retries
+            log.warning("%s/%s: could not start it yet: %s", key[0], key[1], exc)
 
 
 def job_recreated(training: Mapping[str, Any], jname: str) -> None:
