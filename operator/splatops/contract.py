@@ -37,6 +37,7 @@ class Reason(str, enum.Enum):
     UNSUPPORTED_CAMERA = "UnsupportedCamera"
     INVALID_IMAGE = "InvalidImage"  # an input image file that cannot be decoded
     INVALID_OPTIONS = "InvalidOptions"
+    OUTPUT_BUSY = "OutputBusy"  # another writer holds the output directory's lock
     OUT_OF_MEMORY = "OutOfMemory"
     TRAINING_DIVERGED = "TrainingDiverged"
     TRAINER_ERROR = "TrainerError"
@@ -63,6 +64,7 @@ EXIT_CODE_FOR_REASON: dict[Reason, ExitCode] = {
     Reason.UNSUPPORTED_CAMERA: ExitCode.INVALID_INPUT,
     Reason.INVALID_IMAGE: ExitCode.INVALID_INPUT,
     Reason.INVALID_OPTIONS: ExitCode.INVALID_INPUT,
+    Reason.OUTPUT_BUSY: ExitCode.INVALID_INPUT,
     Reason.OUT_OF_MEMORY: ExitCode.OUT_OF_MEMORY,
     Reason.TRAINING_DIVERGED: ExitCode.ERROR,
     Reason.TRAINER_ERROR: ExitCode.ERROR,
