@@ -75,3 +75,48 @@ async def test_deleting_the_holder_frees_the_output_for_the_oldest_waiter(kube: 
     assert kube.sim.jobs("w2") == []
     assert [e["message"].split(",")[0] for e in busy_events(kube, "w2")] == [
         "Waiting for training holder", "Waiting for training w1"]
+
+
+async def test_concurrent_gateway_posts_never_run_two_writers(kube: Harness, tmp_path):
+    """The original REST API keeps one gsplat/ per scene; it no longer checks "in progress" itself
+    (check-then-create raced: 8 concurrent POSTs gave 5 running trainings). Every accepted POST
+    is a training; the operator runs one at a time, the rest wait in Queued (OutputBusy)."""
+    import asyncio
+
+    import httpx
+
+    from splatops.cli.kube import Target, connect
+    from splatops.gateway.app import create_app
+    from splatops.gateway.repository import KubeRepository
+    from splatops.gateway.settings import GatewaySettings
+
+    mount = tmp_path / "mnt"
+    scene = mount / "scenes" / "fox"
+    for sub, name in (("colmap/sparse_initial", "cameras.bin"), ("colmap/sparse_initial", "images.bin"),
+                      ("colmap/sparse_initial", "points3D.bin"), ("images", "0001.jpg")):
+        (scene / sub).mkdir(parents=True, exist_ok=True)
+        (scene / sub / name).write_bytes(b"\0")
+    settings = GatewaySettings(mount_path=str(mount), claim_name="scenes", scenes_root="scenes")
+    await kube.start_operator()
+    async with connect(Target(kubeconfig=str(kube.cluster.kubeconfig))) as client:
+        app = create_app(settings, KubeRepository(client))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+            answers = await asyncio.gather(*(http.post("/scene/fox/train_gsplat") for _ in range(8)))
+    accepted = [r for r in answers if r.status_code == 200]
+    runs = [r["metadata"]["name"] for r in kube.emulator.list_objects(c.TRAINING_RESOURCE, NS)]
+    assert len(runs) == len(accepted) == 8, [r.text for r in answers]
+
+    def started() -> list[str]:
+        return [n for n in runs if kube.sim.jobs(n)]
+
+    def queued() -> list[str]:
+        return [n for n in runs if kube.status(n).get("reason") == "OutputBusy"]
+
+    await eventually(lambda: len(started()) == 1 and len(queued()) == len(runs) - 1,
+                     lambda: f"one Job, the rest OutputBusy; Jobs {started()}, queued {queued()}")
+    first = started()[0]
+    pod = await kube.sim.start(kube.job_of(first)["metadata"]["name"])
+    await kube.sim.terminate(pod, 0, MIJATO_DONE)
+    await kube.wait_phase(first, "Succeeded")
+    await eventually(lambda: len(started()) == 2 and len(queued()) == len(runs) - 2,
+                     lambda: f"the next one started; Jobs {started()}, queued {queued()}")

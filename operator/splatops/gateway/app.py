@@ -30,7 +30,7 @@ from splatops.gateway.settings import GatewaySettings
 
 DATA_FACTORS = (1, 2, 4, 8)
 SCENE_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-CREATE_ATTEMPTS = 5
+CREATE_ATTEMPTS = 16  # concurrent POSTs of one scene each take the next free name
 
 
 def scene_dir(settings: GatewaySettings, scene_id: str) -> pathlib.Path:
