@@ -186,3 +186,17 @@ def test_owned_by() -> None:
     job = jobs.build_job(training(), SETTINGS)
     assert jobs.owned_by(job, "uid-fox") and not jobs.owned_by(job, "uid-of-a-deleted-namesake")
     assert not jobs.owned_by({"metadata": {}}, "uid-fox")
+
+
+def test_a_trainer_pod_names_its_output_directory() -> None:
+    """The operator knows which output a pod writes even after its training is gone (a pod still
+    terminating keeps the directory busy): from the pod's own claim and SPLATOPS_OUTPUT_DIR."""
+    from splatops.api import layout
+    from splatops.api.models import parse_spec
+
+    resource = {"metadata": {"name": "t1", "namespace": "ns", "uid": "u"},
+                "spec": {"scene": {"claimName": "c", "path": "fox"}, "output": {"path": "runs/fox"}}}
+    template = jobs.build_job(resource, Settings())["spec"]["template"]
+    pod = {"metadata": {"name": "gst-t1-abc", "namespace": "ns"}, "spec": template["spec"]}
+    assert jobs.pod_output(pod) == layout.output_location(parse_spec(resource["spec"]), "t1").key("ns") == ("ns", "c", "runs/fox")
+    assert jobs.pod_output({"metadata": {"namespace": "ns"}, "spec": {"containers": [{"name": "trainer"}]}}) is None

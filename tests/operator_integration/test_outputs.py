@@ -120,3 +120,24 @@ async def test_concurrent_gateway_posts_never_run_two_writers(kube: Harness, tmp
     await kube.wait_phase(first, "Succeeded")
     await eventually(lambda: len(started()) == 2 and len(queued()) == len(runs) - 2,
                      lambda: f"the next one started; Jobs {started()}, queued {queued()}")
+
+
+async def test_a_deleted_holders_terminating_pod_keeps_the_output_busy(kube: Harness):
+    """Deleting a training deletes its Job and pod, but the trainer may still write while its pod
+    terminates (SIGTERM, grace period): the directory frees when the pod is gone, not before."""
+    await kube.start_operator()
+    await kube.create("old", **SHARED)
+    pod = await kube.running_pod("old", progress(10))
+    await kube.wait_phase("old", "Running")
+    await kube.create("new", **SHARED)
+    await kube.wait_phase("new", "Queued")
+    # A finalizer keeps the pod terminating (deletionTimestamp set, still Running) after the GC.
+    await kube.emulator.patch(c.POD_RESOURCE, NS, pod, {"metadata": {"finalizers": ["test.splatops.dev/hold"]}})
+    await kube.emulator.delete(c.TRAINING_RESOURCE, NS, "old")
+    await eventually(lambda: f"its pod {pod} is still running" in kube.status("new").get("message", ""),
+                     lambda: f"new waits for the terminating pod; status {kube.status('new')}")
+    assert (kube.emulator.read(c.POD_RESOURCE, NS, pod) or {}).get("metadata", {}).get("deletionTimestamp")
+    assert kube.sim.jobs("new") == []
+    await kube.emulator.patch(c.POD_RESOURCE, NS, pod, {"metadata": {"finalizers": []}})
+    await kube.wait_job("new")
+    await kube.wait_phase("new", "Pending")
