@@ -141,3 +141,26 @@ async def test_a_deleted_holders_terminating_pod_keeps_the_output_busy(kube: Har
     await kube.emulator.patch(c.POD_RESOURCE, NS, pod, {"metadata": {"finalizers": []}})
     await kube.wait_job("new")
     await kube.wait_phase("new", "Pending")
+
+
+async def test_a_suspended_holder_keeps_its_output(kube: Harness):
+    """Suspending stops the pod but the training resumes from the checkpoints in its output
+    directory: it keeps the directory until it ends or is deleted."""
+    await kube.start_operator()
+    await kube.create("first", **SHARED)
+    pod = await kube.running_pod("first", progress(10))
+    await kube.create("second", **SHARED)
+    await kube.wait_phase("second", "Queued")
+    await kube.emulator.patch(c.TRAINING_RESOURCE, NS, "first", {"spec": {"suspend": True}})
+    await kube.wait_phase("first", "Suspended")
+    job1 = kube.job_of("first")["metadata"]["name"]
+    await kube.sim.sync_job(job1)  # the Job controller stops the suspended Job's pod
+    await eventually(lambda: kube.emulator.read(c.POD_RESOURCE, NS, pod) is None, "the suspended pod gone")
+    await kube.emulator.patch(c.TRAINING_RESOURCE, NS, "first", {"spec": {"suspend": False}})
+    await eventually(lambda: not kube.sim.job(job1)["spec"].get("suspend"), "first resumed")
+    pod = await kube.sim.start(job1)
+    await kube.sim.run(pod, progress(20))
+    await kube.wait_phase("first", "Running")
+    assert kube.status("second")["reason"] == "OutputBusy" and kube.sim.jobs("second") == []
+    await kube.sim.terminate(pod, 0, MIJATO_DONE)
+    await kube.wait_job("second")
