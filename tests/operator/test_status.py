@@ -230,6 +230,8 @@ def test_output_busy_is_queued_without_a_job() -> None:
     assert status.desired_phase(obs) == (Phase.QUEUED, status.REASON_OUTPUT_BUSY, message)
     with_job = status.Observed(spec={}, status={}, generation=1, job=job(), output_busy=message)
     assert status.desired_phase(with_job)[1] != status.REASON_OUTPUT_BUSY  # a Job: it passed the gate
+    suspended = status.Observed(spec={"suspend": True}, status={}, generation=1, job=None, output_busy=message)
+    assert status.desired_phase(suspended)[0] == Phase.SUSPENDED  # not in line while suspended
 
 
 # --- status once the Job is gone (ttlSecondsAfterFinished) ------------------------------------------

@@ -78,6 +78,8 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
                 return Phase.FAILED, better.reason, better.message
         return Phase(prev), str(obs.status.get("reason") or ""), str(obs.status.get("message") or "")
     if job is None:
+        if obs.output_busy and obs.spec.get("suspend"):
+            return Phase.SUSPENDED, REASON_SUSPENDED, "Suspended (spec.suspend) before it started; " + obs.output_busy
         if obs.output_busy:
             return Phase.QUEUED, REASON_OUTPUT_BUSY, obs.output_busy
         if obs.queued_by_operator:

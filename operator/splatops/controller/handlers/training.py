@@ -151,9 +151,7 @@ async def output_busy(rt: Runtime, idx: Indices, key: Key, training: Mapping[str
     If so the training waits in Queued (OutputBusy) without a Job, with one Event per holder;
     `retry_blocked` tries again when a writer ends."""
     namespace, name = key
-    created = str(training["metadata"].get("creationTimestamp") or format_time(time.time()))
-    me = queue.Waiting(created, rt.first_seen(key), namespace, name)
-    holder = queue.output_holder(me, output_writers(rt, idx, key, location.key(namespace)))
+    holder = output_holder(rt, idx, key, training, location)
     if holder is None:
         return False
     message = (f"Waiting for training {holder.name}, which writes the same output directory "
@@ -170,17 +168,28 @@ async def output_busy(rt: Runtime, idx: Indices, key: Key, training: Mapping[str
     return True
 
 
+def output_holder(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any],
+                  location: layout.OutputLocation) -> queue.Writer | None:
+    created = str(training["metadata"].get("creationTimestamp") or format_time(time.time()))
+    me = queue.Waiting(created, rt.first_seen(key), *key)
+    return queue.output_holder(me, output_writers(rt, idx, key, location.key(key[0])))
+
+
 async def retry_blocked(rt: Runtime, idx: Indices) -> None:
     """A writer ended (its Job finished or went, its pod stopped, it was deleted): let the
     trainings waiting for an output directory try again, oldest first."""
     if not rt.outputs.blocked:
         return
     waiting = []
-    for key in list(rt.outputs.blocked):
+    for key, blocked in list(rt.outputs.blocked.items()):
         training = idx.training(key)
         if training is None:
             rt.outputs.blocked.pop(key, None)
             continue
+        location = rt.location(key, training)
+        holder = output_holder(rt, idx, key, training, location) if location is not None else None
+        if holder is not None and holder.name == blocked.holder:
+            continue  # still the same writer: nothing to do (no API call, no Event)
         waiting.append((str(training["metadata"].get("creationTimestamp") or ""), rt.first_seen(key), key, training))
     for *_, key, training in sorted(waiting, key=lambda w: w[:3]):
         try:
