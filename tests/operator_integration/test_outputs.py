@@ -28,7 +28,7 @@ def busy_events(kube: Harness, name: str) -> list[dict]:
 
 
 async def test_same_output_waits_for_the_holder_then_starts(kube: Harness):
-    await kube.start_operator()
+    stop = await kube.start_operator()
     await kube.create("first", **SHARED)
     job1 = await kube.wait_job("first")
     await kube.create("second", **SHARED)
@@ -39,6 +39,9 @@ async def test_same_output_waits_for_the_holder_then_starts(kube: Harness):
     await eventually(lambda: len(busy_events(kube, "second")) == 1, "an OutputBusy Event for second")
     assert "first" in busy_events(kube, "second")[0]["message"]
     assert kube.sim.jobs("second") == [], "a training waiting for its output directory has no Job"
+    # A restarted operator decides the same from the cluster (the holder has a Job), and says it once.
+    await kube.stop_operator(stop)
+    await kube.start_operator()
 
     # Another training of the same scene has its own default output directory: it runs at once.
     await kube.create("third", scene={"claimName": "scenes", "path": "scenes/mijato"})

@@ -159,7 +159,8 @@ async def output_busy(rt: Runtime, idx: Indices, key: Key, training: Mapping[str
                "(Succeeded, Failed or deleted).")
     previous = rt.outputs.blocked.get(key)
     rt.outputs.blocked[key] = Blocked(holder.name, message)
-    if previous is None or previous.holder != holder.name:
+    shown = rt.current_status(key, training).get("message") == message  # e.g. before an operator restart
+    if (previous is None and not shown) or (previous is not None and previous.holder != holder.name):
         log.info("%s/%s: %s", namespace, name, message)
         kopf.event(event_body(training), type="Normal", reason=OUTPUT_BUSY, message=message)
     await reconcile(rt, key, idx)
