@@ -71,11 +71,9 @@ def test_renders_are_byte_identical(renders, tmp_path: pathlib.Path, scenario: s
 
 
 def test_lint_is_clean() -> None:
-    if not helm_env.HELM_PYTHON.exists():
-        pytest.skip("no .venv-helm")
-    result = helm_env.lint()
-    serious = [m for m in result["Messages"] if m["Severity"] >= 2]  # 2 warning, 3 error
-    assert result["Errors"] in (None, []) and not serious, result
+    if not helm_env.helm_available():
+        pytest.skip(helm_env.UNAVAILABLE)
+    assert helm_env.lint_problems() == []
 
 
 def _env(sts: dict[str, Any]) -> dict[str, Any]:
@@ -305,7 +303,7 @@ def test_gateway(renders) -> None:
     assert (settings.namespace, settings.claim_name, settings.mount_path) == ("splats", "scenes", mount["mountPath"])
     role = one(objects, "Role", "-gateway")
     assert role["metadata"]["namespace"] == "splats"
-    assert _rules(role) == {(names.GROUP, names.PLURAL, v) for v in ("create", "get", "list", "watch")}
+    assert _rules(role) == {(names.GROUP, names.PLURAL, v) for v in ("create", "list")}  # test_gateway_rbac_runtime
     binding = one(objects, "RoleBinding", "-gateway")
     assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
     assert one(objects, "Service", "-gateway")["spec"]["selector"].items() <= pod_labels(deployment).items()

@@ -37,6 +37,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: gateway
 {{- end -}}
 
+{{/* Where the gateway runs and creates trainings: with its scene claim (gateway.yaml). */}}
+{{- define "splatops.gatewayNamespace" -}}
+{{- default .Release.Namespace .Values.gateway.trainingNamespace -}}
+{{- end -}}
+
 {{- define "splatops.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "splatops.fullname" .) .Values.serviceAccount.name -}}
@@ -109,3 +114,37 @@ app.kubernetes.io/component: gateway
   resources: ["events"]
   verbs: ["create"]
 {{- end -}}
+
+{{/* Ingress peers from a peers block: namespaces by name, pods of the policy's namespace by
+  labels, raw peers; none given: every pod of the policy's own namespace. */}}
+{{- define "splatops.npPeers" -}}
+{{- $peers := list }}
+{{- range .allowedNamespaces }}
+{{- $peers = append $peers (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .))) }}
+{{- end }}
+{{- range .allowedPods }}
+{{- $peers = append $peers (dict "podSelector" (dict "matchLabels" .)) }}
+{{- end }}
+{{- $peers = concat $peers .extraFrom }}
+{{- if not $peers }}
+{{- $peers = list (dict "podSelector" dict) }}
+{{- end }}
+{{- toYaml $peers }}
+{{- end }}
+
+{{/* Egress: DNS anywhere, and the API server's endpoints (kubelet probes are not affected). */}}
+{{- define "splatops.npEgress" -}}
+- ports:
+    - {protocol: UDP, port: 53}
+    - {protocol: TCP, port: 53}
+- ports:
+    {{- range .apiServerPorts }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+  {{- with .apiServerCIDRs }}
+  to:
+    {{- range . }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
+  {{- end }}
+{{- end }}

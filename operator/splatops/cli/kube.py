@@ -177,8 +177,10 @@ class Kube:
         async with self._calling(f"{names.KIND} {name!r} in namespace {self.namespace!r}"):
             return await self.custom.get_namespaced_custom_object(name=name, **self._gst())
 
-    async def list_trainings(self, label_selector: str | None = None) -> list[dict[str, Any]]:
-        kwargs = {"label_selector": label_selector} if label_selector else {}
+    async def list_trainings(self, label_selector: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        kwargs: dict[str, Any] = {"label_selector": label_selector} if label_selector else {}
+        if limit:
+            kwargs["limit"] = limit
         async with self._calling(f"{names.PLURAL} in namespace {self.namespace!r}"):
             result = await self.custom.list_namespaced_custom_object(**self._gst(), **kwargs)
         return list(result.get("items") or [])
