@@ -103,3 +103,34 @@ def test_cleanup_leaves_nested_output_directories_alone(tmp_path: Path) -> None:
     (seed / "preview" / contract.LOCK_FILE).write_text("{}")
     assert atomic.remove_stale_temps(seed) == [own]
     assert nested.exists() and nested_deep.exists()
+
+
+def test_an_unwritable_output_is_left_to_the_runs_own_checks(tmp_path: Path) -> None:
+    """No lock file can be made where nothing can be written: the run goes on to its own checks
+    (which say "read-only" in their words) instead of failing on the lock."""
+    from splatops_trainer import outlock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        if os.access(out, os.W_OK):
+            pytest.skip("running as root: permissions do not apply")
+        with outlock.acquire(out / "gsplat", outlock.holder_info("t")) as lock:
+            assert not lock.locked
+    finally:
+        out.chmod(0o755)
+
+
+def test_the_lock_is_exclusive_between_open_files_and_released_on_close(tmp_path: Path) -> None:
+    from splatops_trainer import errors, outlock
+
+    first = outlock.acquire(tmp_path, outlock.holder_info("first"))
+    assert first.locked
+    with pytest.raises(errors.TrainerError) as caught:
+        outlock.acquire(tmp_path, outlock.holder_info("second"))
+    assert caught.value.reason is contract.Reason.OUTPUT_BUSY and "training first" in caught.value.message
+    assert caught.value.exit_code == int(contract.ExitCode.INVALID_INPUT)
+    first.release()
+    with outlock.acquire(tmp_path, outlock.holder_info("third")) as third:
+        assert third.locked

@@ -34,6 +34,7 @@ from .errors import TrainerError
 log = logging.getLogger(__name__)
 
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
 
 
 class OutputLock:
@@ -91,9 +92,17 @@ def busy_error(out_dir: Path, info: dict[str, Any] | None) -> TrainerError:
 def acquire(out_dir: Path, info: dict[str, Any]) -> OutputLock:
     """Lock `out_dir` (created if missing) for this process, or raise OutputBusy (exit 2)
     naming the holder. Nothing in the directory but the lock file is touched."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / contract.LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        if exc.errno not in _UNWRITABLE:
+            raise
+        # Nothing can be written there either: the run's own checks and writes report that, in
+        # their words; a lock on a directory nobody can write protects nothing.
+        log.warning("cannot create the output lock %s (%s): going on without it", path, exc.strerror)
+        return OutputLock(path, -1, False)
     locked = True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
