@@ -106,6 +106,8 @@ def output_writers(rt: Runtime, idx: Indices, key: Key, output: OutputKey) -> li
         elif not (training.get("spec") or {}).get("suspend"):
             created = str(training["metadata"].get("creationTimestamp") or "")
             found.append(queue.Writer(other[1], holds=False, waiting=queue.Waiting(created, rt.first_seen(other), *other)))
-    for (_, pod), owner in sorted(rt.outputs.pods.get(output, {}).items()):
+    for (ns, pod), (owner, job) in sorted(rt.outputs.pods.get(output, {}).items()):
+        if not any((p.get("metadata") or {}).get("name") == pod for p in idx.job_pods(ns, job)):
+            continue  # gone from kopf's index (a deletion this process did not see): not a writer
         found.append(queue.Writer(f"{owner} (its pod {pod} is still running)", holds=True))
     return found

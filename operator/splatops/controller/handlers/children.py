@@ -41,7 +41,8 @@ async def job_index(rt: Runtime, *, namespace: str, name: str, body: kopf.Body, 
 async def pod_index(rt: Runtime, *, namespace: str, name: str, labels: Mapping[str, str], body: kopf.Body,
                     **_: Any) -> dict[Key, Any]:
     job = _job_of(labels)
-    rt.outputs.pod((namespace, name), jobs.pod_output(body), labels.get(names.LABEL_TRAINING, "?"), _may_run(body))
+    owner = (labels.get(names.LABEL_TRAINING, "?"), job or "")
+    rt.outputs.pod((namespace, name), jobs.pod_output(body), owner, _may_run(body))
     return {(namespace, job): snapshot(body)} if job is not None else {}
 
 
@@ -68,7 +69,7 @@ async def job_event(rt: Runtime, idx: Indices, *, type: str | None, body: kopf.B
 async def pod_event(rt: Runtime, idx: Indices, *, type: str | None, labels: Mapping[str, str], namespace: str,
                     name: str, body: kopf.Body, **_: Any) -> None:
     if type == "DELETED":
-        rt.outputs.pod((namespace, name), None, "", False)
+        rt.outputs.pod((namespace, name), None, ("", ""), False)
     job = _job_of(labels)
     owner = rt.job_owner.get((namespace, job)) if job else None
     if owner is None:

@@ -142,7 +142,7 @@ class Outputs:
 
     trainings: dict[OutputKey, set[Key]] = dataclasses.field(default_factory=dict)
     of: dict[Key, OutputKey] = dataclasses.field(default_factory=dict)
-    pods: dict[OutputKey, dict[Key, str]] = dataclasses.field(default_factory=dict)  # (ns, pod) -> training name
+    pods: dict[OutputKey, dict[Key, tuple[str, str]]] = dataclasses.field(default_factory=dict)  # (ns, pod) -> (training, Job)
     pod_output: dict[Key, OutputKey] = dataclasses.field(default_factory=dict)
     blocked: dict[Key, Blocked] = dataclasses.field(default_factory=dict)
     locks: dict[OutputKey, asyncio.Lock] = dataclasses.field(default_factory=dict)
@@ -163,8 +163,9 @@ class Outputs:
         if not keep_blocked:
             self.blocked.pop(key, None)
 
-    def pod(self, pod: Key, output: OutputKey | None, training: str, live: bool) -> None:
-        """Record a trainer pod's output while it may still write (`live`), forget it after."""
+    def pod(self, pod: Key, output: OutputKey | None, owner: tuple[str, str], live: bool) -> None:
+        """Record a trainer pod's output while it may still write (`live`), forget it after.
+        `owner`: (training name, Job name)."""
         old = self.pod_output.pop(pod, None)
         if old is not None:
             self.pods.get(old, {}).pop(pod, None)
@@ -172,7 +173,7 @@ class Outputs:
                 self.pods.pop(old, None)
         if output is not None and live:
             self.pod_output[pod] = output
-            self.pods.setdefault(output, {})[pod] = training
+            self.pods.setdefault(output, {})[pod] = owner
 
     def lock(self, output: OutputKey) -> asyncio.Lock:
         return self.locks.setdefault(output, asyncio.Lock())
