@@ -76,15 +76,18 @@ IMAGES_DIR = "images"
 COLMAP_DIR = "colmap/sparse_initial"
 SPARSE_DIR = "sparse/0"
 SPARSE_LINK_TARGET = "../colmap/sparse_initial"  # relative, so the link survives remounts
-OUTPUT_DIR = "gsplat"  # the seed's output directory; a training's default is OUTPUT_DIR/<training name>
-CONFIG_FILE = "config.json"  # under OUTPUT_DIR
-RESULT_PLY = "results.ply"  # under OUTPUT_DIR: the MAIN OUTPUT
-RESULTS_DIR = "results"  # under OUTPUT_DIR
-TRAINING_LOG = "results/training_log.txt"  # under OUTPUT_DIR
-CHECKPOINTS_DIR = "results/checkpoints"  # under OUTPUT_DIR
-ERROR_LOG = "error.log"  # under OUTPUT_DIR
+# The seed's output directory, <scene>/gsplat. A training's own is <scene>/gsplat/<training name>
+# or its spec.output.path (splatops.api.layout decides; the trainer gets it as ENV_OUTPUT_DIR).
+OUTPUT_DIR = "gsplat"
+# Inside an output directory (whichever it is):
+CONFIG_FILE = "config.json"
+RESULT_PLY = "results.ply"  # the MAIN OUTPUT
+RESULTS_DIR = "results"
+TRAINING_LOG = "results/training_log.txt"
+CHECKPOINTS_DIR = "results/checkpoints"
+ERROR_LOG = "error.log"
 # The trainer's exclusive lock on its output directory, held for the whole run (flock; the file
-# also names the holder). Under OUTPUT_DIR; never deleted, so every writer locks the same inode.
+# also names the holder). Never deleted, so every writer locks the same inode.
 LOCK_FILE = ".splatops.lock"
 
 TERMINATION_LOG = "/dev/termination-log"
