@@ -200,3 +200,8 @@ def test_a_trainer_pod_names_its_output_directory() -> None:
     pod = {"metadata": {"name": "gst-t1-abc", "namespace": "ns"}, "spec": template["spec"]}
     assert jobs.pod_output(pod) == layout.output_location(parse_spec(resource["spec"]), "t1").key("ns") == ("ns", "c", "runs/fox")
     assert jobs.pod_output({"metadata": {"namespace": "ns"}, "spec": {"containers": [{"name": "trainer"}]}}) is None
+    # A pod built before SPLATOPS_OUTPUT_DIR existed writes the trainer's default, <scene>/gsplat.
+    container = template["spec"]["containers"][0]
+    old_env = [e for e in container["env"] if e["name"] != contract.ENV_OUTPUT_DIR]
+    old_pod = {**pod, "spec": {**pod["spec"], "containers": [{**container, "env": old_env}]}}
+    assert jobs.pod_output(old_pod) == ("ns", "c", "fox/gsplat")

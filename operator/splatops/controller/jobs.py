@@ -62,7 +62,10 @@ def pod_output(pod: Mapping[str, Any]) -> OutputKey | None:
     claim = next((v.get("persistentVolumeClaim", {}).get("claimName") for v in spec.get("volumes") or []
                   if v.get("name") == names.SCENE_VOLUME), None)
     container = next((c for c in spec.get("containers") or [] if c.get("name") == names.TRAINER_CONTAINER), {})
-    out = next((e.get("value") for e in container.get("env") or [] if e.get("name") == contract.ENV_OUTPUT_DIR), None)
+    env = {e.get("name"): e.get("value") for e in container.get("env") or []}
+    out = env.get(contract.ENV_OUTPUT_DIR)
+    if not out and env.get(contract.ENV_SCENE_DIR):  # a pod of an older operator: the trainer's default
+        out = layout.seed_output_path(str(env[contract.ENV_SCENE_DIR]))
     if not claim or not out:
         return None
     return (str(meta.get("namespace") or ""), str(claim), posixpath.normpath(layout.volume_relative(str(out))))
