@@ -6,6 +6,7 @@ import time
 from typing import Any, Mapping
 
 import kopf
+
 from splatops import contract, names
 from splatops.api.models import Phase
 from splatops.controller import jobs, metrics, status
