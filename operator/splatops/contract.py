@@ -37,6 +37,7 @@ class Reason(str, enum.Enum):
     UNSUPPORTED_CAMERA = "UnsupportedCamera"
     INVALID_IMAGE = "InvalidImage"  # an input image file that cannot be decoded
     INVALID_OPTIONS = "InvalidOptions"
+    OUTPUT_BUSY = "OutputBusy"  # another writer holds the output directory's lock
     OUT_OF_MEMORY = "OutOfMemory"
     TRAINING_DIVERGED = "TrainingDiverged"
     TRAINER_ERROR = "TrainerError"
@@ -63,6 +64,7 @@ EXIT_CODE_FOR_REASON: dict[Reason, ExitCode] = {
     Reason.UNSUPPORTED_CAMERA: ExitCode.INVALID_INPUT,
     Reason.INVALID_IMAGE: ExitCode.INVALID_INPUT,
     Reason.INVALID_OPTIONS: ExitCode.INVALID_INPUT,
+    Reason.OUTPUT_BUSY: ExitCode.INVALID_INPUT,
     Reason.OUT_OF_MEMORY: ExitCode.OUT_OF_MEMORY,
     Reason.TRAINING_DIVERGED: ExitCode.ERROR,
     Reason.TRAINER_ERROR: ExitCode.ERROR,
@@ -74,13 +76,19 @@ IMAGES_DIR = "images"
 COLMAP_DIR = "colmap/sparse_initial"
 SPARSE_DIR = "sparse/0"
 SPARSE_LINK_TARGET = "../colmap/sparse_initial"  # relative, so the link survives remounts
+# The seed's output directory, <scene>/gsplat. A training's own is <scene>/gsplat/<training name>
+# or its spec.output.path (splatops.api.layout decides; the trainer gets it as ENV_OUTPUT_DIR).
 OUTPUT_DIR = "gsplat"
-CONFIG_FILE = "config.json"  # under OUTPUT_DIR
-RESULT_PLY = "results.ply"  # under OUTPUT_DIR: the MAIN OUTPUT
-RESULTS_DIR = "results"  # under OUTPUT_DIR
-TRAINING_LOG = "results/training_log.txt"  # under OUTPUT_DIR
-CHECKPOINTS_DIR = "results/checkpoints"  # under OUTPUT_DIR
-ERROR_LOG = "error.log"  # under OUTPUT_DIR
+# Inside an output directory (whichever it is):
+CONFIG_FILE = "config.json"
+RESULT_PLY = "results.ply"  # the MAIN OUTPUT
+RESULTS_DIR = "results"
+TRAINING_LOG = "results/training_log.txt"
+CHECKPOINTS_DIR = "results/checkpoints"
+ERROR_LOG = "error.log"
+# The trainer's exclusive lock on its output directory, held for the whole run (flock; the file
+# also names the holder). Never deleted, so every writer locks the same inode.
+LOCK_FILE = ".splatops.lock"
 
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet truncates beyond this
@@ -91,6 +99,7 @@ DEFAULT_METRICS_PORT = 9090
 # operator's Job builder uses, named once here.
 ENV_PREFIX = "SPLATOPS_"
 ENV_SCENE_DIR = "SPLATOPS_SCENE_DIR"
+ENV_OUTPUT_DIR = "SPLATOPS_OUTPUT_DIR"  # the training's own output directory (see splatops.api.layout)
 ENV_DATA_FACTOR = "SPLATOPS_DATA_FACTOR"
 ENV_MAX_STEPS = "SPLATOPS_MAX_STEPS"
 ENV_STRATEGY = "SPLATOPS_STRATEGY"

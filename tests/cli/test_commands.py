@@ -84,6 +84,7 @@ def _strip_k8s_extensions(schema):
     [],
     ["--data-factor", "4", "--max-steps", "7000", "--strategy", "mcmc", "--path", "backend_data/reconstructions/fox"],
     ["--name", "fox-final", "-n", "team-a"],
+    ["--output", "fox/gsplat"],
 ])
 async def test_dry_run_prints_yaml_valid_against_the_crd(capsys, extra):
     code = await run("train", "fox", "--pvc", "scenes", "--dry-run", *extra)
@@ -93,9 +94,11 @@ async def test_dry_run_prints_yaml_valid_against_the_crd(capsys, extra):
     assert doc["kind"] == names.KIND and doc["spec"]["scene"]["claimName"] == "scenes"
     if "-n" in extra:
         assert doc["metadata"]["namespace"] == "team-a"
+    assert doc["spec"].get("output") == ({"path": "fox/gsplat"} if "--output" in extra else None)
 
 
-@pytest.mark.parametrize("bad", [["--data-factor", "3"], ["--max-steps", "0"], ["--strategy", "x"], ["--path", "/etc"]])
+@pytest.mark.parametrize("bad", [["--data-factor", "3"], ["--max-steps", "0"], ["--strategy", "x"], ["--path", "/etc"],
+                                 ["--output", "fox/../../etc"]])
 async def test_train_rejects_bad_values_with_usage_exit(capsys, bad):
     assert await run("train", "fox", "--pvc", "scenes", "--dry-run", *bad) == cli.EXIT_USAGE
 

@@ -13,6 +13,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from op_fixtures import training
 
 from splatops import contract
+from splatops.api import layout
 from splatops.api.models import parse_spec
 from splatops.controller import failures, jobs
 from splatops.controller.handlers import training as training_handlers
@@ -295,12 +296,16 @@ def test_model_path_is_parsed_once_per_generation(monkeypatch: pytest.MonkeyPatc
     rt = runtime()
     spec = training()["spec"]
     parsed: list[Any] = []
-    real = reconcile.parse_spec
-    monkeypatch.setattr(reconcile, "parse_spec", lambda s: parsed.append(s) or real(s))
-    first = reconcile._model_path(rt, KEY, 1, spec)
-    assert first == jobs.model_path(parse_spec(spec)) and first
-    assert reconcile._model_path(rt, KEY, 1, spec) == first and len(parsed) == 1
-    assert reconcile._model_path(rt, KEY, 2, {**spec, "suspend": True}) == first and len(parsed) == 2
-    assert reconcile._model_path(rt, KEY, 3, {"scene": {}}) is None  # invalid: no path, no crash
+    real = layout.parse_spec
+    monkeypatch.setattr(layout, "parse_spec", lambda s: parsed.append(s) or real(s))
+
+    def at(generation: int, spec: dict[str, Any]) -> Any:
+        return rt.location(KEY, {"metadata": {"name": KEY[1], "uid": "u1", "generation": generation}, "spec": spec})
+
+    first = at(1, spec)
+    assert first == layout.output_location(parse_spec(spec), KEY[1]) and first
+    assert at(1, spec) == first and len(parsed) == 1
+    assert at(2, {**spec, "suspend": True}) == first and len(parsed) == 2
+    assert at(3, {"scene": {}}) is None  # invalid: no path, no crash
     rt.forget(KEY)
-    assert KEY not in rt.model_paths
+    assert KEY not in rt.locations

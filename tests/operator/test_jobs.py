@@ -6,6 +6,8 @@ import random
 import re
 from typing import Any
 
+import posixpath
+
 import kubernetes_validate
 import pytest
 from op_fixtures import training
@@ -190,11 +192,28 @@ def test_a_recreated_job_carries_the_earlier_attempts() -> None:
     kubernetes_validate.validate(job, "1.30", strict=True)
 
 
-@pytest.mark.parametrize(("path", "model"), [("fox", "fox/gsplat/results.ply"), (".", "gsplat/results.ply"), ("a/b/", "a/b/gsplat/results.ply")])
-def test_model_path(path: str, model: str) -> None:
+@pytest.mark.parametrize(("path", "output", "directory"), [
+    ("fox", None, "fox/gsplat/t1"),
+    (".", None, "gsplat/t1"),
+    ("a/b/", None, "a/b/gsplat/t1"),
+    ("fox", "fox/gsplat", "fox/gsplat"),  # the original REST API's seed layout, named explicitly
+    ("fox", "runs/./fox-v2/", "runs/fox-v2"),
+])
+def test_output_location(path: str, output: str | None, directory: str) -> None:
+    """One place decides where a training writes: the Job's env, status.modelPath and the CLI agree."""
+    from splatops.api import layout
     from splatops.api.models import parse_spec
+    from splatops.cli import original
 
-    assert jobs.model_path(parse_spec({"scene": {"claimName": "c", "path": path}})) == model
+    spec: dict[str, Any] = {"scene": {"claimName": "c", "path": path}}
+    if output is not None:
+        spec["output"] = {"path": output}
+    location = layout.output_location(parse_spec(spec), "t1")
+    assert (location.claim, location.directory, location.model_path) == ("c", directory, f"{directory}/results.ply")
+    resource = {"metadata": {"name": "t1", "namespace": "ns", "uid": "u"}, "spec": spec}
+    env = {e["name"]: e["value"] for e in jobs.build_job(resource, Settings())["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[contract.ENV_OUTPUT_DIR] == posixpath.normpath(f"/data/{directory}")
+    assert original.model_path_in_volume(resource) == location.model_path
 
 
 LIFETIME = ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
@@ -236,3 +255,22 @@ def test_a_training_keeps_the_job_its_status_names() -> None:
     body["status"] = {"jobName": legacy}
     assert jobs.training_job_name(body) == legacy
     assert jobs.build_job(body, SETTINGS)["metadata"]["name"] == legacy
+
+
+def test_a_trainer_pod_names_its_output_directory() -> None:
+    """The operator knows which output a pod writes even after its training is gone (a pod still
+    terminating keeps the directory busy): from the pod's own claim and SPLATOPS_OUTPUT_DIR."""
+    from splatops.api import layout
+    from splatops.api.models import parse_spec
+
+    resource = {"metadata": {"name": "t1", "namespace": "ns", "uid": "u"},
+                "spec": {"scene": {"claimName": "c", "path": "fox"}, "output": {"path": "runs/fox"}}}
+    template = jobs.build_job(resource, Settings())["spec"]["template"]
+    pod = {"metadata": {"name": "gst-t1-abc", "namespace": "ns"}, "spec": template["spec"]}
+    assert jobs.pod_output(pod) == layout.output_location(parse_spec(resource["spec"]), "t1").key("ns") == ("ns", "c", "runs/fox")
+    assert jobs.pod_output({"metadata": {"namespace": "ns"}, "spec": {"containers": [{"name": "trainer"}]}}) is None
+    # A pod built before SPLATOPS_OUTPUT_DIR existed writes the trainer's default, <scene>/gsplat.
+    container = template["spec"]["containers"][0]
+    old_env = [e for e in container["env"] if e["name"] != contract.ENV_OUTPUT_DIR]
+    old_pod = {**pod, "spec": {**pod["spec"], "containers": [{**container, "env": old_env}]}}
+    assert jobs.pod_output(old_pod) == ("ns", "c", "fox/gsplat")

@@ -195,6 +195,45 @@ def test_same_second_is_first_seen_first_not_alphabetical() -> None:
     assert [w.name for w in queue.admit(0, waiting, 3)] == ["z", "c", "b"]
 
 
+# --- one writer per output directory ----------------------------------------------------------------
+
+ME = queue.Waiting("2026-01-01T00:00:05Z", 50, "default", "me")
+OLDER = queue.Waiting("2026-01-01T00:00:01Z", 10, "default", "older")
+OLDEST = queue.Waiting("2026-01-01T00:00:00Z", 11, "default", "oldest")
+NEWER = queue.Waiting("2026-01-01T00:00:09Z", 60, "default", "newer")
+SAME_SECOND_SEEN_FIRST = queue.Waiting("2026-01-01T00:00:05Z", 49, "default", "twin")
+
+
+@pytest.mark.parametrize(
+    ("others", "holder"),
+    [
+        ([], None),  # nobody else writes it: start
+        ([queue.Writer("newer", holds=False, waiting=NEWER)], None),  # later in line: I go first
+        ([queue.Writer("running", holds=True)], "running"),  # it holds the directory
+        ([queue.Writer("newer", holds=False, waiting=NEWER), queue.Writer("running", holds=True)], "running"),
+        ([queue.Writer("older", holds=False, waiting=OLDER)], "older"),  # first come, first served
+        ([queue.Writer("older", holds=False, waiting=OLDER), queue.Writer("oldest", holds=False, waiting=OLDEST)], "oldest"),
+        ([queue.Writer("twin", holds=False, waiting=SAME_SECOND_SEEN_FIRST)], "twin"),  # same second: first seen
+        ([queue.Writer("older", holds=False, waiting=OLDER), queue.Writer("x (its pod p is still running)", holds=True)],
+         "x (its pod p is still running)"),  # a holder wins over one in line
+        ([queue.Writer("suspended", holds=False, waiting=None)], None),  # not in line: does not block
+    ],
+)
+def test_output_holder(others: list[queue.Writer], holder: str | None) -> None:
+    found = queue.output_holder(ME, others)
+    assert (found.name if found is not None else None) == holder
+
+
+def test_output_busy_is_queued_without_a_job() -> None:
+    message = "Waiting for training a, which writes the same output directory fox/gsplat on claim c; ..."
+    obs = status.Observed(spec={}, status={}, generation=1, job=None, output_busy=message)
+    assert status.desired_phase(obs) == (Phase.QUEUED, status.REASON_OUTPUT_BUSY, message)
+    with_job = status.Observed(spec={}, status={}, generation=1, job=job(), output_busy=message)
+    assert status.desired_phase(with_job)[1] != status.REASON_OUTPUT_BUSY  # a Job: it passed the gate
+    suspended = status.Observed(spec={"suspend": True}, status={}, generation=1, job=None, output_busy=message)
+    assert status.desired_phase(suspended)[0] == Phase.SUSPENDED  # not in line while suspended
+
+
 # --- status once the Job is gone (ttlSecondsAfterFinished) ------------------------------------------
 
 
@@ -266,7 +305,8 @@ def test_trainer_reason_without_words_gets_an_actionable_message(message: str, r
      ("/elsewhere/results.ply", "fallback.ply")],
 )
 def test_model_path_is_volume_relative(reported: str, expected: str) -> None:
-    assert status.volume_relative(reported, "fallback.ply") == expected
+    result = contract.Result(status=contract.STATUS_COMPLETE, model_path=reported)
+    assert status.result_fields(result, "fallback.ply")["modelPath"] == expected
 
 
 def _recreated(active: int = 0, failed: int = 0, before: str = "2") -> dict[str, Any]:

@@ -114,10 +114,22 @@ def test_examples_validate_against_the_crd(example: str, data_factor: int, max_s
     assert doc["spec"]["scene"]["claimName"] == pvc["metadata"]["name"]
 
 
+def test_the_examples_on_one_scene_write_distinct_outputs() -> None:
+    """preview.yaml and production.yaml train the same scene: each owns its output directory, so
+    both run at once and neither overwrites the other's results.ply or checkpoints."""
+    from splatops.api import layout
+
+    docs = [yaml.safe_load((EXAMPLES / name).read_text()) for name in ("preview.yaml", "production.yaml")]
+    assert len({d["spec"]["scene"]["path"] for d in docs}) == 1
+    outputs = [layout.location_of(d) for d in docs]
+    assert None not in outputs and len({o.directory for o in outputs}) == 2, outputs
+
+
 @pytest.mark.parametrize(
     "bad",
-    [{"dataFactor": 3}, {"maxSteps": -1}, {"strategy": "fast"}, {"scene": {"claimName": "scenes"}}],
-    ids=["dataFactor", "maxSteps", "strategy", "no-path"],
+    [{"dataFactor": 3}, {"maxSteps": -1}, {"strategy": "fast"}, {"scene": {"claimName": "scenes"}},
+     {"output": {"path": "/etc"}}],
+    ids=["dataFactor", "maxSteps", "strategy", "no-path", "output-absolute"],
 )
 def test_the_schema_rejects_bad_examples(bad: dict) -> None:
     spec = yaml.safe_load((EXAMPLES / "preview.yaml").read_text())["spec"] | bad

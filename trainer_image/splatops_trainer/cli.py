@@ -24,7 +24,7 @@ from typing import Any
 
 from splatops import contract
 
-from . import atomic
+from . import atomic, outlock
 from .config import TrainerConfig
 from .errors import TrainerError, invalid_options
 from .report import Reporter, write_error_log, write_termination_message
@@ -220,7 +220,9 @@ def run(cfg: TrainerConfig, reporter: Reporter) -> contract.Result:
 
     check = scene_mod.check_scene(cfg)  # exit 2 material is decided here, before any CUDA use
     # Temp files of writes a SIGKILL cut short (results.ply, config.json, checkpoints, cache):
-    # nothing of this run is being written yet, so every one of them is stale.
+    # main() holds the output directory's lock, so no other writer is alive in it, and nothing
+    # of this run is being written yet: every one of them is stale. Other trainings' output
+    # directories nested inside (their own lock file) are left alone.
     for stale in atomic.remove_stale_temps(cfg.out):
         log.info("removed a stale temporary file %s", stale)
     device = resolve_device(cfg.device)
@@ -293,7 +295,8 @@ def _fallback(argv: Sequence[str] | None, env: Mapping[str, str]) -> _Fallback:
     )
 
 
-def _fail(cfg: TrainerConfig | None, fallback: _Fallback, exc: BaseException, reporter: Reporter | None) -> int:
+def _fail(cfg: TrainerConfig | None, fallback: _Fallback, exc: BaseException, reporter: Reporter | None,
+          lock: outlock.OutputLock | None) -> int:
     reason, message = classify(exc)
     code = exc.exit_code if isinstance(exc, TrainerError) else int(contract.EXIT_CODE_FOR_REASON.get(reason, contract.ExitCode.ERROR))
     print(f"error: {message}", file=sys.stderr, flush=True)
@@ -302,10 +305,14 @@ def _fail(cfg: TrainerConfig | None, fallback: _Fallback, exc: BaseException, re
     print(json.dumps({"event": contract.EVENT_FAILED, "reason": reason.value, "error": message}), flush=True)
     if reporter is not None:
         reporter.log(f"Training failed: {message}")
-    # error.log only where the scene exists: never create a scene directory for a wrong path.
+    # error.log only where the scene exists (never create a scene directory for a wrong path),
+    # and only by the output directory's lock holder: never over another writer's.
     out_dir = (cfg.out if cfg.scene_dir.is_dir() else None) if cfg is not None else fallback.out_dir
-    if out_dir is not None:
+    held = lock if lock is not None or out_dir is None else outlock.try_acquire(out_dir, outlock.holder_info(None))
+    if out_dir is not None and held is not None:
         write_error_log(out_dir, reason.value, message, None if isinstance(exc, TrainerError) else exc)
+    if held is not None and held is not lock:
+        held.release()
     write_termination_message(
         cfg.termination_log if cfg is not None else fallback.termination_log,
         contract.Result(status=contract.STATUS_FAILED, reason=reason.value, error=message),
@@ -317,21 +324,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg: TrainerConfig | None = None
     reporter: Reporter | None = None
+    lock: outlock.OutputLock | None = None
     # Signal handlers can only be installed from the main thread (tests may call main() elsewhere).
     installed = _main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if installed else None
     try:
         cfg = build_config(argv)
         reporter = Reporter(cfg)
+        if cfg.scene_dir.is_dir():  # else the scene check fails; no directory is made for a wrong path
+            # Before anything in the output directory is written; held until the process ends.
+            lock = outlock.acquire(cfg.out, outlock.holder_info(cfg.scene_id))
         result = run(cfg, reporter)
         print(json.dumps({"event": contract.EVENT_COMPLETE, "model_path": result.model_path}), flush=True)
         write_termination_message(cfg.termination_log, result)
         return int(contract.ExitCode.COMPLETE)
     except (Exception, Terminated) as exc:  # noqa: BLE001 - every failure is reported, then exits non-zero
-        return _fail(cfg, _fallback(argv, os.environ), exc, reporter)
+        return _fail(cfg, _fallback(argv, os.environ), exc, reporter, lock)
     finally:
         if reporter is not None:
             reporter.close()
+        if lock is not None:
+            lock.release()
         if installed:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 

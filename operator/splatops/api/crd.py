@@ -88,9 +88,10 @@ def _model_schema(model: type) -> dict[str, Any]:
 def spec_schema() -> dict[str, Any]:
     schema = _model_schema(Spec)
     props = schema["properties"]
-    props["scene"]["properties"]["path"]["x-kubernetes-validations"] = [
-        {"rule": SCENE_PATH_RULE, "message": "scene.path must stay inside the volume: no leading '/' and no '..' segments"}
-    ]
+    for field in ("scene", "output"):  # both are paths inside the volume, checked alike
+        props[field]["properties"]["path"]["x-kubernetes-validations"] = [
+            {"rule": SCENE_PATH_RULE, "message": f"{field}.path must stay inside the volume: no leading '/' and no '..' segments"}
+        ]
     # Nested defaults only apply when the parent exists: default resources to {} so gpus=1 lands.
     props["resources"]["default"] = {}
     optional = []

@@ -40,12 +40,12 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
-def scene_path_problem(path: str) -> str | None:
+def scene_path_problem(path: str, field: str = "scene.path") -> str | None:
     """Why `path` could escape the volume (None if it cannot). Mirrors the CRD's CEL rule."""
     if path.startswith("/"):
-        return "scene.path must be relative to the volume (no leading '/')"
+        return f"{field} must be relative to the volume (no leading '/')"
     if ".." in path.split("/"):
-        return "scene.path must not contain '..' segments"
+        return f"{field} must not contain '..' segments"
     return None
 
 
@@ -66,7 +66,8 @@ class Scene(_Model):
         max_length=1024,
         pattern=SCENE_PATH_PATTERN,
         description="Scene directory relative to the volume root (e.g. `scenes/fox`; `.` for the root). "
-        "It holds images/ and colmap/sparse_initial/; outputs go to <path>/gsplat/. "
+        "It holds images/ and colmap/sparse_initial/; outputs go to <path>/gsplat/<training name>/ "
+        "unless output.path says otherwise. "
         "No leading '/', no '..' segments.",
     )
 
@@ -74,6 +75,28 @@ class Scene(_Model):
     @classmethod
     def _no_escape(cls, value: str) -> str:
         problem = scene_path_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class Output(_Model):
+    """Where the training writes results.ply, config.json, results/ (log, checkpoints) and error.log."""
+
+    path: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        pattern=SCENE_PATH_PATTERN,
+        description="Output directory relative to the volume root (same rules as scene.path). "
+        "Default: <scene.path>/gsplat/<training name>. Two trainings with the same claim and output "
+        "directory never run at once: the later one waits in Queued (reason OutputBusy).",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _no_escape(cls, value: str | None) -> str | None:
+        problem = scene_path_problem(value, "output.path") if value is not None else None
         if problem:
             raise ValueError(problem)
         return value
@@ -190,6 +213,9 @@ class Spec(_Model):
     """Desired training. Immutable once created, except `suspend`."""
 
     scene: Scene = Field(..., description="The scene to train on.")
+    output: Output | None = Field(
+        None, description="Where the outputs go (same volume). Default: <scene.path>/gsplat/<training name>/."
+    )
     data_factor: Literal[1, 2, 4, 8] = Field(1, description="Image downscale factor: 1, 2, 4 or 8. Higher trains faster on less memory.")
     max_steps: int = Field(30000, ge=1, le=1_000_000, description="Training iterations (1 to 1,000,000).")
     strategy: Literal["default", "mcmc"] = Field("default", description="Densification strategy: `default` (3DGS) or `mcmc`.")
@@ -286,7 +312,7 @@ class Status(_Model):
     model_path: str | None = Field(None, description="Path of the trained model (results.ply) inside the volume, on success.")
     model_size_mb: float | None = Field(None, alias="modelSizeMB", description="Size of the trained model file in MB.")
     metrics: dict[str, Any] | None = Field(None, description="Final metrics reported by the trainer (psnr, ssim, numGaussians, steps, durationSeconds).")
-    config: dict[str, Any] | None = Field(None, description="The training configuration the trainer used (also in <path>/gsplat/config.json).")
+    config: dict[str, Any] | None = Field(None, description="The training configuration the trainer used (also in config.json of the output directory).")
     job_name: str | None = Field(None, description="Name of the batch/v1 Job running the training.")
     attempts: int | None = Field(None, ge=0, description="Trainer pods started so far (retries and preemptions included).")
     start_time: str | None = Field(None, description="When the training first started running (RFC 3339).")

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scene", metavar="SCENE", help="scene id (also the default path inside the volume)")
     p.add_argument("--pvc", required=True, metavar="CLAIM", help="PersistentVolumeClaim holding the scene")
     p.add_argument("--path", help="scene directory inside the volume (default: SCENE)")
+    p.add_argument("--output", metavar="PATH", help="output directory inside the volume "
+                   "(default: <path>/gsplat/<name>; each training owns its own)")
     p.add_argument("--data-factor", type=int, help="image downscale factor: 1, 2, 4 or 8 (default 1)")
     p.add_argument("--max-steps", type=int, help="training iterations (default 30000)")
     p.add_argument("--strategy", choices=("default", "mcmc"), help="densification strategy")
@@ -133,6 +135,7 @@ def training_manifest(args: argparse.Namespace, name: str, namespace: str | None
         return original.build_training(
             name, scene_id=args.scene, claim=args.pvc, path=args.path or args.scene, namespace=namespace,
             data_factor=args.data_factor, max_steps=args.max_steps, strategy=args.strategy,
+            output_path=args.output,
         )
     except pydantic.ValidationError as exc:
         problems = "; ".join(

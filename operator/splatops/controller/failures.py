@@ -28,12 +28,13 @@ MESSAGES: dict[str, str] = {
     R.COLMAP_NOT_FOUND.value: contract.MSG_COLMAP_NOT_FOUND + " (expected <scene.path>/colmap/sparse_initial/ with cameras, images and points3D).",
     R.NO_IMAGES.value: contract.MSG_NO_IMAGES + " (expected image files in <scene.path>/images/).",
     R.DEADLINE_EXCEEDED.value: "Training exceeded its deadline (spec.activeDeadlineSeconds, else the operator's default). Raise spec.activeDeadlineSeconds, lower maxSteps or raise dataFactor.",
-    R.BACKOFF_LIMIT_EXCEEDED.value: "The trainer failed on every retry (spec.backoffLimit reached). See `kubectl logs` of the last pod and <scene.path>/gsplat/error.log.",
+    R.BACKOFF_LIMIT_EXCEEDED.value: "The trainer failed on every retry (spec.backoffLimit reached). See `kubectl logs` of the last pod and error.log in the output directory (<scene.path>/gsplat/<training name>/ by default).",
     R.IMAGE_PULL.value: "The trainer image cannot be pulled. Check spec.image / the operator's trainer image, the registry and imagePullSecrets.",
     R.UNSCHEDULABLE.value: "No GPU node can take the trainer pod. Check the GPU node pool (default nvidia.com/gpu.product=NVIDIA-A10G), spec.affinity, spec.nodeSelector, spec.resources and spec.tolerations.",
     R.OOM_KILLED.value: "The trainer ran out of host memory (OOMKilled). Raise spec.resources.memory or raise dataFactor.",
-    R.TRAINER_ERROR.value: "The trainer failed. See `kubectl logs` of the pod and <scene.path>/gsplat/error.log.",
+    R.TRAINER_ERROR.value: "The trainer failed. See `kubectl logs` of the pod and error.log in the output directory (<scene.path>/gsplat/<training name>/ by default).",
     R.INVALID_OPTIONS.value: "The trainer rejected its options. Check the resource's spec.",
+    R.OUTPUT_BUSY.value: "Another trainer holds the output directory's lock. Give this training its own spec.output.path, or re-create it once the other one ends.",
 }
 
 _IMAGE_PULL_FATAL = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
@@ -100,7 +101,7 @@ def from_terminated(pod: Mapping[str, Any]) -> Failure | None:
     if code == contract.ExitCode.OUT_OF_MEMORY:
         return Failure(R.OUT_OF_MEMORY.value, contract.MSG_OOM)
     if code == contract.ExitCode.INVALID_INPUT:
-        return Failure(R.INVALID_OPTIONS.value, "The trainer rejected its input (exit code 2). See `kubectl logs` and <scene.path>/gsplat/error.log.")
+        return Failure(R.INVALID_OPTIONS.value, "The trainer rejected its input (exit code 2). See `kubectl logs` and error.log in the output directory (<scene.path>/gsplat/<training name>/ by default).")
     return Failure(R.TRAINER_ERROR.value, f"The trainer exited with code {code}. " + MESSAGES[R.TRAINER_ERROR.value])
 
 

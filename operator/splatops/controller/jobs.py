@@ -11,6 +11,8 @@ import posixpath
 from typing import Any, Mapping
 
 from splatops import contract, names
+from splatops.api import layout
+from splatops.api.layout import OutputKey
 from splatops.api.models import Spec, parse_spec
 from splatops.controller.settings import Settings
 
@@ -69,14 +71,26 @@ def scene_dir(spec: Spec) -> str:
     return posixpath.normpath(posixpath.join(names.SCENE_MOUNT, spec.scene.path))
 
 
-def model_path(spec: Spec) -> str:
-    """Where results.ply lands, relative to the volume root (what status.modelPath reports)."""
-    return posixpath.normpath(posixpath.join(spec.scene.path, contract.OUTPUT_DIR, contract.RESULT_PLY))
+def pod_output(pod: Mapping[str, Any]) -> OutputKey | None:
+    """The output directory a trainer pod (of a Job built here) writes: its claim and the
+    SPLATOPS_OUTPUT_DIR of its trainer container (None for a pod that names neither)."""
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    claim = next((v.get("persistentVolumeClaim", {}).get("claimName") for v in spec.get("volumes") or []
+                  if v.get("name") == names.SCENE_VOLUME), None)
+    container = next((c for c in spec.get("containers") or [] if c.get("name") == names.TRAINER_CONTAINER), {})
+    env = {e.get("name"): e.get("value") for e in container.get("env") or []}
+    out = env.get(contract.ENV_OUTPUT_DIR)
+    if not out and env.get(contract.ENV_SCENE_DIR):  # a pod of an older operator: the trainer's default
+        out = layout.seed_output_path(str(env[contract.ENV_SCENE_DIR]))
+    if not claim or not out:
+        return None
+    return (str(meta.get("namespace") or ""), str(claim), posixpath.normpath(layout.volume_relative(str(out))))
 
 
 def trainer_env(training: Mapping[str, Any], spec: Spec, settings: Settings) -> list[dict[str, Any]]:
     env = {
         contract.ENV_SCENE_DIR: scene_dir(spec),
+        contract.ENV_OUTPUT_DIR: layout.output_location(spec, training["metadata"]["name"]).in_pod,
         contract.ENV_SCENE_ID: training["metadata"]["name"],
         contract.ENV_DATA_FACTOR: str(spec.data_factor),
         contract.ENV_MAX_STEPS: str(spec.max_steps),

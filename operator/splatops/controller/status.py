@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any, Iterable, Mapping
 
 from splatops import contract, names
+from splatops.api import layout
 from splatops.api.models import CONDITION_TYPES, Phase
 from splatops.controller import failures
 from splatops.controller.timeutil import format_time
@@ -22,6 +23,7 @@ REASON_SUSPENDED = "SuspendedByUser"
 REASON_RUNNING = "TrainerRunning"
 REASON_COMPLETE = "TrainingComplete"
 REASON_RETRYING = "Retrying"
+REASON_OUTPUT_BUSY = "OutputBusy"  # another training writes the same output directory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Observed:
     unschedulable_grace: float = 600.0
     model_path: str | None = None  # where results.ply lands (relative to the volume)
     blocked: tuple[str, str] | None = None  # why the Job cannot be created now: (reason, message)
+    output_busy: str | None = None  # why it waits for its output directory (no Job is made meanwhile)
 
 
 def _pod_sort_key(pod: Mapping[str, Any]) -> str:
@@ -94,6 +97,10 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
                 return Phase.FAILED, better.reason, better.message
         return Phase(prev), str(obs.status.get("reason") or ""), str(obs.status.get("message") or "")
     if job is None:
+        if obs.output_busy and obs.spec.get("suspend"):
+            return Phase.SUSPENDED, REASON_SUSPENDED, "Suspended (spec.suspend) before it started; " + obs.output_busy
+        if obs.output_busy:
+            return Phase.QUEUED, REASON_OUTPUT_BUSY, obs.output_busy
         if obs.blocked is not None:  # e.g. JobCreateRetrying, JobNameTaken
             return Phase.PENDING, obs.blocked[0], obs.blocked[1]
         if obs.queued_by_operator:
@@ -230,7 +237,8 @@ def result_fields(result: contract.Result | None, default_model_path: str | None
     if result is None:
         return fields
     if result.model_path:
-        fields["modelPath"] = volume_relative(result.model_path, default_model_path)
+        reported = result.model_path
+        fields["modelPath"] = layout.volume_relative(reported) if layout.in_volume(reported) else (default_model_path or reported)
     if result.model_size_mb is not None:
         fields["modelSizeMB"] = result.model_size_mb
     metrics = {
@@ -246,14 +254,6 @@ def result_fields(result: contract.Result | None, default_model_path: str | None
     if result.config:
         fields["config"] = result.config
     return fields
-
-
-def volume_relative(path: str, fallback: str | None) -> str:
-    """The trainer reports paths inside the pod (/data/...); users want them inside the volume."""
-    prefix = names.SCENE_MOUNT.rstrip("/") + "/"
-    if path.startswith(prefix):
-        return path[len(prefix):]
-    return path if not path.startswith("/") else (fallback or path)
 
 
 def progress_status(progress: contract.Progress, now: float) -> dict[str, Any]:

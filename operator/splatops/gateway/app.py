@@ -29,6 +29,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from splatops import contract
+from splatops.api.layout import seed_output_path
 from splatops.cli import original
 from splatops.cli.kube import ClusterUnavailable, Conflict, NotFound
 from splatops.gateway import files
@@ -40,7 +41,7 @@ T = TypeVar("T")
 
 DATA_FACTORS = (1, 2, 4, 8)
 SCENE_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-CREATE_ATTEMPTS = 5
+CREATE_ATTEMPTS = 16  # concurrent POSTs of one scene each take the next free name
 
 
 def scene_parts(settings: GatewaySettings, scene_id: str) -> list[str]:
@@ -178,14 +179,10 @@ def create_app(settings: GatewaySettings | None = None, repository: TrainingRepo
         problem = scene_error(settings, scene_id)
         if problem:
             raise HTTPException(status_code=problem[0], detail=problem[1])
+        # No "already in progress" check here (check-then-create races between requests and
+        # replicas): a run of a scene whose earlier run still writes its gsplat/ waits in Queued
+        # (OutputBusy) until that one ends; the operator never runs both at once.
         runs = await api_call(settings, f"trainings of scene {scene_id}", repo().runs(scene_id))
-        latest = original.newest(runs, scene_id)
-        if latest is not None and not original.is_terminal(latest):
-            raise HTTPException(
-                status_code=409,
-                detail=f"Gaussian Splatting training already in progress for scene {scene_id} "
-                f"({latest['metadata']['name']}); see /scene/{scene_id}/train_gsplat/status",
-            )
         names_taken = [r["metadata"]["name"] for r in runs]
         for _ in range(CREATE_ATTEMPTS):  # another replica may take the same name: try the next
             name = original.next_run_name(scene_id, names_taken)
@@ -193,6 +190,7 @@ def create_app(settings: GatewaySettings | None = None, repository: TrainingRepo
                 name, scene_id=scene_id, claim=settings.claim_name,
                 path=scene_path_in_volume(settings, scene_id), data_factor=data_factor,
                 max_steps=max_steps, created_by="splatops-gateway",
+                output_path=seed_output_path(scene_path_in_volume(settings, scene_id)),
             )
             try:
                 await api_call(settings, f"create training {name}", repo().create(manifest))

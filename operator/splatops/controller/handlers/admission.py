@@ -9,6 +9,7 @@ import time
 from typing import Any, Mapping
 
 from splatops import names
+from splatops.api.layout import OutputKey
 from splatops.controller import jobs, metrics, queue
 from splatops.controller.handlers.reconcile import job_finished, reconcile
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime, latest
@@ -89,3 +90,25 @@ async def admit_waiting(rt: Runtime, idx: Indices) -> None:
             admitted.append(key)
     for key in admitted:
         await reconcile(rt, key, idx)
+
+
+def output_writers(rt: Runtime, idx: Indices, key: Key, output: OutputKey) -> list[queue.Writer]:
+    """Everyone else known to write `output`: trainings filed under it (holding: they have a Job;
+    in line: not terminal, not suspended) and trainer pods that may still run (a training ended
+    or deleted while its pod still terminates)."""
+    found: list[queue.Writer] = []
+    for other in sorted(rt.outputs.trainings.get(output, ()) - {key}):
+        training = idx.training(other)
+        if training is None or rt.current_status(other, training).get("phase") in TERMINAL:
+            continue
+        job = idx.job(other[0], jobs.training_job_name(training))
+        if other in rt.job_created or (job is not None and jobs.owned_by(job, training["metadata"].get("uid"))):
+            found.append(queue.Writer(other[1], holds=True))
+        elif not (training.get("spec") or {}).get("suspend"):
+            created = str(training["metadata"].get("creationTimestamp") or "")
+            found.append(queue.Writer(other[1], holds=False, waiting=queue.Waiting(created, rt.first_seen(other), *other)))
+    for (ns, pod), (owner, job) in sorted(rt.outputs.pods.get(output, {}).items()):
+        if not any((p.get("metadata") or {}).get("name") == pod for p in idx.job_pods(ns, job)):
+            continue  # gone from kopf's index (a deletion this process did not see): not a writer
+        found.append(queue.Writer(f"{owner} (its pod {pod} is still running)", holds=True))
+    return found

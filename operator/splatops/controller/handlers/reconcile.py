@@ -6,10 +6,9 @@ import time
 from typing import Any, Mapping
 
 import kopf
-from pydantic import ValidationError
 
 from splatops import contract, names
-from splatops.api.models import Phase, parse_spec
+from splatops.api.models import Phase
 from splatops.controller import jobs, metrics, status
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime
 from splatops.controller.timeutil import parse_time
@@ -42,11 +41,13 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
             # carries the real reason, so read the pods once rather than guess.
             pods = tuple(await rt.api().job_pods(ns, jname)) or pods
         spec = training.get("spec") or {}
-        model_path = _model_path(rt, key, training["metadata"].get("generation"), spec)
+        location = rt.location(key, training)
         obs = status.Observed(
             spec=spec, status=current, generation=training["metadata"].get("generation"), job=job, pods=pods,
             queued_by_operator=queued, now=time.time(), unschedulable_grace=rt.settings.unschedulable_grace,
-            model_path=model_path, blocked=rt.job_blocked.get(key),
+            model_path=location.model_path if location is not None else None,
+            output_busy=blocked.message if job is None and (blocked := rt.outputs.blocked.get(key)) else None,
+            blocked=rt.job_blocked.get(key),
         )
         desired = status.desired_status(obs)
         patch = status.status_patch(current, desired)
@@ -63,20 +64,6 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
                 # The Job would wait forever; suspending removes the stuck pod but keeps the Job for inspection.
                 await rt.api().patch_job(ns, jname, {"spec": {"suspend": True}})
         return desired
-
-
-def _model_path(rt: Runtime, key: Key, generation: Any, spec: Mapping[str, Any]) -> str | None:
-    """Where the trainer writes results.ply, validated once per generation (reconcile runs on
-    every event; a pydantic parse each time was ~5 % of the operator's CPU in a burst)."""
-    cached = rt.model_paths.get(key)
-    if cached is not None and cached[0] == generation:
-        return cached[1]
-    try:
-        path: str | None = jobs.model_path(parse_spec(spec))
-    except ValidationError:
-        path = None
-    rt.model_paths[key] = (generation, path)
-    return path
 
 
 async def fail_invalid(rt: Runtime, key: Key, training: Mapping[str, Any], detail: str) -> None:

@@ -42,7 +42,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, rt: Runtime | 
     # Indices first: kopf fills them before any handler runs.
     kopf.index(*GST, id=GST_INDEX, **on)(functools.partial(children.gst_index, rt))
     kopf.index("batch", "v1", "jobs", labels=MANAGED, id=JOB_INDEX, **on)(functools.partial(children.job_index, rt))
-    kopf.index("", "v1", "pods", labels=MANAGED, id=POD_INDEX, **on)(children.pod_index)
+    kopf.index("", "v1", "pods", labels=MANAGED, id=POD_INDEX, **on)(functools.partial(children.pod_index, rt))
 
     kopf.on.login(id="login", **on)(lifecycle.login)
     kopf.on.startup(id="connect", **on)(functools.partial(lifecycle.connect, rt))

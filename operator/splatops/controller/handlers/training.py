@@ -19,11 +19,12 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from splatops import names
+from splatops.api import layout
 from splatops.api.models import Spec, parse_spec
-from splatops.controller import failures, jobs, queue
-from splatops.controller.handlers.admission import admit_waiting, admitted_metrics, slots
+from splatops.controller import failures, jobs, queue, status
+from splatops.controller.handlers.admission import admit_waiting, admitted_metrics, output_writers, slots
 from splatops.controller.handlers.reconcile import event_body, fail, fail_invalid, reconcile
-from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime, snapshot
+from splatops.controller.handlers.state import TERMINAL, Blocked, Indices, Key, Runtime, snapshot
 from splatops.controller.policy import policy_violations
 from splatops.controller.timeutil import format_time
 
@@ -36,6 +37,7 @@ JOB_RECREATED = "JobRecreated"  # the Event reason
 # Why a training has no Job yet: the status reason (phase Pending) and the Warning Event's reason.
 JOB_NAME_TAKEN = "JobNameTaken"
 JOB_CREATE_RETRYING = "JobCreateRetrying"
+OUTPUT_BUSY = status.REASON_OUTPUT_BUSY  # also the Event's reason
 log = logging.getLogger("splatops.operator")
 
 
@@ -57,6 +59,7 @@ async def training_event(rt: Runtime, idx: Indices, *, type: str | None, body: k
     if type == "DELETED":  # the Job and pods go by garbage collection; the PVC is never touched
         rt.forget(key)
         rt.metrics.forget_training(namespace, name)
+        await retry_blocked(rt, idx)  # it may have held (or been first in line for) an output directory
         return
     await sync_training(rt, idx, key, body, logger)
 
@@ -80,7 +83,7 @@ async def sync_training(rt: Runtime, idx: Indices, key: Key, body: Mapping[str, 
 async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], logger: Any) -> None:
     """Validate, then create the one Job (suspended when it must queue), or adopt ours.
     Called by sync_training for a training that is not terminal."""
-    namespace, _ = key
+    namespace, name = key
     spec = await valid_spec(rt, key, training)
     if spec is None:
         return
@@ -92,6 +95,7 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
     if existing is not None:  # ours from before (an operator restart): adopt it, never a second one
         rt.job_created.add(key)
         rt.job_blocked.pop(key, None)
+        rt.outputs.blocked.pop(key, None)
         await follow_suspend(rt, idx, key, training, existing, logger)
         return
     # Checked before a new Job only: an adopted one was created under the policy of its day.
@@ -108,11 +112,29 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
     if problem is not None:
         await fail(rt, key, training, problem.reason, problem.message)
         return
+    location = rt.location(key, training) or layout.output_location(spec, name)
+    # Creating the Job takes the output directory: decided under its lock, so two trainings of
+    # one directory never both see it free.
+    async with rt.outputs.lock(location.key(namespace)):
+        if await output_busy(rt, idx, key, training, location):
+            return
+        created = await create_job(rt, idx, key, training, spec, jname, logger)
+    if created is not None:
+        job, queued, others = created
+        if others:
+            await admit_waiting(rt, idx)
+        await reconcile(rt, key, idx, job=job, queued=queued)
+
+
+async def create_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], spec: Spec, jname: str,
+                     logger: Any) -> tuple[dict[str, Any], bool, list[queue.Waiting]] | None:
+    """admit_and_create, with the API server's refusals turned into status: None after failing
+    the training as InvalidSpec (retrying cannot help); else a Pending reason while kopf retries."""
     try:
-        job, queued, others = await admit_and_create(rt, idx, key, training, spec, logger)
+        return await admit_and_create(rt, idx, key, training, spec, logger)
     except JobRejected as exc:
         await fail_invalid(rt, key, training, str(exc))
-        return
+        return None
     except ForeignJob as exc:
         await job_blocked(rt, idx, key, training, JOB_NAME_TAKEN, foreign_job_message(jname, training, exc.job),
                           FOREIGN_JOB_RETRY)
@@ -120,9 +142,6 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
         detail = failures.api_error_message(exc.status, exc.reason, exc.body)
         await job_blocked(rt, idx, key, training, JOB_CREATE_RETRYING,
                           f"Creating Job {jname} failed: {detail}; retrying.", JOB_CREATE_RETRY)
-    if others:
-        await admit_waiting(rt, idx)
-    await reconcile(rt, key, idx, job=job, queued=queued)
 
 
 async def valid_spec(rt: Runtime, key: Key, training: Mapping[str, Any]) -> Spec | None:
@@ -164,6 +183,7 @@ async def admit_and_create(rt: Runtime, idx: Indices, key: Key, training: Mappin
         job, created = await create_or_adopt(rt, namespace, manifest, training["metadata"]["uid"], logger)
         rt.job_created.add(key)
         rt.job_blocked.pop(key, None)
+        rt.outputs.blocked.pop(key, None)
         rt.suspend_seen[key] = bool(spec.suspend)
         if created and current.get("jobName"):
             job_recreated(training, jname)
@@ -204,6 +224,60 @@ def foreign_job_message(jname: str, training: Mapping[str, Any], job: Mapping[st
     owners = ", ".join(f"{r.get('kind')} {r.get('name')} (uid {r.get('uid')})" for r in refs) or "no owner"
     return (f"Job {jname} already exists and belongs to {owners}, not to this training; waiting: delete that "
             "Job (or re-create this training under another name) to let it start.")
+
+
+async def output_busy(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any],
+                      location: layout.OutputLocation) -> bool:
+    """Whether another training writes this one's output directory (or is ahead in line for it).
+    If so the training waits in Queued (OutputBusy) without a Job, with one Event per holder;
+    `retry_blocked` tries again when a writer ends."""
+    namespace, name = key
+    holder = output_holder(rt, idx, key, training, location)
+    if holder is None:
+        return False
+    message = (f"Waiting for training {holder.name}, which writes the same output directory "
+               f"{location.directory} on claim {location.claim}; starts when it ends "
+               "(Succeeded, Failed or deleted).")
+    previous = rt.outputs.blocked.get(key)
+    rt.outputs.blocked[key] = Blocked(holder.name, message)
+    shown = rt.current_status(key, training).get("message") == message  # e.g. before an operator restart
+    if (previous is None and not shown) or (previous is not None and previous.holder != holder.name):
+        log.info("%s/%s: %s", namespace, name, message)
+        kopf.event(event_body(training), type="Normal", reason=OUTPUT_BUSY, message=message)
+    await reconcile(rt, key, idx)
+    if rt.settings.max_concurrent > 0:
+        await admit_waiting(rt, idx)  # a slot it may have been counted for goes to the next in line
+    return True
+
+
+def output_holder(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any],
+                  location: layout.OutputLocation) -> queue.Writer | None:
+    created = str(training["metadata"].get("creationTimestamp") or format_time(time.time()))
+    me = queue.Waiting(created, rt.first_seen(key), *key)
+    return queue.output_holder(me, output_writers(rt, idx, key, location.key(key[0])))
+
+
+async def retry_blocked(rt: Runtime, idx: Indices) -> None:
+    """A writer ended (its Job finished or went, its pod stopped, it was deleted): let the
+    trainings waiting for an output directory try again, oldest first."""
+    if not rt.outputs.blocked:
+        return
+    waiting = []
+    for key, blocked in list(rt.outputs.blocked.items()):
+        training = idx.training(key)
+        if training is None:
+            rt.outputs.blocked.pop(key, None)
+            continue
+        location = rt.location(key, training)
+        holder = output_holder(rt, idx, key, training, location) if location is not None else None
+        if holder is not None and holder.name == blocked.holder:
+            continue  # still the same writer: nothing to do (no API call, no Event)
+        waiting.append((str(training["metadata"].get("creationTimestamp") or ""), rt.first_seen(key), key, training))
+    for *_, key, training in sorted(waiting, key=lambda w: w[:3]):
+        try:
+            await sync_training(rt, idx, key, training, log)
+        except Exception as exc:  # noqa: BLE001 - one training's trouble must not stall the others; its timer retries
+            log.warning("%s/%s: could not start it yet: %s", key[0], key[1], exc)
 
 
 def job_recreated(training: Mapping[str, Any], jname: str) -> None:
