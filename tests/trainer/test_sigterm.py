@@ -23,7 +23,7 @@ ARGS = (
     "--data-factor", "2", "--test-every", "4", "--sh-degree", "0",
 )
 RESUMES = re.compile(r"^terminated by SIGTERM \(node drain or preemption\); resumes from step (\d+)$")
-GLOG_DUMP = ("*** SIGTERM received", "*** Aborted at", "Check failure stack trace")
+GLOG_DUMP = ("*** Aborted at", "stack trace: ***")
 
 
 class Trainer:
