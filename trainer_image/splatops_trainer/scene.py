@@ -41,6 +41,7 @@ PINHOLE_MODELS = frozenset({"SIMPLE_PINHOLE", "PINHOLE"})
 UNDISTORTED_MODELS = frozenset({"SIMPLE_RADIAL", "RADIAL", "OPENCV"})
 CACHE_VERSION = 1
 _LISTED_MISSING = 5  # how many missing image names an error message lists
+QUAT_NORM_TOLERANCE = 1e-3  # COLMAP writes unit quaternions; an all-zero one would read as identity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,7 @@ class SceneCheck:
     image_names: tuple[str, ...]  # registered images, sorted by name
     camera_models: dict[int, str]
     fingerprint: str = ""  # scene_fingerprint(): the model files' content + the images' stats
+    image_sizes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # (width, height)
 
 
 # --- Checks --------------------------------------------------------------------------------------
@@ -101,14 +103,44 @@ def find_model_dir(scene_dir: Path) -> Path:
     )
 
 
-def list_images(images_dir: Path) -> set[str]:
+def _escaping_link(link: Path, root: Path) -> TrainerError:
+    return TrainerError(
+        contract.Reason.INVALID_IMAGE,
+        f"{link} is a symbolic link to {link.resolve()}, outside the scene directory {root}. Links "
+        "in images/ are followed only when they stay inside the scene: copy the file (or folder) "
+        "into the scene instead.",
+    )
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path`, with every symbolic link resolved, lies inside `root` (already resolved)."""
+    return path.resolve().is_relative_to(root)
+
+
+def list_images(images_dir: Path, scene_dir: Path | None = None) -> set[str]:
+    """Image files under images/ (names relative to it), following symbolic links (files and
+    folders) only while they resolve inside the scene directory; a link that leads outside it is
+    refused (InvalidImage, naming the link), so nothing outside a scene is read or cached."""
+    root = (scene_dir if scene_dir is not None else images_dir.parent).resolve()
+    if os.path.islink(images_dir) and not inside(images_dir, root):
+        raise _escaping_link(images_dir, root)
     if not images_dir.is_dir():
         return set()
-    return {
-        p.relative_to(images_dir).as_posix()
-        for p in images_dir.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    }
+    found: set[str] = set()
+    pending, visited = [images_dir], {images_dir.resolve()}
+    while pending:
+        for entry in sorted(os.scandir(pending.pop()), key=lambda e: e.name):
+            path = Path(entry.path)
+            if entry.is_symlink() and not inside(path, root):
+                raise _escaping_link(path, root)
+            if entry.is_dir():
+                real = path.resolve()
+                if real not in visited:  # a link back up the tree is listed once, not forever
+                    visited.add(real)
+                    pending.append(path)
+            elif entry.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                found.add(path.relative_to(images_dir).as_posix())
+    return found
 
 
 def read_model(model_dir: Path) -> pycolmap.Reconstruction:
@@ -148,6 +180,70 @@ def check_cameras(recon: pycolmap.Reconstruction) -> dict[int, str]:
     return models
 
 
+def _invalid_model(model_dir: Path, problem: str) -> TrainerError:
+    return TrainerError(
+        contract.Reason.INVALID_MODEL,
+        f"COLMAP model in {model_dir}: {problem}. Fix the model or re-run the COLMAP conversion.",
+    )
+
+
+def check_intrinsics(recon: pycolmap.Reconstruction, model_dir: Path) -> None:
+    """Every camera's size, focal lengths and principal point must be usable numbers."""
+    for cid, cam in sorted(recon.cameras.items()):
+        name = f"camera {cid} ({cam.model.name}, {cam.width}x{cam.height})"
+        if cam.width <= 0 or cam.height <= 0:
+            raise _invalid_model(model_dir, f"{name} has no size")
+        focals = [float(cam.params[i]) for i in cam.focal_length_idxs()]
+        if not all(np.isfinite(f) and f > 0 for f in focals):
+            raise _invalid_model(model_dir, f"{name} has focal length {', '.join(f'{f:g}' for f in focals)}; it must be positive")
+        if not np.all(np.isfinite(np.asarray(cam.params, dtype=np.float64))):
+            raise _invalid_model(model_dir, f"{name} has non-finite parameters {list(cam.params)}")
+
+
+def check_images_in_model(recon: pycolmap.Reconstruction, model_dir: Path) -> None:
+    """Registered images: unique names, unit rotation quaternions, finite translations."""
+    seen: dict[str, int] = {}
+    for iid, image in sorted(recon.images.items()):
+        if not image.has_pose:
+            continue
+        if image.name in seen:
+            raise _invalid_model(model_dir, f"image {image.name} is registered twice (image ids {seen[image.name]} and {iid})")
+        seen[image.name] = iid
+        pose = image.cam_from_world()
+        quat = np.asarray(pose.rotation.quat, dtype=np.float64)
+        if not np.all(np.isfinite(quat)) or abs(float(np.linalg.norm(quat)) - 1.0) > QUAT_NORM_TOLERANCE:
+            raise _invalid_model(
+                model_dir, f"image {image.name} (id {iid}) has rotation quaternion {quat.tolist()}, not a unit quaternion"
+            )
+        if not np.all(np.isfinite(np.asarray(pose.translation, dtype=np.float64))):
+            raise _invalid_model(model_dir, f"image {image.name} (id {iid}) has a non-finite translation")
+
+
+def check_image_sizes(
+    recon: pycolmap.Reconstruction, images_dir: Path, sizes: dict[str, tuple[int, int]]
+) -> None:
+    """An image may be stored smaller or larger than its camera (a pre-downscaled upload: the
+    intrinsics are scaled to match), but only uniformly: another aspect ratio (a rotated photo,
+    the wrong camera) would stretch the intrinsics, so it is refused."""
+    for image in sorted(recon.images.values(), key=lambda i: i.name):
+        if not image.has_pose:
+            continue
+        cam = recon.cameras[image.camera_id]
+        w, h = sizes[image.name]
+        if (w, h) == (cam.width, cam.height):
+            continue
+        # Uniform scale, up to rounding of either side to whole pixels.
+        if abs(h - cam.height * w / cam.width) <= 1.0 or abs(w - cam.width * h / cam.height) <= 1.0:
+            continue
+        hint = " (rotated by 90 degrees?)" if (w, h) == (cam.height, cam.width) else ""
+        raise TrainerError(
+            contract.Reason.INVALID_IMAGE,
+            f"Image {images_dir / image.name} is {w}x{h}{hint}, but its camera {image.camera_id} is "
+            f"{cam.width}x{cam.height}: another aspect ratio, so its intrinsics do not fit it. Store the "
+            "image as COLMAP saw it (no rotation or crop), or re-run the COLMAP conversion on these images.",
+        )
+
+
 def _invalid_image(images_dir: Path, name: str, problem: object) -> TrainerError:
     return TrainerError(
         contract.Reason.INVALID_IMAGE,
@@ -156,23 +252,25 @@ def _invalid_image(images_dir: Path, name: str, problem: object) -> TrainerError
     )
 
 
-def check_image_headers(images_dir: Path, names: tuple[str, ...] | list[str]) -> None:
+def check_image_headers(images_dir: Path, names: tuple[str, ...] | list[str]) -> dict[str, tuple[int, int]]:
     """Open each image's header (format, size; a few KiB read, not the pixels): garbage, empty or
     foreign files fail here, before the GPU is touched. A file damaged past its header is caught
-    when the pixels are decoded (load_scene), with the same reason."""
+    when the pixels are decoded (load_scene), with the same reason. Returns each (width, height)."""
 
-    def one(name: str) -> None:
+    def one(name: str) -> tuple[int, int]:
         try:
             with Image.open(images_dir / name) as img:
-                width, height = img.size
+                (width, height), mode = img.size, img.mode
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise _invalid_image(images_dir, name, exc) from exc
         if width <= 0 or height <= 0:
             raise _invalid_image(images_dir, name, f"size {width}x{height}")
+        if mode == "F":  # floating-point samples have no defined range to map to colours
+            raise _invalid_image(images_dir, name, "32-bit floating-point pixels; save it as an 8- or 16-bit image")
+        return width, height
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for _ in pool.map(one, names):  # re-raises the first failure, in name order
-            pass
+        return dict(zip(names, pool.map(one, names)))  # re-raises the first failure, in name order
 
 
 MODEL_FILES = ("cameras", "images", "points3D", "rigs", "frames")
@@ -207,7 +305,7 @@ def check_scene(cfg: TrainerConfig) -> SceneCheck:
     ensure_sparse_link(scene_dir)
     model_dir = find_model_dir(scene_dir)
     images_dir = scene_dir / contract.IMAGES_DIR
-    on_disk = list_images(images_dir)
+    on_disk = list_images(images_dir, scene_dir)
     if not on_disk:
         raise TrainerError(
             contract.Reason.NO_IMAGES,
@@ -215,6 +313,8 @@ def check_scene(cfg: TrainerConfig) -> SceneCheck:
         )
     recon = read_model(model_dir)
     models = check_cameras(recon)
+    check_intrinsics(recon, model_dir)
+    check_images_in_model(recon, model_dir)
     names = sorted(i.name for i in recon.images.values() if i.has_pose)
     missing = [n for n in names if n not in on_disk]
     if missing:
@@ -224,7 +324,8 @@ def check_scene(cfg: TrainerConfig) -> SceneCheck:
             f"{len(missing)} of {len(names)} images named in the COLMAP model are missing from "
             f"{images_dir}: {shown}. Upload them or re-run the COLMAP conversion.",
         )
-    check_image_headers(images_dir, names)
+    sizes = check_image_headers(images_dir, names)
+    check_image_sizes(recon, images_dir, sizes)
     return SceneCheck(
         scene_dir=scene_dir,
         model_dir=model_dir,
@@ -233,6 +334,7 @@ def check_scene(cfg: TrainerConfig) -> SceneCheck:
         image_names=tuple(names),
         camera_models=models,
         fingerprint=scene_fingerprint(model_dir, images_dir, names),
+        image_sizes=sizes,
     )
 
 
@@ -262,10 +364,21 @@ def _scaled_size(width: int, height: int, factor: int) -> tuple[int, int]:
     return max(1, round(width / factor)), max(1, round(height / factor))
 
 
+def to_rgb8(img: Image.Image) -> np.ndarray:
+    """uint8 HxWx3 of any image Pillow reads. 16-bit greyscale ("I;16", or "I" holding 16-bit
+    values) is scaled to 8 bits (x 255/65535); Pillow's own convert("RGB") clips it to white.
+    16-bit RGB PNGs already arrive as 8-bit "RGB" (Pillow keeps the high byte)."""
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        grey = np.asarray(img, dtype=np.float64)
+        grey = np.rint(np.clip(grey, 0, 65535) * (255.0 / 65535.0)).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(img.convert("RGB"))
+
+
 def process_image(path: Path, cam: pycolmap.Camera, factor: int) -> tuple[np.ndarray, np.ndarray]:
     """Read one image; undistort if its camera needs it; downscale. Returns (uint8 HxWx3, K)."""
     with Image.open(path) as img:
-        rgb = np.asarray(img.convert("RGB"))
+        rgb = to_rgb8(img)
     cam = pycolmap.Camera(model=cam.model.name, width=cam.width, height=cam.height, params=cam.params)
     h, w = rgb.shape[:2]
     if (w, h) != (cam.width, cam.height):
@@ -396,8 +509,12 @@ def load_scene(cfg: TrainerConfig, check: SceneCheck | None = None) -> SceneData
     use_cache = cfg.data_factor > 1 or any(_needs_undistortion(c) for c in cams.values())
     cache = ImageCache(cache_dir(cfg)) if use_cache else None
 
+    root = check.scene_dir.resolve()
+
     def one(name: str) -> View:
         src = check.images_dir / name
+        if not inside(src, root):  # a link changed since check_scene: still nothing from outside
+            raise _escaping_link(src, root)
         try:
             if cache is not None:
                 rgb, k = cache.get(name, src, cams[name], cfg.data_factor)
