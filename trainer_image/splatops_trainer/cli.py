@@ -25,7 +25,7 @@ from typing import Any
 
 from splatops import contract
 
-from . import atomic
+from . import atomic, disk
 from .config import TrainerConfig
 from .errors import Terminated, TrainerError, invalid_options
 from .report import Reporter, write_error_log, write_termination_message
@@ -213,6 +213,7 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
     from . import scene as scene_mod
 
     check = scene_mod.check_scene(cfg)  # exit 2 material is decided here, before any CUDA use
+    disk.check_output(cfg, scene_mod.cached_pixels(cfg, check), check.reconstruction.num_points3D(), scene_mod.cache_dir(cfg))
     # Temp files of writes a SIGKILL cut short (results.ply, config.json, checkpoints, cache):
     # nothing of this run is being written yet, so every one of them is stale.
     for stale in atomic.remove_stale_temps(cfg.out):

@@ -470,6 +470,21 @@ def cache_dir(cfg: TrainerConfig) -> Path:
     return cfg.out / "cache" / f"images_{cfg.data_factor}"
 
 
+def uses_cache(cfg: TrainerConfig, check: SceneCheck) -> bool:
+    """Images are cached when they are downscaled or undistorted (else read as they are)."""
+    recon = check.reconstruction
+    by_name = {i.name: i for i in recon.images.values() if i.has_pose}
+    return cfg.data_factor > 1 or any(_needs_undistortion(recon.cameras[by_name[n].camera_id]) for n in check.image_names)
+
+
+def cached_pixels(cfg: TrainerConfig, check: SceneCheck) -> int:
+    """Pixels the image cache will hold (0 when there is none): for the disk-space estimate."""
+    if not uses_cache(cfg, check):
+        return 0
+    sizes = (_scaled_size(w, h, cfg.data_factor) for w, h in check.image_sizes.values())
+    return sum(w * h for w, h in sizes)
+
+
 def split_names(names: list[str] | tuple[str, ...], test_every: int) -> tuple[list[str], list[str]]:
     """Every `test_every`-th image (sorted by name, starting with the first) is held out.
 
@@ -506,8 +521,7 @@ def load_scene(cfg: TrainerConfig, check: SceneCheck | None = None) -> SceneData
     recon = check.reconstruction
     by_name = {i.name: i for i in recon.images.values() if i.has_pose}
     cams = {n: recon.cameras[by_name[n].camera_id] for n in check.image_names}
-    use_cache = cfg.data_factor > 1 or any(_needs_undistortion(c) for c in cams.values())
-    cache = ImageCache(cache_dir(cfg)) if use_cache else None
+    cache = ImageCache(cache_dir(cfg)) if uses_cache(cfg, check) else None
 
     root = check.scene_dir.resolve()
 
