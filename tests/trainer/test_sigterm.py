@@ -96,3 +96,33 @@ def test_sigterm_mid_training_reports_checkpoints_and_resumes(scene_copy: Path, 
     assert f"resumed from checkpoint at step {step}" in second.stderr()
     again = RESUMES.match(contract.parse_result(term.read_text()).error or "")
     assert again and int(again.group(1)) >= resumed
+
+
+class _Quiet:
+    def on_progress(self, p: contract.Progress) -> None: ...
+
+    def on_eval(self, p: contract.Progress) -> None: ...
+
+
+@pytest.mark.parametrize(("budget_s", "resumes_from"), [(None, 14), (-1.0, 10)], ids=["checkpointed", "no_time_to_write"])
+def test_stop_between_steps_checkpoints_when_quick(
+    scene_copy: Path, monkeypatch: pytest.MonkeyPatch, budget_s: float | None, resumes_from: int
+) -> None:
+    """train()'s side: the stop is seen before step 15; the state after step 14 is written when the
+    write is expected to be quick, else the run resumes from the last periodic checkpoint (10)."""
+    import torch
+
+    from splatops_trainer import checkpoint, scene, train
+    from splatops_trainer.config import TrainerConfig
+    from splatops_trainer.errors import Terminated
+
+    if budget_s is not None:
+        monkeypatch.setattr(train, "STOP_CHECKPOINT_BUDGET_S", budget_s)
+    cfg = TrainerConfig(scene_dir=scene_copy, data_factor=2, max_steps=1000, checkpoint_every=10, progress_every=0,
+                        eval_every=0, strategy="mcmc", cap_max=600, sh_degree=0, metrics_port=0, device="cpu")
+    checks = iter(range(10**6))
+    with pytest.raises(Terminated) as info:
+        train.train(cfg, scene.load_scene(cfg), _Quiet(), torch.device("cpu"), should_stop=lambda: next(checks) == 14)
+    assert info.value.resume_step == resumes_from
+    assert str(info.value) == f"{contract.MSG_TERMINATED}; resumes from step {resumes_from}"
+    assert checkpoint.list_checkpoints(checkpoint.checkpoint_dir(cfg))[0][0] == resumes_from
