@@ -18,8 +18,9 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image  # before pycolmap: its bundled zlib symbols can break Pillow's PNG encoder
@@ -35,6 +36,7 @@ from .dataset import SceneData, View
 from .errors import TrainerError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 PINHOLE_MODELS = frozenset({"SIMPLE_PINHOLE", "PINHOLE"})
@@ -269,8 +271,18 @@ def check_image_headers(images_dir: Path, names: tuple[str, ...] | list[str]) ->
             raise _invalid_image(images_dir, name, "32-bit floating-point pixels; save it as an 8- or 16-bit image")
         return width, height
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return dict(zip(names, pool.map(one, names)))  # re-raises the first failure, in name order
+    return dict(zip(names, map_in_threads(one, names)))
+
+
+def map_in_threads(fn: Callable[[str], T], names: Sequence[str]) -> list[T]:
+    """fn over names on a few threads, results in order; re-raises the first failure in name
+    order. On any exception (also SIGTERM's Terminated, raised in this thread) the images not yet
+    started are cancelled, not all read first: a stopping pod must report within its grace period."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        return list(pool.map(fn, names))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 MODEL_FILES = ("cameras", "images", "points3D", "rigs", "frames")
@@ -549,8 +561,7 @@ def load_scene(cfg: TrainerConfig, check: SceneCheck | None = None) -> SceneData
         )
 
     try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            views = {v.name: v for v in pool.map(one, check.image_names)}
+        views = {v.name: v for v in map_in_threads(one, check.image_names)}
     finally:
         if cache is not None:
             cache.save()
