@@ -37,6 +37,7 @@ class Trainer:
             stdout=subprocess.PIPE, stderr=self._err, text=True, env=dict(os.environ),
         )
         self._watchdog = threading.Timer(300, self.proc.kill)  # a hung trainer fails the test, not the suite
+        self._watchdog.daemon = True
         self._watchdog.start()
         self.lines: list[str] = []
 
@@ -60,15 +61,31 @@ class Trainer:
     def stderr(self) -> str:
         return self.stderr_path.read_text()
 
+    def kill(self) -> None:
+        """Teardown: a test that failed half-way leaves no trainer running."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._watchdog.cancel()
+        self._err.close()
+
+
+@pytest.fixture
+def trainers():  # noqa: ANN201
+    started: list[Trainer] = []
+    yield lambda *args: started.append(Trainer(*args)) or started[-1]
+    for trainer in started:
+        trainer.kill()
+
 
 @pytest.mark.slow
-def test_sigterm_mid_training_reports_checkpoints_and_resumes(scene_copy: Path, tmp_path: Path) -> None:
+def test_sigterm_mid_training_reports_checkpoints_and_resumes(scene_copy: Path, tmp_path: Path, trainers) -> None:
     out = scene_copy / contract.OUTPUT_DIR
     out.mkdir(exist_ok=True)
     (out / contract.ERROR_LOG).write_text("2020-01-01 TrainerError: an older run's failure\n")
     term = tmp_path / "termination-log"
 
-    first = Trainer(scene_copy, term, tmp_path / "stderr-1")
+    first = trainers(scene_copy, term, tmp_path / "stderr-1")
     assert first.first_progress().step == 5
     assert not (out / contract.ERROR_LOG).exists()  # the older run's error.log no longer misleads
     assert first.terminate() == contract.ExitCode.TERMINATED == 143, first.stderr()[-3000:]
@@ -88,7 +105,7 @@ def test_sigterm_mid_training_reports_checkpoints_and_resumes(scene_copy: Path, 
     assert f"error: {result.error}" in err
 
     # The retried pod: resumes from that step (the first report comes within 5 steps of it).
-    second = Trainer(scene_copy, term, tmp_path / "stderr-2")
+    second = trainers(scene_copy, term, tmp_path / "stderr-2")
     resumed = second.first_progress().step
     assert step < resumed <= step + 5
     assert not (out / contract.ERROR_LOG).exists()
