@@ -200,7 +200,20 @@ def _linked_images_dir_inside(root: Path, outside: Path) -> None:
     os.symlink("photos", root / contract.IMAGES_DIR, target_is_directory=True)
 
 
-@pytest.mark.parametrize("make", [_linked_subdir_inside, _linked_file_inside, _linked_images_dir_inside])
+def _images_dir_linked_in_from_elsewhere(root: Path, outside: Path) -> None:
+    """What `splatops local` does (local.run.link_scene): images/ is a link to the user's folder;
+    links under it may stay inside that folder."""
+    outside.mkdir(parents=True)
+    os.replace(root / contract.IMAGES_DIR, outside / "images")
+    os.symlink(outside / "images", root / contract.IMAGES_DIR, target_is_directory=True)
+    (outside / "images" / "kept").mkdir()
+    os.replace(outside / "images" / "view_000.png", outside / "images" / "kept" / "view_000.png")
+    os.symlink("kept/view_000.png", outside / "images" / "view_000.png")
+
+
+@pytest.mark.parametrize(
+    "make", [_linked_subdir_inside, _linked_file_inside, _linked_images_dir_inside, _images_dir_linked_in_from_elsewhere]
+)
 def test_links_inside_the_scene_are_followed(scene_copy: Path, tmp_path: Path, make) -> None:
     make(scene_copy, tmp_path / "outside")
     data = scene_mod.load_scene(cfg_for(scene_copy, test_every=0, data_factor=2))
@@ -234,7 +247,19 @@ def _linked_file_out_through_an_inside_link(root: Path, outside: Path) -> Path:
     return link
 
 
-@pytest.mark.parametrize("make", [_linked_file_outside, _linked_subdir_outside, _linked_file_out_through_an_inside_link])
+def _link_out_of_a_linked_images_dir(root: Path, outside: Path) -> Path:
+    """images/ linked in from elsewhere (as `splatops local` does) is no way out either."""
+    _images_dir_linked_in_from_elsewhere(root, outside / "user")
+    (outside / "user" / "images" / "view_001.png").rename(outside / "view_001.png")
+    link = outside / "user" / "images" / "view_001.png"
+    os.symlink(outside / "view_001.png", link)
+    return root / contract.IMAGES_DIR / "view_001.png"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_linked_file_outside, _linked_subdir_outside, _linked_file_out_through_an_inside_link, _link_out_of_a_linked_images_dir],
+)
 def test_links_leaving_the_scene_are_refused_naming_the_link(scene_copy: Path, tmp_path: Path, make) -> None:
     link = make(scene_copy, tmp_path / "outside")
     with pytest.raises(TrainerError) as info:

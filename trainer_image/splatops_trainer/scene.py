@@ -105,36 +105,42 @@ def find_model_dir(scene_dir: Path) -> Path:
     )
 
 
-def _escaping_link(link: Path, root: Path) -> TrainerError:
+def _escaping_link(link: Path, scene_dir: Path) -> TrainerError:
     return TrainerError(
         contract.Reason.INVALID_IMAGE,
-        f"{link} is a symbolic link to {link.resolve()}, outside the scene directory {root}. Links "
+        f"{link} is a symbolic link to {link.resolve()}, outside the scene directory {scene_dir}. Links "
         "in images/ are followed only when they stay inside the scene: copy the file (or folder) "
         "into the scene instead.",
     )
 
 
-def inside(path: Path, root: Path) -> bool:
-    """Whether `path`, with every symbolic link resolved, lies inside `root` (already resolved)."""
-    return path.resolve().is_relative_to(root)
+def allowed_roots(scene_dir: Path, images_dir: Path) -> tuple[Path, ...]:
+    """Where links under images/ may lead: the scene directory, and the folder images/ itself
+    resolves to (`splatops local` links a scene's images/ folder in from elsewhere)."""
+    return scene_dir.resolve(), images_dir.resolve()
+
+
+def inside(path: Path, roots: tuple[Path, ...]) -> bool:
+    """Whether `path`, with every symbolic link resolved, lies inside one of `roots` (resolved)."""
+    real = path.resolve()
+    return any(real.is_relative_to(root) for root in roots)
 
 
 def list_images(images_dir: Path, scene_dir: Path | None = None) -> set[str]:
     """Image files under images/ (names relative to it), following symbolic links (files and
-    folders) only while they resolve inside the scene directory; a link that leads outside it is
-    refused (InvalidImage, naming the link), so nothing outside a scene is read or cached."""
-    root = (scene_dir if scene_dir is not None else images_dir.parent).resolve()
-    if os.path.islink(images_dir) and not inside(images_dir, root):
-        raise _escaping_link(images_dir, root)
+    folders) only while they resolve inside the scene (`allowed_roots`); a link that leads
+    elsewhere is refused (InvalidImage, naming the link), so nothing outside is read or cached."""
+    scene_dir = scene_dir if scene_dir is not None else images_dir.parent
     if not images_dir.is_dir():
         return set()
+    roots = allowed_roots(scene_dir, images_dir)
     found: set[str] = set()
     pending, visited = [images_dir], {images_dir.resolve()}
     while pending:
         for entry in sorted(os.scandir(pending.pop()), key=lambda e: e.name):
             path = Path(entry.path)
-            if entry.is_symlink() and not inside(path, root):
-                raise _escaping_link(path, root)
+            if entry.is_symlink() and not inside(path, roots):
+                raise _escaping_link(path, scene_dir)
             if entry.is_dir():
                 real = path.resolve()
                 if real not in visited:  # a link back up the tree is listed once, not forever
@@ -535,12 +541,12 @@ def load_scene(cfg: TrainerConfig, check: SceneCheck | None = None) -> SceneData
     cams = {n: recon.cameras[by_name[n].camera_id] for n in check.image_names}
     cache = ImageCache(cache_dir(cfg)) if uses_cache(cfg, check) else None
 
-    root = check.scene_dir.resolve()
+    roots = allowed_roots(check.scene_dir, check.images_dir)
 
     def one(name: str) -> View:
         src = check.images_dir / name
-        if not inside(src, root):  # a link changed since check_scene: still nothing from outside
-            raise _escaping_link(src, root)
+        if not inside(src, roots):  # a link changed since check_scene: still nothing from outside
+            raise _escaping_link(src, check.scene_dir)
         try:
             if cache is not None:
                 rgb, k = cache.get(name, src, cams[name], cfg.data_factor)
