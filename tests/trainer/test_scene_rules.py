@@ -151,6 +151,25 @@ def test_16_bit_png_is_converted_not_whitened(scene_copy: Path, kind: str, facto
     assert got.mean() < 200  # the old conversion made the greyscale one all white (255)
 
 
+def test_cache_of_an_older_trainer_is_rebuilt(scene_copy: Path) -> None:
+    """An image cache written before 16-bit images were converted properly (all white) is not reused."""
+    import json
+
+    path = _image(scene_copy, "view_007.png")
+    with Image.open(path) as img:
+        grey8 = np.asarray(img.convert("L")).astype(np.uint16)
+    Image.fromarray(grey8 * 257).save(path)
+    cfg = cfg_for(scene_copy, data_factor=2, test_every=0)
+    cache = scene_mod.cache_dir(cfg)
+    cache.mkdir(parents=True)
+    cam = pycolmap.Reconstruction(str(scene_copy / contract.COLMAP_DIR)).cameras[1]
+    Image.fromarray(np.full((24, 32, 3), 255, np.uint8)).save(cache / "view_007.png.png")  # the old, white result
+    entry = {"key": scene_mod.ImageCache._key(path, cam), "K": np.eye(3).tolist()}
+    (cache / "manifest.json").write_text(json.dumps({"version": 1, "entries": {"view_007.png": entry}}))
+    view = next(v for v in scene_mod.load_scene(cfg).train if v.name == "view_007.png")
+    assert view.image.numpy().mean() < 200
+
+
 def test_bad_scene_exits_2_from_a_trainer_process(scene_copy: Path, tmp_path: Path) -> None:
     _rotate_90(scene_copy)
     term = tmp_path / "termination-log"

@@ -41,7 +41,7 @@ T = TypeVar("T")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 PINHOLE_MODELS = frozenset({"SIMPLE_PINHOLE", "PINHOLE"})
 UNDISTORTED_MODELS = frozenset({"SIMPLE_RADIAL", "RADIAL", "OPENCV"})
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: 16-bit greyscale scaled, not clipped white (version 1 entries are rebuilt)
 _LISTED_MISSING = 5  # how many missing image names an error message lists
 QUAT_NORM_TOLERANCE = 1e-3  # COLMAP writes unit quaternions; an all-zero one would read as identity
 
