@@ -22,6 +22,10 @@ class ExitCode(enum.IntEnum):
     ERROR = 1  # anything else: retried by the Job (backoffLimit)
     INVALID_INPUT = 2  # scene, images, COLMAP model, options: retrying cannot help
     OUT_OF_MEMORY = 3  # CUDA OOM: retrying on the same GPU cannot help
+    # SIGTERM (node drain, preemption, pod deletion): 128 + 15, what the signal itself would give.
+    # Not a FailJob code: a drained pod (DisruptionTarget) is retried without counting against
+    # backoffLimit, any other SIGTERM counts like ERROR; the retried pod resumes from a checkpoint.
+    TERMINATED = 143
 
 
 # --- Failure reasons (termination message "reason", status.reason) ------------------------------
@@ -41,6 +45,8 @@ class Reason(str, enum.Enum):
     OUT_OF_MEMORY = "OutOfMemory"
     TRAINING_DIVERGED = "TrainingDiverged"
     TRAINER_ERROR = "TrainerError"
+    TERMINATED = "Terminated"  # SIGTERM: node drain, preemption, pod deletion
+    OUTPUT_NOT_WRITABLE = "OutputNotWritable"  # read-only or too full output volume
     # Reasons only the operator can observe (the trainer never ran or was killed):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
@@ -55,6 +61,7 @@ class Reason(str, enum.Enum):
 MSG_COLMAP_NOT_FOUND = "COLMAP reconstruction not found"
 MSG_NO_IMAGES = "No images found"
 MSG_OOM = "CUDA out of memory. Try reducing data_factor or image resolution."
+MSG_TERMINATED = "terminated by SIGTERM (node drain or preemption)"  # + "; resumes from step N"
 
 EXIT_CODE_FOR_REASON: dict[Reason, ExitCode] = {
     Reason.COLMAP_NOT_FOUND: ExitCode.INVALID_INPUT,
@@ -68,6 +75,8 @@ EXIT_CODE_FOR_REASON: dict[Reason, ExitCode] = {
     Reason.OUT_OF_MEMORY: ExitCode.OUT_OF_MEMORY,
     Reason.TRAINING_DIVERGED: ExitCode.ERROR,
     Reason.TRAINER_ERROR: ExitCode.ERROR,
+    Reason.TERMINATED: ExitCode.TERMINATED,
+    Reason.OUTPUT_NOT_WRITABLE: ExitCode.INVALID_INPUT,
 }
 
 # --- Paths (inside the scene directory; ARCHITECTURE.md "The scene on the PVC") -----------------

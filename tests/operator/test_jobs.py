@@ -71,6 +71,8 @@ def test_pod_failure_policy() -> None:
     rules = jobs.build_job(training(), SETTINGS)["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3]}}
     assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    # The trainer's SIGTERM exit (143) is retried: ignored after a drain, else counted by backoffLimit.
+    assert contract.ExitCode.TERMINATED not in rules[0]["onExitCodes"]["values"]
 
 
 def test_never_copies_argocd_labels_or_annotations() -> None:

@@ -27,6 +27,8 @@ UNSCHED = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"
             "lastTransitionTime": T0}]
 DISRUPTED = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]
 
+SIGTERMED = failed_msg(R.TERMINATED, contract.MSG_TERMINATED + "; resumes from step 4000")
+
 PHASE_TABLE = [
     ("no job yet", observe(None), Phase.PENDING, status.REASON_CREATED),
     ("no job, cap reached", observe(None, queued=True), Phase.QUEUED, status.REASON_WAITING_SLOT),
@@ -59,6 +61,13 @@ PHASE_TABLE = [
     ("host OOMKilled", observe(job(("Failed", "BackoffLimitExceeded")), pod("Failed", terminated=terminated(137, "", "OOMKilled"))),
      Phase.FAILED, R.OOM_KILLED.value),
     ("backoff exhausted", observe(job(("Failed", "BackoffLimitExceeded")), pod("Failed", terminated=terminated(1, "boom"))),
+     Phase.FAILED, R.BACKOFF_LIMIT_EXCEEDED.value),
+    ("retrying after SIGTERM without disruption", observe(job(failed=1), pod("Failed", terminated=terminated(143, SIGTERMED))),
+     Phase.PENDING, status.REASON_RETRYING),
+    ("retry after a drain's SIGTERM", observe(job(active=1), pod("Failed", terminated=terminated(143, SIGTERMED), conditions=DISRUPTED),
+                                              pod("Running", running=True, name="p2", created="2026-01-01T00:01:00Z")),
+     Phase.RUNNING, status.REASON_RUNNING),
+    ("backoff exhausted by SIGTERMs", observe(job(("Failed", "BackoffLimitExceeded")), pod("Failed", terminated=terminated(143, SIGTERMED))),
      Phase.FAILED, R.BACKOFF_LIMIT_EXCEEDED.value),
     ("image pull backoff", observe(job(active=1), pod("Pending", waiting=("ImagePullBackOff", "Back-off pulling image"))),
      Phase.FAILED, R.IMAGE_PULL.value),
@@ -265,6 +274,16 @@ def test_failed_status_before_any_job() -> None:
 def test_unknown_termination_message_falls_back_to_exit_code() -> None:
     failure = failures.from_terminated(pod("Failed", terminated=terminated(1, "Traceback: KeyError")))
     assert failure is not None and failure.reason == R.TRAINER_ERROR.value and "exit" in failure.message
+
+
+@pytest.mark.parametrize("message", [SIGTERMED, ""], ids=["with_message", "killed_before_writing_it"])
+def test_sigterm_exit_code_is_terminated(message: str) -> None:
+    """Exit 143 (the trainer's SIGTERM code): reason Terminated, with the trainer's resume step when it said so."""
+    failure = failures.from_terminated(pod("Failed", terminated=terminated(143, message)))
+    assert failure is not None and failure.reason == R.TERMINATED.value
+    assert ("resumes from step 4000" if message else "resumes from the last checkpoint") in failure.message
+    exhausted = failures.classify_job_failure(job(("Failed", "BackoffLimitExceeded")), [pod("Failed", terminated=terminated(143, message))])
+    assert exhausted.reason == R.BACKOFF_LIMIT_EXCEEDED.value and "Last error: " + failure.message in exhausted.message
 
 
 def test_successful_container_is_no_failure() -> None:

@@ -16,7 +16,8 @@ import logging
 import math
 import random
 import time
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from splatops.contract import EVENT_EVAL, EVENT_PROGRESS, Progress, Reason
 from . import checkpoint as ckpt_mod
 from .config import TrainerConfig
 from .dataset import SceneData, View
-from .errors import TrainerError
+from .errors import Terminated, TrainerError
 from .image_metrics import SSIM_SIGMA, SSIM_WINDOW
 from .image_metrics import psnr as psnr_fn
 from .image_metrics import ssim as ssim_fn
@@ -39,6 +40,12 @@ log = logging.getLogger(__name__)
 
 MCMC_OPACITY_REG = 0.01
 MCMC_SCALE_REG = 0.01
+
+# On SIGTERM the loop writes a checkpoint of the current step only when that is expected to take
+# at most this long (the previous checkpoint write's time, else the state's size at the assumed
+# rate below): Kubernetes' default grace period is 30 s, and the failure report comes after it.
+STOP_CHECKPOINT_BUDGET_S = 10.0
+ASSUMED_CHECKPOINT_BYTES_PER_S = 100e6
 
 
 class TrainHooks(Protocol):
@@ -293,7 +300,10 @@ def fused_adam_step(optimizers: dict[str, torch.optim.Optimizer]) -> None:
 
 
 class _Trainer:
-    def __init__(self, cfg: TrainerConfig, scene: SceneData, hooks: TrainHooks, device: torch.device):
+    def __init__(
+        self, cfg: TrainerConfig, scene: SceneData, hooks: TrainHooks, device: torch.device,
+        should_stop: Callable[[], bool] | None = None,
+    ):
         if cfg.max_steps <= 0:
             raise ValueError(f"max_steps must be positive, got {cfg.max_steps}")
         if not scene.train:
@@ -342,6 +352,10 @@ class _Trainer:
         self.direct_adam = device.type == "cuda"
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt")
         self._pending: concurrent.futures.Future[Any] | None = None
+        self._pending_step = 0
+        self.saved_step = self.resumed_from  # the newest checkpoint of this state on disk
+        self._last_save_s: float | None = None  # how long the last checkpoint write took
+        self.should_stop = should_stop
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -362,6 +376,7 @@ class _Trainer:
     def _save(self, done: int) -> None:
         """Snapshot to CPU now (consistent state); serialise + fsync on the writer thread."""
         self._wait_pending()
+        t0 = time.perf_counter()
         snap = ckpt_mod.Checkpoint(
             step=done,
             splats={k: _to_cpu(v) for k, v in self.splats.items()},
@@ -371,12 +386,35 @@ class _Trainer:
             resume_key=self.resume_key,
         )
         retire, self._retire = self._retire, []
-        self._pending = self._writer.submit(ckpt_mod.save_checkpoint, self.cfg, snap, retire)
+        self._pending_step = done
+        self._pending = self._writer.submit(_timed_save, self.cfg, snap, retire, t0)
 
     def _wait_pending(self) -> None:
-        if self._pending is not None:
-            self._pending.result()  # re-raises a failed write
-            self._pending = None
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._last_save_s = pending.result()  # re-raises a failed write
+            self.saved_step = self._pending_step
+
+    def _checkpoint_is_quick(self) -> bool:
+        if self._last_save_s is not None:
+            return self._last_save_s <= STOP_CHECKPOINT_BUDGET_S
+        state_bytes = 3 * sum(v.numel() * v.element_size() for v in self.splats.values())  # + Adam moments
+        return state_bytes / ASSUMED_CHECKPOINT_BYTES_PER_S <= STOP_CHECKPOINT_BUDGET_S
+
+    def _stop(self, done: int) -> NoReturn:
+        """SIGTERM, seen between steps (a consistent state): checkpoint step `done` if that is
+        quick, then raise Terminated with the step a retried pod resumes from."""
+        self._wait_pending()
+        if done > (self.saved_step or 0) and self._checkpoint_is_quick():
+            log.warning("stopping on SIGTERM: writing a checkpoint at step %d", done)
+            try:
+                self._save(done)
+                self._wait_pending()
+            except OSError as exc:
+                log.warning("stopping on SIGTERM: the checkpoint at step %d was not written: %s", done, exc)
+        elif done > (self.saved_step or 0):
+            log.warning("stopping on SIGTERM: no time to write a checkpoint (the last write took %.1f s)", self._last_save_s or 0.0)
+        raise Terminated(self.saved_step or 0)
 
     # --- rendering / evaluation ---------------------------------------------------------------
 
@@ -429,6 +467,8 @@ class _Trainer:
         loop_t0 = time.perf_counter()
         try:
             for step in range(self.start_step, cfg.max_steps):
+                if self.should_stop is not None and self.should_stop():
+                    self._stop(step)
                 done = step + 1
                 sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
                 i = self.view_order(step)
@@ -533,7 +573,20 @@ class _Trainer:
         )
 
 
-def train(cfg: TrainerConfig, scene: SceneData, hooks: TrainHooks, device: torch.device) -> TrainOutcome:
-    """Train (or resume) to cfg.max_steps; raise TrainingDivergedError on a non-finite loss."""
+def _timed_save(cfg: TrainerConfig, snap: ckpt_mod.Checkpoint, retire: list[Any], since: float) -> float:
+    """save_checkpoint on the writer thread; the seconds since the snapshot began."""
+    ckpt_mod.save_checkpoint(cfg, snap, retire)
+    return time.perf_counter() - since
+
+
+def train(
+    cfg: TrainerConfig, scene: SceneData, hooks: TrainHooks, device: torch.device,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainOutcome:
+    """Train (or resume) to cfg.max_steps; raise TrainingDivergedError on a non-finite loss.
+
+    `should_stop` is checked before every step: when it says so (SIGTERM), a checkpoint is written
+    if it is quick and `errors.Terminated` is raised with the step to resume from.
+    """
     _configure_backends(device)
-    return _Trainer(cfg, scene, hooks, device).run()
+    return _Trainer(cfg, scene, hooks, device, should_stop).run()

@@ -35,7 +35,13 @@ MESSAGES: dict[str, str] = {
     R.TRAINER_ERROR.value: "The trainer failed. See `kubectl logs` of the pod and error.log in the output directory (<scene.path>/gsplat/<training name>/ by default).",
     R.INVALID_OPTIONS.value: "The trainer rejected its options. Check the resource's spec.",
     R.OUTPUT_BUSY.value: "Another trainer holds the output directory's lock. Give this training its own spec.output.path, or re-create it once the other one ends.",
+    R.TERMINATED.value: contract.MSG_TERMINATED.capitalize() + "; a retried pod resumes from the last checkpoint.",
+    R.OUTPUT_NOT_WRITABLE.value: "The trainer cannot write its output directory (read-only or full volume). See `kubectl logs` of the pod.",
 }
+
+# Trainer reasons that say "this attempt stopped", not why the Job gave up: once the Job's retries
+# are spent, BackoffLimitExceeded is the reason and the last attempt's words the detail.
+_RETRIED_REASONS = frozenset({R.TRAINER_ERROR.value, R.TERMINATED.value})
 
 _IMAGE_PULL_FATAL = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 _IMAGE_PULL_TRANSIENT = frozenset({"ErrImagePull"})
@@ -100,6 +106,8 @@ def from_terminated(pod: Mapping[str, Any]) -> Failure | None:
     code = term.get("exitCode")
     if code == contract.ExitCode.OUT_OF_MEMORY:
         return Failure(R.OUT_OF_MEMORY.value, contract.MSG_OOM)
+    if code == contract.ExitCode.TERMINATED:  # killed by SIGTERM before it could say so
+        return Failure(R.TERMINATED.value, MESSAGES[R.TERMINATED.value])
     if code == contract.ExitCode.INVALID_INPUT:
         return Failure(R.INVALID_OPTIONS.value, "The trainer rejected its input (exit code 2). See `kubectl logs` and error.log in the output directory (<scene.path>/gsplat/<training name>/ by default).")
     return Failure(R.TRAINER_ERROR.value, f"The trainer exited with code {code}. " + MESSAGES[R.TRAINER_ERROR.value])
@@ -115,7 +123,7 @@ def classify_job_failure(job: Mapping[str, Any] | None, pods: Iterable[Mapping[s
     for pod in newest_first:
         failure = from_terminated(pod)
         if failure is not None:
-            if job_reason == "BackoffLimitExceeded" and failure.reason in (R.TRAINER_ERROR.value,):
+            if job_reason == "BackoffLimitExceeded" and failure.reason in _RETRIED_REASONS:
                 return Failure(R.BACKOFF_LIMIT_EXCEEDED.value, f"{MESSAGES[R.BACKOFF_LIMIT_EXCEEDED.value]} Last error: {failure.message}")
             return failure
     if job_reason == "BackoffLimitExceeded":
