@@ -28,14 +28,21 @@ class UsageError(ValueError):
     """A bad value the user can fix (exit 2)."""
 
 
-def scene_problem(scene_dir: pathlib.Path) -> str | None:
-    """The original pipeline's prerequisite checks on a scene directory (None: looks trainable)."""
-    colmap = scene_dir / contract.COLMAP_DIR
-    if not colmap.is_dir() or not all(
-        any((colmap / f"{stem}{ext}").is_file() for ext in (".bin", ".txt"))
+def _has_model(folder: pathlib.Path) -> bool:
+    return folder.is_dir() and all(
+        any((folder / f"{stem}{ext}").is_file() for ext in (".bin", ".txt"))
         for stem in ("cameras", "images", "points3D")
-    ):
-        return f"{contract.MSG_COLMAP_NOT_FOUND} at {colmap} (expected cameras/images/points3D .bin or .txt)"
+    )
+
+
+def scene_problem(scene_dir: pathlib.Path) -> str | None:
+    """The original pipeline's prerequisite checks on a scene directory (None: looks trainable).
+
+    The model may be in colmap/sparse_initial or sparse/0, as the trainer reads either."""
+    colmap = scene_dir / contract.COLMAP_DIR
+    if not (_has_model(scene_dir / contract.SPARSE_DIR) or _has_model(colmap)):
+        return (f"{contract.MSG_COLMAP_NOT_FOUND} at {colmap} or {scene_dir / contract.SPARSE_DIR} "
+                "(expected cameras/images/points3D .bin or .txt)")
     images = scene_dir / contract.IMAGES_DIR
     if not images.is_dir() or not any(p.is_file() and not p.name.startswith(".") for p in images.iterdir()):
         return f"{contract.MSG_NO_IMAGES} in {images}"
@@ -62,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
 
     p = sub.add_parser("train", help="create a GaussianSplatTraining for a scene on a PVC")
-    p.add_argument("scene", metavar="SCENE", help="scene id (also the default path inside the volume)")
+    p.add_argument("scene", metavar="SCENE", help="scene id (also the default path inside the volume); a local "
+                   "directory (./fox, /x/fox) is uploaded first, as `upload` does, and named after it")
     p.add_argument("--pvc", required=True, metavar="CLAIM", help="PersistentVolumeClaim holding the scene")
     p.add_argument("--path", help="scene directory inside the volume (default: SCENE)")
     p.add_argument("--data-factor", type=int, help="image downscale factor: 1, 2, 4 or 8 (default 1)")
@@ -100,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the PLY")
     p.add_argument("--image", help="image of the short-lived reader pod (default busybox; needs `cat`)")
+    _kube_flags(p)
+
+    p = sub.add_parser("upload", help="copy a local scene directory into a PVC (checked, resumable)")
+    p.add_argument("directory", metavar="DIR", help="scene directory: images/ and colmap/sparse_initial (or sparse/0)")
+    p.add_argument("--pvc", required=True, metavar="CLAIM", help="PersistentVolumeClaim to copy into")
+    p.add_argument("--path", help="directory inside the volume (default: DIR's name)")
+    p.add_argument("--image", help="image of the short-lived uploader pod (default busybox; needs sh, tar, sha256sum)")
     _kube_flags(p)
 
     p = sub.add_parser("gateway", help="serve the original REST API (uvicorn)")
@@ -146,6 +161,10 @@ async def cmd_train(args: argparse.Namespace) -> int:
     from splatops.cli import download as dl
     from splatops.cli.kube import connect, kubeconfig_path
 
+    local_dir = local_scene_dir(args.scene)
+    if local_dir is not None:  # train ./dir: upload it, then train the uploaded copy
+        args.scene = local_dir.resolve().name
+        args.path = args.path or args.scene
     if args.dry_run:
         name = args.name or original.run_name(args.scene, 1)
         sys.stdout.write(original.to_yaml(training_manifest(args, name, args.namespace)))
@@ -154,7 +173,9 @@ async def cmd_train(args: argparse.Namespace) -> int:
     training_manifest(args, args.name or original.run_name(args.scene, 1), None)  # validate before connecting
     async with connect(target) as kube:
         volumes = dl.local_volumes(kubeconfig_path(target))
-        if args.pvc in volumes:  # a local volume: check the scene as the original pipeline did
+        if local_dir is not None:
+            await _upload(kube, volumes, local_dir, args.pvc, args.path, None)
+        elif args.pvc in volumes:  # a local volume: check the scene as the original pipeline did
             problem = scene_problem(pathlib.Path(volumes[args.pvc]) / (args.path or args.scene))
             if problem:
                 raise FileNotFoundError(problem)
@@ -172,6 +193,65 @@ async def cmd_train(args: argparse.Namespace) -> int:
         if code != EXIT_OK or not args.download:
             return code
         return await _download(kube, target, name, pathlib.Path(args.download), None)
+
+
+def local_scene_dir(scene: str) -> pathlib.Path | None:
+    """A SCENE argument written as a path (./fox, /x/fox, fox/) names a local directory to upload."""
+    if "/" not in scene and not scene.startswith("."):
+        return None
+    path = pathlib.Path(scene).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{scene} is not a directory (a scene id has no '/')")
+    return path
+
+
+async def _upload(kube: Any, volumes: dict[str, str], directory: pathlib.Path, claim: str,
+                  path: str | None, image: str | None) -> None:
+    """Check the scene as the trainer would, then copy it into the claim (a local volume directly)."""
+    from functools import partial
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from splatops.cli import download as dl
+    from splatops.cli import upload as up
+
+    problem = scene_problem(directory)
+    if problem:
+        raise FileNotFoundError(problem)
+    path = path or directory.resolve().name
+    files = up.scene_files(directory)
+    console = Console(file=sys.stderr)
+    with Progress("[bold]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task(f"{directory.name} -> {claim}:{path}", total=None)
+
+        def show(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        if claim in volumes:
+            from splatops.local.podexec import exec_local
+
+            result = await up.transfer(partial(exec_local, volumes[claim]), files, up.pod_dir(path), progress=show)
+        else:
+            await check_claim(kube, claim)
+            result = await up.upload_via_pod(kube, claim, files, path, progress=show,
+                                             image=image or dl.DOWNLOAD_IMAGE)
+    print(f"{claim}:{path}: {len(result.sent)} file(s) uploaded ({result.bytes_sent / 1048576:.2f} MB, sha256 "
+          f"checked), {len(result.skipped)} already there", flush=True)
+
+
+async def cmd_upload(args: argparse.Namespace) -> int:
+    from splatops.cli import download as dl
+    from splatops.cli.kube import connect, kubeconfig_path
+
+    directory = pathlib.Path(args.directory).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{contract.MSG_NO_IMAGES}: {directory} is not a directory")
+    target = _target(args)
+    async with connect(target) as kube:
+        await _upload(kube, dl.local_volumes(kubeconfig_path(target)), directory, args.pvc, args.path, args.image)
+    return EXIT_OK
 
 
 async def check_claim(kube: Any, claim: str) -> None:
@@ -316,7 +396,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 ASYNC_COMMANDS = {
     "train": cmd_train, "status": cmd_status, "wait": cmd_wait, "logs": cmd_logs,
-    "list": cmd_list, "download": cmd_download,
+    "list": cmd_list, "download": cmd_download, "upload": cmd_upload,
 }
 
 
@@ -324,8 +404,9 @@ def _failure(exc: BaseException) -> int | None:
     """Exit code and message for the errors a user can act on (None: not one of those)."""
     from splatops.cli.download import DownloadError
     from splatops.cli.kube import ClusterUnavailable, Conflict, NotFound
+    from splatops.cli.upload import UploadError
 
-    if isinstance(exc, (ClusterUnavailable, NotFound, Conflict, DownloadError, FileNotFoundError)):
+    if isinstance(exc, (ClusterUnavailable, NotFound, Conflict, DownloadError, UploadError, FileNotFoundError)):
         _err(str(exc))
         return EXIT_FAILED
     return None
