@@ -305,6 +305,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "templated-crds": {"crds": {"templated": True}},
     "templated-crds-namespaced": {"crds": {"templated": True}, "watch": {"namespaces": ["team-a"]}},
     "trainer-defaults": {"trainer": {"backoffLimit": 0, "activeDeadlineSeconds": 0, "ttlSecondsAfterFinished": 1000000}},
+    "pod-template": {"trainer": {"podTemplate": {
+        "serviceAccountName": "splat-s3", "imagePullSecrets": [{"name": "registry"}],
+        "env": [{"name": "AWS_REGION", "value": "us-east-1"}],
+        "volumes": [{"name": "cache", "emptyDir": {"sizeLimit": "20Gi"}}],
+        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}}},
     **{
         f"preset-{name}": {"gpu": {"preset": name}}
         for name in ("gfd", "eks-managed", "karpenter", "eks-auto", "gke-l4", "aks-a10")

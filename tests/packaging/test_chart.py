@@ -405,3 +405,22 @@ def test_trainer_jobs_built_with_each_preset_are_valid(renders, preset: str) -> 
     assert all(t in pod["tolerations"] for t in settings.tolerations)
     labels = job["spec"]["template"]["metadata"]["labels"]
     assert labels[names.LABEL_COMPONENT] == names.COMPONENT_TRAINER and labels[names.LABEL_MANAGED_BY] == names.MANAGED_BY
+
+
+def test_trainer_pod_template_reaches_the_jobs(renders) -> None:
+    """trainer.podTemplate -> the operator's env -> Settings -> the Job: the default
+    karpenter.sh/do-not-disrupt annotation kept under user values, a training's own template merged."""
+    from splatops.controller import jobs
+
+    example = yaml.safe_load((helm_env.ROOT / "examples" / "production.yaml").read_text())
+    training = {**example, "metadata": {**example["metadata"], "namespace": "splats", "uid": "0f0e0d0c-0000-4000-8000-000000000000", "generation": 1}}
+    training["spec"] = {**training["spec"], "podTemplate": {"env": [{"name": "AWS_REGION", "value": "eu-west-1"}]}}
+    for scenario in ("default", "pod-template"):
+        job = jobs.build_job(training, _settings(one(renders.objects(scenario), "StatefulSet")))
+        kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+        pod = job["spec"]["template"]
+        assert pod["metadata"]["annotations"] == {"karpenter.sh/do-not-disrupt": "true"}
+        assert {"name": "AWS_REGION", "value": "eu-west-1"} in pod["spec"]["containers"][0]["env"]
+    assert pod["spec"]["serviceAccountName"] == "splat-s3" and pod["spec"]["imagePullSecrets"] == [{"name": "registry"}]
+    assert {"name": "cache", "mountPath": "/cache"} in pod["spec"]["containers"][0]["volumeMounts"]
+    assert [e["value"] for e in pod["spec"]["containers"][0]["env"] if e["name"] == "AWS_REGION"] == ["eu-west-1"]

@@ -29,7 +29,8 @@ MESSAGES: dict[str, str] = {
     R.NO_IMAGES.value: contract.MSG_NO_IMAGES + " (expected image files in <scene.path>/images/).",
     R.DEADLINE_EXCEEDED.value: "Training exceeded its deadline (spec.activeDeadlineSeconds, else the operator's default). Raise spec.activeDeadlineSeconds, lower maxSteps or raise dataFactor.",
     R.BACKOFF_LIMIT_EXCEEDED.value: "The trainer failed on every retry (spec.backoffLimit reached). See `kubectl logs` of the last pod and <scene.path>/gsplat/error.log.",
-    R.IMAGE_PULL.value: "The trainer image cannot be pulled. Check spec.image / the operator's trainer image, the registry and imagePullSecrets.",
+    R.IMAGE_PULL.value: "The trainer image cannot be pulled. Check spec.image / the operator's trainer image, the registry, and the pull "
+    "secrets: spec.podTemplate.imagePullSecrets (or the chart's trainer.podTemplate.imagePullSecrets).",
     R.UNSCHEDULABLE.value: "No GPU node can take the trainer pod. Check the GPU node pool (default nvidia.com/gpu.product=NVIDIA-A10G), spec.affinity, spec.nodeSelector, spec.resources and spec.tolerations.",
     R.OOM_KILLED.value: "The trainer ran out of host memory (OOMKilled). Raise spec.resources.memory or raise dataFactor.",
     R.TRAINER_ERROR.value: "The trainer failed. See `kubectl logs` of the pod and <scene.path>/gsplat/error.log.",

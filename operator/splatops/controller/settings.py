@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from splatops.api.models import PodTemplate
+
 ENV_PREFIX = "SPLATOPS_OPERATOR_"
 
 DEFAULT_GPU_PRODUCT_KEY = "nvidia.com/gpu.product"
@@ -68,6 +70,10 @@ class Settings(BaseSettings):
     tolerations: Annotated[list[dict[str, Any]], NoDecode] = Field(
         default_factory=lambda: [dict(t) for t in DEFAULT_TOLERATIONS],
         description="JSON list of tolerations added to every trainer pod.",
+    )
+    pod_template: Annotated[PodTemplate | None, NoDecode] = Field(
+        None, description="JSON PodTemplate (the spec's podTemplate shape) merged into every trainer pod; "
+        "a training's spec.podTemplate wins.",
     )
     default_memory: str = "24Gi"
     default_cpu: str = "4"
@@ -131,6 +137,12 @@ class Settings(BaseSettings):
         if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
             raise ValueError("tolerations must be a JSON list of objects")
         return value
+
+    @field_validator("pod_template", mode="before")
+    @classmethod
+    def _pod_template(cls, value: Any) -> Any:
+        value = _json_value(value, "pod_template")
+        return value or None
 
     @field_validator("liveness_path")
     @classmethod
