@@ -104,8 +104,9 @@ app.kubernetes.io/component: gateway
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get"]
-# kopf posts its handler outcomes as core v1 Events (POST /api/v1/namespaces/<ns>/events).
+# kopf posts its handler outcomes as core v1 Events (POST /api/v1/namespaces/<ns>/events);
+# kube.pod_events lists a long-Unschedulable trainer pod's Events (Karpenter's Nominated).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- end -}}

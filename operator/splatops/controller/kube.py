@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dataclasses
 import os
 from typing import Any
@@ -73,6 +75,14 @@ class Kube:
             namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}", _preload_content=False
         ))
         return list((await resp.json()).get("items") or [])
+
+    async def pod_events(self, namespace: str, pod: str) -> list[dict[str, Any]]:
+        """Core v1 Events about one pod (Karpenter's Nominated among them)."""
+        resp = await raise_for_status(await self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.kind=Pod,involvedObject.name={pod}", _preload_content=False
+        ))
+        items = json.loads(await resp.read()).get("items") or []
+        return [e for e in items if (e.get("involvedObject") or {}).get("name") == pod]
 
     async def log_tail(self, namespace: str, pod: str, lines: int) -> str:
         resp = await raise_for_status(await self.core.read_namespaced_pod_log(

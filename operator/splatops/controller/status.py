@@ -36,6 +36,8 @@ class Observed:
     queued_by_operator: bool = False  # waiting under the operator's own cap
     now: float = 0.0
     unschedulable_grace: float = 600.0
+    provisioning_grace: float = 0.0  # how long a pod a node is being provisioned for may wait
+    nominated: frozenset[str] = frozenset()  # pods Karpenter launched a node for (Nominated Events)
     model_path: str | None = None  # where results.ply lands (relative to the volume)
 
 
@@ -83,7 +85,8 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
     if failures.job_condition(job, "Failed") or failures.job_condition(job, "FailureTarget"):
         failure = failures.classify_job_failure(job, obs.pods)
         return Phase.FAILED, failure.reason, failure.message
-    stuck = failures.stuck(obs.pods, obs.now, obs.unschedulable_grace)
+    stuck = failures.stuck(obs.pods, obs.now, obs.unschedulable_grace, nominated=obs.nominated,
+                           provisioning_grace=obs.provisioning_grace)
     if stuck is not None:
         return Phase.FAILED, stuck.reason, stuck.message
     job_suspended = bool((job.get("spec") or {}).get("suspend"))
@@ -100,7 +103,7 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
         return Phase.RUNNING, REASON_RUNNING, "Training."
     if any((p.get("status") or {}).get("phase") == "Succeeded" for p in obs.pods):
         return Phase.RUNNING, REASON_RUNNING, "Training finished; the Job is completing."
-    detail = failures.pending_detail(obs.pods)
+    detail = failures.pending_detail(obs.pods, obs.nominated)
     if detail is not None:
         return Phase.PENDING, detail[0], detail[1]
     if int(((job.get("status") or {}).get("failed")) or 0) > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Mapping
 
@@ -13,6 +14,8 @@ from splatops.api.models import Phase, parse_spec
 from splatops.controller import jobs, metrics, status
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime
 from splatops.controller.timeutil import parse_time
+
+logger = logging.getLogger(__name__)
 
 # Failures the operator decides itself while the Job would wait forever: stop the pod too.
 OPERATOR_DECIDED = (contract.Reason.IMAGE_PULL.value, contract.Reason.UNSCHEDULABLE.value)
@@ -43,10 +46,12 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
             pods = tuple(await rt.api().job_pods(ns, jname)) or pods
         spec = training.get("spec") or {}
         model_path = _model_path(rt, key, training["metadata"].get("generation"), spec)
+        now = time.time()
         obs = status.Observed(
             spec=spec, status=current, generation=training["metadata"].get("generation"), job=job, pods=pods,
-            queued_by_operator=queued, now=time.time(), unschedulable_grace=rt.settings.unschedulable_grace,
-            model_path=model_path,
+            queued_by_operator=queued, now=now, unschedulable_grace=rt.settings.unschedulable_grace,
+            provisioning_grace=rt.settings.provisioning_grace, model_path=model_path,
+            nominated=await nominated_by_karpenter(rt, ns, pods, now),
         )
         desired = status.desired_status(obs)
         patch = status.status_patch(current, desired)
@@ -63,6 +68,27 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
                 # The Job would wait forever; suspending removes the stuck pod but keeps the Job for inspection.
                 await rt.api().patch_job(ns, jname, {"spec": {"suspend": True}})
         return desired
+
+
+async def nominated_by_karpenter(rt: Runtime, ns: str, pods: Any, now: float) -> frozenset[str]:
+    """Pods past the Unschedulable grace that Karpenter launched a node for (a Nominated Event).
+
+    Asked only then (one Events list per such pod and reconcile), so a training waiting for
+    Karpenter's g5 node is not failed while the node boots; without RBAC to list Events, none."""
+    found = set()
+    for pod in pods:
+        since = status.failures.unschedulable_since(pod)
+        name = (pod.get("metadata") or {}).get("name")
+        if since is None or now - since < rt.settings.unschedulable_grace or status.failures.provisioning(pod):
+            continue
+        try:
+            events = await rt.api().pod_events(ns, name)
+        except Exception as exc:  # 403 or a flaky API: fall back to the plain grace
+            logger.debug("cannot list the Events of pod %s/%s: %s", ns, name, exc)
+            continue
+        if any(e.get("reason") == status.failures.KARPENTER_NOMINATED for e in events):
+            found.add(name)
+    return frozenset(found)
 
 
 def _model_path(rt: Runtime, key: Key, generation: Any, spec: Mapping[str, Any]) -> str | None:
