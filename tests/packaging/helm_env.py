@@ -304,6 +304,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "dashboard": {"enabled": True},
         }
     },
+    # kube-prometheus-stack out of the box: its release label on all three objects, one value.
+    "monitoring-kps": {"monitoring": {"additionalLabels": {"release": "kube-prometheus-stack"},
+                                      "serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+                                      "prometheusRule": {"enabled": True}}},
+    "rules-only": {"monitoring": {"prometheusRule": {"enabled": True}}},
     # Installed with --skip-crds, as the chart's docs ask (see render_manifest).
     "templated-crds": {"crds": {"templated": True}},
     "templated-crds-namespaced": {"crds": {"templated": True}, "watch": {"namespaces": ["team-a"]}},
