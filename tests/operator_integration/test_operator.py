@@ -344,6 +344,24 @@ async def test_kueue_admission_and_preemption(kube: Harness):
     assert kube.sim.pods(job_name) == [] and status["reason"], status
 
 
+async def test_kueue_pending_reason_in_the_status_message(kube: Harness):
+    """While Kueue holds the Job suspended, status.message carries Kueue's own words from the
+    Job's Workload (read by the periodic reconcile), and loses them once admitted."""
+    words = "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor a10g, 1 more needed"
+    await kube.start_operator(progress_interval="0.2")
+    await kube.create("kw", queueName="gpu-a10g")
+    job = await kube.wait_job("kw")
+    await kube.wait_phase("kw", "Queued")
+    await kube.sim.kueue_pending(job["metadata"]["name"], words)
+    await eventually(lambda: words in (kube.status("kw").get("message") or ""), lambda: f"Kueue's words; status {kube.status('kw')}")
+    status = kube.status("kw")
+    assert status["reason"] == "WaitingForKueue" and "(queue gpu-a10g)" in status["message"], status
+    await kube.emulator.patch(c.JOB_RESOURCE, NS, job["metadata"]["name"], {"spec": {"suspend": False}})  # admitted
+    pod = await kube.sim.start(job["metadata"]["name"])
+    await kube.sim.run(pod, progress(20))
+    assert words not in (await kube.wait_phase("kw", "Running"))["message"]
+
+
 async def test_job_lost_while_the_operator_was_down_is_created_again_with_a_warning(kube: Harness):
     """A Job deleted before its outcome was recorded (by hand, or by its TTL while the operator was
     down) is created again, once: the trainer resumes from its checkpoint. A Warning says why."""

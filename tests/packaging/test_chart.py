@@ -244,6 +244,7 @@ OPERATOR_RULES = {
     ("", "persistentvolumeclaims", "get"),  # a training's scene PVC exists
     ("", "events", "create"),  # kopf's posted Events
     ("", "events", "list"),  # kube.pod_events: Karpenter's Nominated on a long-Unschedulable pod
+    ("kueue.x-k8s.io", "workloads", "list"),  # kube.kueue_workloads: Kueue's pending reason
 }
 DISCOVERY_RULES = {  # kopf watches CRDs in any mode; namespaces only when not cluster-wide
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),

@@ -33,6 +33,9 @@ NOT_EXERCISED: dict[Rule, str] = {
     # kube.read_job: only when creating the Job finds one there already (a Job kopf's index has
     # not seen yet), a race this scenario does not provoke.
     ("batch", "jobs", "get"): "create conflict",
+    # kube.kueue_workloads: only for trainings with spec.queueName, which this scenario has not
+    # (test_operator.py::test_kueue_pending_reason_in_the_status_message covers it).
+    ("kueue.x-k8s.io", "workloads", "list"): "Kueue",
 }
 
 

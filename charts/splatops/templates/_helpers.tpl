@@ -109,4 +109,9 @@ app.kubernetes.io/component: gateway
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "list"]
+# kube.kueue_workloads: why Kueue has not admitted a queued training's Job (its Workload's
+# conditions, for status.message); a cluster without Kueue answers 404, which is fine.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list"]
 {{- end -}}

@@ -182,6 +182,19 @@ def pending_detail(pods: Iterable[Mapping[str, Any]], nominated: Collection[str]
     return None
 
 
+def kueue_pending(workloads: Iterable[Mapping[str, Any]]) -> str | None:
+    """Kueue's own words for why a Job's Workload is not admitted (QuotaReserved or Admitted
+    False, e.g. "couldn't assign flavors to pod set main: insufficient unused quota for
+    nvidia.com/gpu in flavor a10g, 1 more needed"); None when it says nothing."""
+    for workload in workloads:
+        conditions = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
+        for type_ in ("QuotaReserved", "Admitted"):
+            cond = conditions.get(type_) or {}
+            if cond.get("status") == "False" and cond.get("message"):
+                return str(cond["message"])
+    return None
+
+
 def _pod_time(pod: Mapping[str, Any]) -> str:
     return str((pod.get("metadata") or {}).get("creationTimestamp") or "")
 

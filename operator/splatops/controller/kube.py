@@ -29,6 +29,10 @@ async def raise_for_status(resp: Any) -> Any:
     return resp
 
 
+KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta1"
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+
+
 @dataclasses.dataclass
 class Kube:
     api: client.ApiClient
@@ -83,6 +87,14 @@ class Kube:
         ))
         items = json.loads(await resp.read()).get("items") or []
         return [e for e in items if (e.get("involvedObject") or {}).get("name") == pod]
+
+    async def kueue_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        """Kueue's Workloads for a Job (Kueue labels each with the Job's uid)."""
+        resp = await raise_for_status(await self.custom.list_namespaced_custom_object(
+            KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads",
+            label_selector=f"{KUEUE_JOB_UID_LABEL}={job_uid}", _preload_content=False,
+        ))
+        return list(json.loads(await resp.read()).get("items") or [])
 
     async def log_tail(self, namespace: str, pod: str, lines: int) -> str:
         resp = await raise_for_status(await self.core.read_namespaced_pod_log(

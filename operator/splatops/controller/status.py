@@ -38,6 +38,7 @@ class Observed:
     unschedulable_grace: float = 600.0
     provisioning_grace: float = 0.0  # how long a pod a node is being provisioned for may wait
     nominated: frozenset[str] = frozenset()  # pods Karpenter launched a node for (Nominated Events)
+    kueue_message: str | None = None  # why Kueue has not admitted the Job yet, in its words
     model_path: str | None = None  # where results.ply lands (relative to the volume)
 
 
@@ -97,7 +98,8 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
             # Kueue re-suspends a preempted Job without any DisruptionTarget: if it ever ran, it was preempted.
             if prev == Phase.RUNNING.value or obs.status.get("startTime") or obs.status.get("reason") == REASON_PREEMPTED:
                 return Phase.QUEUED, REASON_PREEMPTED, "Preempted by Kueue; resumes from the last checkpoint when readmitted."
-            return Phase.QUEUED, REASON_WAITING_KUEUE, f"Waiting for Kueue to admit the Job (queue {obs.spec['queueName']})."
+            why = f": {obs.kueue_message}" if obs.kueue_message else "."
+            return Phase.QUEUED, REASON_WAITING_KUEUE, f"Waiting for Kueue to admit the Job (queue {obs.spec['queueName']}){why}"
         return Phase.QUEUED, REASON_WAITING_SLOT, "Waiting for a free training slot (operator cap)."
     if running_pod(obs.pods) is not None:
         return Phase.RUNNING, REASON_RUNNING, "Training."

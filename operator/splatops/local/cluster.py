@@ -43,6 +43,7 @@ JOB_RESOURCE = "batch/v1/jobs"
 POD_RESOURCE = "v1/pods"
 NAMESPACE_RESOURCE = "v1/namespaces"
 EVENT_RESOURCE = "v1/events"
+KUEUE_WORKLOAD_RESOURCE = "kueue.x-k8s.io/v1beta1/workloads"
 
 _NAMESPACES_PATH = re.compile(r"^/api/v1/namespaces(/[^/]+)?/?$")
 _NS_ALIAS = "splatops-namespaces-alias"
@@ -63,6 +64,8 @@ RESOURCES: dict[str, dict[str, Any]] = {
         subresources={"status"},
     ),
     "coordination.k8s.io/v1/leases": dict(kind="Lease", singular="lease", namespaced=True),
+    # Kueue's Workloads, for the status of trainings waiting for its admission.
+    KUEUE_WORKLOAD_RESOURCE: dict(kind="Workload", singular="workload", namespaced=True, subresources={"status"}),
     # kopf's peering (two replicas); harmless when the operator runs standalone.
     "kopf.dev/v1/kopfpeerings": dict(kind="KopfPeering", singular="kopfpeering", namespaced=True),
     "kopf.dev/v1/clusterkopfpeerings": dict(

@@ -52,6 +52,7 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
             queued_by_operator=queued, now=now, unschedulable_grace=rt.settings.unschedulable_grace,
             provisioning_grace=rt.settings.provisioning_grace, model_path=model_path,
             nominated=await nominated_by_karpenter(rt, ns, pods, now),
+            kueue_message=await kueue_message(rt, key, spec, job),
         )
         desired = status.desired_status(obs)
         patch = status.status_patch(current, desired)
@@ -89,6 +90,27 @@ async def nominated_by_karpenter(rt: Runtime, ns: str, pods: Any, now: float) ->
         if any(e.get("reason") == status.failures.KARPENTER_NOMINATED for e in events):
             found.add(name)
     return frozenset(found)
+
+
+async def kueue_message(rt: Runtime, key: Key, spec: Mapping[str, Any], job: Mapping[str, Any] | None) -> str | None:
+    """Why Kueue has not admitted the training's suspended Job, read from its Workload (at most
+    once per progress interval per training: the timer's cadence; nothing without Kueue or RBAC
+    to read Workloads)."""
+    if not spec.get("queueName") or job is None or not (job.get("spec") or {}).get("suspend"):
+        rt.kueue_seen.pop(key, None)
+        return None
+    now = time.monotonic()
+    seen = rt.kueue_seen.get(key)
+    if seen is not None and now - seen[0] < rt.settings.progress_interval:
+        return seen[1]
+    message = None
+    try:
+        workloads = await rt.api().kueue_workloads(key[0], str((job.get("metadata") or {}).get("uid") or ""))
+        message = status.failures.kueue_pending(workloads)
+    except Exception as exc:  # no Kueue (404), no RBAC (403): the plain message
+        logger.debug("cannot read Kueue's Workload of %s/%s: %s", *key, exc)
+    rt.kueue_seen[key] = (now, message)
+    return message
 
 
 def _model_path(rt: Runtime, key: Key, generation: Any, spec: Mapping[str, Any]) -> str | None:

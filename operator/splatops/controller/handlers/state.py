@@ -53,6 +53,7 @@ class Runtime:
     model_paths: dict[Key, tuple[Any, str | None]] = dataclasses.field(default_factory=dict)  # (generation, path)
     suspend_seen: dict[Key, bool] = dataclasses.field(default_factory=dict)  # spec.suspend last acted on
     pvc_seen: dict[Key, float] = dataclasses.field(default_factory=dict)  # (ns, claim) -> monotonic time
+    kueue_seen: dict[Key, tuple[float, str | None]] = dataclasses.field(default_factory=dict)  # (monotonic time, Kueue's message)
     _locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     _seen_counter: Iterator[int] = dataclasses.field(default_factory=itertools.count)
 
@@ -61,7 +62,7 @@ class Runtime:
 
     def forget(self, key: Key) -> None:
         for table in (self.written, self.written_at, self.seen, self.last_progress_write, self.last_progress_step,
-                      self.suspend_seen, self.model_paths, self._locks):
+                      self.suspend_seen, self.model_paths, self.kueue_seen, self._locks):
             table.pop(key, None)  # type: ignore[attr-defined]
         self.admitted.discard(key)
         self.job_created.discard(key)
