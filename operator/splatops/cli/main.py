@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from splatops import contract, names
+from splatops import __version__, contract, names
 from splatops.cli import original
 
 EXIT_OK = 0
@@ -52,18 +52,25 @@ def scene_problem(scene_dir: pathlib.Path) -> str | None:
 # --- argument parsing ----------------------------------------------------------------------------
 
 
-def _kube_flags(p: argparse.ArgumentParser) -> None:
+def _kube_flags(p: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """kubectl's cluster flags, accepted before the verb (`splatops -n x list`) and after it.
+    After the verb they default to SUPPRESS, so they never overwrite values given before it."""
+    default = None if top else argparse.SUPPRESS
     g = p.add_argument_group("cluster (as kubectl)")
-    g.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
-    g.add_argument("--context", help="kubeconfig context (default: the current context)")
-    g.add_argument("-n", "--namespace", help="namespace (default: the context's namespace)")
+    g.add_argument("--kubeconfig", default=default, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+    g.add_argument("--context", default=default, help="kubeconfig context (default: the current context)")
+    g.add_argument("-n", "--namespace", default=default, help="namespace (default: the context's namespace)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     invoked = pathlib.Path(sys.argv[0]).name if sys.argv else ""
     parser = argparse.ArgumentParser(
-        prog="kubectl splat" if invoked == "kubectl-splat" else "splatops", description="Train 3D Gaussian Splatting models on Kubernetes (also `kubectl splat`)."
+        prog="kubectl splat" if invoked == "kubectl-splat" else "splatops",
+        usage="%(prog)s [--version] [--kubeconfig FILE] [--context NAME] [-n NAMESPACE] COMMAND ...",
+        description="Train 3D Gaussian Splatting models on Kubernetes (also `kubectl splat`)."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _kube_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
@@ -76,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-factor", type=int, help="image downscale factor: 1, 2, 4 or 8 (default 1)")
     p.add_argument("--max-steps", type=int, help="training iterations (default 30000)")
     p.add_argument("--strategy", choices=("default", "mcmc"), help="densification strategy")
+    p.add_argument("--gpus", type=int, help="GPUs of the trainer (default 1)")
+    p.add_argument("--memory", help="memory request and limit, e.g. 24Gi (default: the operator's)")
+    p.add_argument("--cpu", help="CPU request, e.g. 4 (default: the operator's)")
+    p.add_argument("--queue", metavar="LOCALQUEUE", help="Kueue LocalQueue (spec.queueName): Kueue admits the training")
     p.add_argument("--name", help="resource name (default: SCENE, then SCENE-2, SCENE-3, ...)")
     p.add_argument("--wait", action="store_true", help="wait until done, showing progress")
     p.add_argument("--download", metavar="FILE", help="after success, download results.ply to FILE (implies --wait)")
@@ -101,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     _kube_flags(p)
 
     p = sub.add_parser("list", help="list trainings")
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="trainings of every namespace (a NAMESPACE column)")
+    p.add_argument("-o", "--output", choices=("table", "wide", "yaml", "json", "original"), default="table",
+                   help="table (default); wide: + REASON, QUEUE, GPUS, JOB; yaml/json: the resources as a "
+                   "kubectl List; original: the original pipeline's status JSON")
     _kube_flags(p)
 
     p = sub.add_parser("download", help="download a training's results.ply")
@@ -145,10 +159,14 @@ def _err(message: str) -> None:
 def training_manifest(args: argparse.Namespace, name: str, namespace: str | None) -> dict[str, Any]:
     import pydantic
 
+    resources = {k: v for k, v in (("gpus", args.gpus), ("memory", args.memory), ("cpu", args.cpu)) if v is not None}
+    extra: dict[str, Any] = {"resources": resources} if resources else {}
+    if args.queue:
+        extra["queueName"] = args.queue
     try:
         return original.build_training(
             name, scene_id=args.scene, claim=args.pvc, path=args.path or args.scene, namespace=namespace,
-            data_factor=args.data_factor, max_steps=args.max_steps, strategy=args.strategy,
+            data_factor=args.data_factor, max_steps=args.max_steps, strategy=args.strategy, extra_spec=extra,
         )
     except pydantic.ValidationError as exc:
         problems = "; ".join(
@@ -331,15 +349,30 @@ async def cmd_list(args: argparse.Namespace) -> int:
     from splatops.cli.kube import connect
 
     async with connect(_target(args)) as kube:
-        items = await kube.list_trainings()
-    items.sort(key=lambda r: (r["metadata"].get("creationTimestamp") or "", r["metadata"]["name"]))
-    if args.output == "json":
+        items = await kube.list_trainings(all_namespaces=args.all_namespaces)
+    items.sort(key=lambda r: (r["metadata"].get("namespace") or "", r["metadata"].get("creationTimestamp") or "",
+                              r["metadata"]["name"]))
+    if args.output in ("json", "yaml"):
+        listing = {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}
+        sys.stdout.write(json.dumps(listing, indent=4) + "\n" if args.output == "json" else original.to_yaml(listing))
+    elif args.output == "original":
         print(json.dumps([{"name": r["metadata"]["name"], **original.original_status(r)} for r in items], indent=2))
     elif not items:
-        print(f"No trainings found in namespace {kube.namespace}.", file=sys.stderr)
+        where = "any namespace" if args.all_namespaces else f"namespace {kube.namespace}"
+        print(f"No trainings found in {where}.", file=sys.stderr)
     else:
-        print(original.format_table(original.table_row(r) for r in items))
+        print(list_table(items, wide=args.output == "wide", all_namespaces=args.all_namespaces))
     return EXIT_OK
+
+
+def list_table(items: Sequence[dict[str, Any]], *, wide: bool, all_namespaces: bool) -> str:
+    """kubectl's table: NAMESPACE first with -A, the extra columns last with -o wide."""
+    header: tuple[str, ...] = original.TABLE_COLUMNS + (original.WIDE_COLUMNS if wide else ())
+    rows = [original.table_row(r) + (original.wide_row(r) if wide else ()) for r in items]
+    if all_namespaces:
+        header = ("NAMESPACE", *header)
+        rows = [(str(r["metadata"].get("namespace") or ""), *row) for r, row in zip(items, rows)]
+    return original.format_table(rows, header)
 
 
 async def _download(kube: Any, target: Any, name: str, dest: pathlib.Path, image: str | None) -> int:
