@@ -227,3 +227,51 @@ async def test_cli_train_a_local_directory_uploads_then_trains(tmp_path, volume,
     assert tree(volume / "fox") == tree(scene)
     out = capsys.readouterr().out
     assert "scenes:fox: 7 file(s) uploaded" in out and "created" in out
+
+
+# --- through the exec API's websocket: the emulator serving pods/exec as a kubelet would ----------
+
+PVC_RESOURCE = "v1/persistentvolumeclaims"
+
+
+async def test_cli_upload_and_download_through_the_exec_websocket(tmp_path, scene, volume, capsys):
+    """`splatops upload` and `splatops download` end to end with the real exec client
+    (`download.exec_frames`, stdin included): the emulator serves pods/exec over a websocket in
+    the v4 channel protocol and runs the command on the claim's directory."""
+    async with c.running_cluster(tmp_path / "kube" / "kubeconfig") as cl:
+        cl.emulator.exec_volumes = {"scenes": str(volume)}
+        await cl.emulator.create(PVC_RESOURCE, {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                                "metadata": {"name": "scenes", "namespace": NS}, "spec": {}})
+        argv = ["upload", str(scene), "--pvc", "scenes", "--path", "scenes/fox", "--kubeconfig", str(cl.kubeconfig)]
+        play = asyncio.create_task(kubelet(cl))
+        assert await cli.amain(argv) == cli.EXIT_OK, capsys.readouterr().err
+        await play
+        assert tree(volume / "scenes" / "fox") == tree(scene) and upload_pods(cl) == []
+        assert "scenes:scenes/fox: 7 file(s) uploaded" in capsys.readouterr().out
+
+        play = asyncio.create_task(kubelet(cl))  # a rerun sends nothing
+        assert await cli.amain(argv) == cli.EXIT_OK
+        await play
+        assert "0 file(s) uploaded (0.00 MB, sha256 checked), 7 already there" in capsys.readouterr().out
+
+        model = volume / "scenes" / "fox" / "gsplat" / "results.ply"
+        model.parent.mkdir(parents=True)
+        model.write_bytes(b"ply\n" + bytes(range(256)) * 4096)
+        status = {"phase": "Succeeded", "modelPath": "scenes/fox/gsplat/results.ply",
+                  "modelSizeMB": model.stat().st_size / 1048576}
+        await cl.emulator.create(c.TRAINING_RESOURCE, {"apiVersion": names.API_VERSION, "kind": names.KIND,
+                                                       "metadata": {"name": "fox", "namespace": NS},
+                                                       "spec": {"scene": {"claimName": "scenes", "path": "scenes/fox"}}})
+        await cl.emulator.patch(c.TRAINING_RESOURCE, NS, "fox", {"status": status}, subresource="status")
+        play = asyncio.create_task(dl_kubelet(cl))
+        out = tmp_path / "fox.ply"
+        assert await cli.amain(["download", "fox", "-o", str(out), "--kubeconfig", str(cl.kubeconfig)]) == cli.EXIT_OK
+        await play
+        assert out.read_bytes() == model.read_bytes()
+
+
+async def dl_kubelet(cl) -> None:
+    while not (pods := cl.emulator.list_objects(c.POD_RESOURCE, NS, f"{names.LABEL_COMPONENT}=download")):
+        await asyncio.sleep(0.02)
+    await cl.emulator.patch(c.POD_RESOURCE, NS, pods[0]["metadata"]["name"], {"status": {"phase": "Running"}},
+                            subresource="status")

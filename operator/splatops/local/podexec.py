@@ -13,7 +13,8 @@ import contextlib
 import json
 import os
 import pathlib
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from typing import Any
 
 from splatops import names
 
@@ -48,25 +49,41 @@ async def _feed(proc: asyncio.subprocess.Process, stdin: AsyncIterable[bytes] | 
         proc.stdin.close()
 
 
+def claim_dir(pod: Mapping[str, Any], claims: Mapping[str, str], mount: str = names.SCENE_MOUNT) -> str | None:
+    """The local directory of the claim the pod mounts at `mount` (None: not one we map)."""
+    spec = pod.get("spec") or {}
+    volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+    for container in spec.get("containers") or []:
+        for m in container.get("volumeMounts") or []:
+            if m.get("mountPath") == mount:
+                claim = (volumes.get(m.get("name")) or {}).get("persistentVolumeClaim", {}).get("claimName")
+                return claims.get(claim) if claim else None
+    return None
+
+
 async def exec_local(volume: os.PathLike[str] | str, command: Sequence[str],
                      stdin: AsyncIterable[bytes] | None = None) -> AsyncIterator[bytes]:
-    """Run `command` with the volume mapped; yield exec-protocol frames."""
+    """Run `command` with the volume mapped; yield exec-protocol frames. As with a kubelet, the
+    stream ends when the command does, whether or not its stdin was read to the end."""
     proc = await asyncio.create_subprocess_exec(
         *map_args(command, volume), stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
     feeder = asyncio.create_task(_feed(proc, stdin))
+    errors = asyncio.create_task(proc.stderr.read())
     try:
-        assert proc.stdout is not None and proc.stderr is not None
-        errors = asyncio.create_task(proc.stderr.read())
         while chunk := await proc.stdout.read(1 << 16):
             yield bytes([STDOUT]) + chunk
-        await feeder
+        code = await proc.wait()
+        if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
+            raise feeder.exception()  # type: ignore[misc]  # the input broke (e.g. a cut-off stream)
         err = await errors
         if err:
             yield bytes([STDERR]) + err
-        yield status_frame(await proc.wait())
+        yield status_frame(code)
     finally:
-        feeder.cancel()
+        for task in (feeder, errors):
+            task.cancel()
         if proc.returncode is None:
             proc.kill()
             with contextlib.suppress(Exception):
