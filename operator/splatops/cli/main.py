@@ -62,20 +62,7 @@ def _kube_flags(p: argparse.ArgumentParser, *, top: bool = False) -> None:
     g.add_argument("-n", "--namespace", default=default, help="namespace (default: the context's namespace)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    invoked = pathlib.Path(sys.argv[0]).name if sys.argv else ""
-    parser = argparse.ArgumentParser(
-        prog="kubectl splat" if invoked == "kubectl-splat" else "splatops",
-        usage="%(prog)s [--version] [--kubeconfig FILE] [--context NAME] [-n NAMESPACE] COMMAND ...",
-        description="Train 3D Gaussian Splatting models on Kubernetes (also `kubectl splat`)."
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    _kube_flags(parser, top=True)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
-
-    p = sub.add_parser("train", help="create a GaussianSplatTraining for a scene on a PVC")
+def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("scene", metavar="SCENE", help="scene id (also the default path inside the volume); a local "
                    "directory (./fox, /x/fox) is uploaded first, as `upload` does, and named after it")
     p.add_argument("--pvc", required=True, metavar="CLAIM", help="PersistentVolumeClaim holding the scene")
@@ -95,6 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not check that the claim exists first (for users who may not read PVCs)")
     p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     _kube_flags(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    invoked = pathlib.Path(sys.argv[0]).name if sys.argv else ""
+    parser = argparse.ArgumentParser(
+        prog="kubectl splat" if invoked == "kubectl-splat" else "splatops",
+        usage="%(prog)s [--version] [--kubeconfig FILE] [--context NAME] [-n NAMESPACE] COMMAND ...",
+        description="Train 3D Gaussian Splatting models on Kubernetes (also `kubectl splat`)."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _kube_flags(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
+
+    _train_arguments(sub.add_parser("train", help="create a GaussianSplatTraining for a scene on a PVC"))
 
     p = sub.add_parser("status", help="print a training's status as the original API's JSON")
     p.add_argument("name", metavar="NAME")
