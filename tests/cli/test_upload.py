@@ -119,6 +119,16 @@ async def upload(cl, kube, scene, volume, *, tamper=None, on_call: int = 1, batc
     return result, seen, exec_, pod
 
 
+def test_scene_files_leave_out_the_sparse_link_but_follow_links_outside(tmp_path, scene):
+    (scene / "sparse").mkdir()
+    (scene / "sparse" / "0").symlink_to("../colmap/sparse_initial")  # what the trainer creates
+    elsewhere = make_scene(tmp_path / "other")
+    (scene / "extra").symlink_to(elsewhere / "colmap")
+    rels = [f.rel for f in up.scene_files(scene)]
+    assert not any(r.startswith("sparse/") for r in rels)
+    assert "extra/sparse_initial/cameras.bin" in rels and rels.count("colmap/sparse_initial/cameras.bin") == 1
+
+
 def test_uploader_pod_is_valid_restricted_and_writable():
     pod = up.uploader_pod("scenes")
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)

@@ -84,10 +84,19 @@ class LocalFile:
 
 
 def scene_files(scene: pathlib.Path) -> list[LocalFile]:
-    """Every regular file under `scene` with its hash (symlinked folders are not followed)."""
+    """Every regular file under `scene` with its hash. A symlinked folder is copied as a folder
+    when it points outside the scene; one pointing inside (the trainer's own
+    sparse/0 -> ../colmap/sparse_initial) is left out: its files are uploaded under their real
+    path, and the trainer makes the link again."""
     found = []
-    for root, dirs, files in os.walk(scene):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(STAGE_PREFIX))
+    inside = scene.resolve()
+
+    def keep(root: str, d: str) -> bool:
+        path = pathlib.Path(root) / d
+        return not d.startswith(STAGE_PREFIX) and not (path.is_symlink() and path.resolve().is_relative_to(inside))
+
+    for root, dirs, files in os.walk(scene, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if keep(root, d))
         for name in sorted(files):
             path = pathlib.Path(root) / name
             if not path.is_file():
