@@ -362,6 +362,23 @@ async def test_kueue_pending_reason_in_the_status_message(kube: Harness):
     assert words not in (await kube.wait_phase("kw", "Running"))["message"]
 
 
+async def test_object_storage_locations_reach_the_trainer_and_outputs_the_status(kube: Harness):
+    await kube.start_operator()
+    await kube.create("s3", scene={"claimName": "scenes", "path": "scenes/s3", "source": "s3://team-scenes/fox/"},
+                      output={"uri": "s3://team-results/runs/fox/"})
+    job = await kube.wait_job("s3")
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env[contract.ENV_SCENE_SOURCE], env[contract.ENV_OUTPUT_URI]) == ("s3://team-scenes/fox/", "s3://team-results/runs/fox/")
+    pod = await kube.sim.start(job["metadata"]["name"])
+    await kube.sim.run(pod, progress(300))
+    outputs = [{"name": "results.ply", "path": "/data/scenes/s3/gsplat/results.ply", "uri": "s3://team-results/runs/fox/results.ply",
+                "bytes": 13107200, "sha256": "0f" * 32}]
+    await kube.sim.terminate(pod, 0, complete(outputs=outputs))
+    status = await kube.wait_phase("s3", "Succeeded")
+    assert status["outputs"] == [{"name": "results.ply", "uri": "s3://team-results/runs/fox/results.ply",
+                                  "path": "scenes/s3/gsplat/results.ply", "bytes": 13107200, "sha256": "0f" * 32}]
+
+
 async def test_job_lost_while_the_operator_was_down_is_created_again_with_a_warning(kube: Harness):
     """A Job deleted before its outcome was recorded (by hand, or by its TTL while the operator was
     down) is created again, once: the trainer resumes from its checkpoint. A Warning says why."""

@@ -218,6 +218,10 @@ def run(cfg: TrainerConfig, reporter: Reporter) -> contract.Result:
     """Check, load, train, write outputs. Raises on any failure (main() reports it)."""
     from . import scene as scene_mod
 
+    if cfg.scene_source:  # s3://: bring the scene (what changed since the last run) onto the claim first
+        from . import objectstore
+
+        objectstore.fetch_scene(cfg.scene_source, cfg.scene_dir)
     check = scene_mod.check_scene(cfg)  # exit 2 material is decided here, before any CUDA use
     # Temp files of writes a SIGKILL cut short (results.ply, config.json, checkpoints, cache):
     # nothing of this run is being written yet, so every one of them is stale.
@@ -258,6 +262,19 @@ def run(cfg: TrainerConfig, reporter: Reporter) -> contract.Result:
         duration_s=round(outcome.duration_s, 2),
         config=config,
     )
+
+
+OUTPUTS = (contract.RESULT_PLY, contract.CONFIG_FILE, contract.TRAINING_LOG)
+
+
+def publish(cfg: TrainerConfig, result: contract.Result) -> contract.Result:
+    """The result with its outputs (path, bytes, sha256), uploaded first when cfg.output_uri is set."""
+    from . import objectstore
+
+    outputs = objectstore.describe(cfg.out, OUTPUTS)
+    if cfg.output_uri:
+        outputs = objectstore.upload_outputs(cfg.output_uri, cfg.out, outputs)
+    return dataclasses.replace(result, outputs=outputs)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -324,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = build_config(argv)
         reporter = Reporter(cfg)
         result = run(cfg, reporter)
+        reporter.close()  # training_log.txt written whole before it is described and uploaded
+        result = publish(cfg, result)
         print(json.dumps({"event": contract.EVENT_COMPLETE, "model_path": result.model_path}), flush=True)
         write_termination_message(cfg.termination_log, result)
         return int(contract.ExitCode.COMPLETE)

@@ -20,6 +20,7 @@ QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 K8S_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 
 
 class Phase(str, enum.Enum):
@@ -73,6 +74,13 @@ class Scene(_Model):
         "No leading '/', no '..' segments.",
     )
 
+    source: str | None = Field(
+        None, max_length=1024, pattern=S3_URI_PATTERN,
+        description="Object storage the scene comes from, `s3://bucket/prefix/` (images/ and colmap/ under it). "
+        "The trainer downloads what changed since its last run into <path> on the claim (the cache) before "
+        "training, with the pod's own identity (IRSA / EKS Pod Identity, spec.podTemplate.serviceAccountName).",
+    )
+
     @field_validator("path")
     @classmethod
     def _no_escape(cls, value: str) -> str:
@@ -80,6 +88,17 @@ class Scene(_Model):
         if problem:
             raise ValueError(problem)
         return value
+
+
+class Output(_Model):
+    """Where the outputs go besides <scene.path>/gsplat/ on the claim."""
+
+    uri: str | None = Field(
+        None, max_length=1024, pattern=S3_URI_PATTERN,
+        description="Object storage for the outputs, `s3://bucket/prefix/`: after success the trainer uploads "
+        "results.ply, config.json and results/training_log.txt there (multipart; nothing appears at a key until "
+        "its upload completes), with the pod's own identity. status.outputs lists them.",
+    )
 
 
 class Resources(_Model):
@@ -344,6 +363,7 @@ class Spec(_Model):
                 raise ValueError(problem)
         return value
     priority_class_name: str | None = Field(None, max_length=253, pattern=DNS1123_SUBDOMAIN, description="PriorityClass of the trainer pod.")
+    output: Output | None = Field(None, description="Where the outputs also go (object storage).")
     pod_template: PodTemplate | None = Field(
         None, description="Labels, annotations, service account, image pull secrets, env, volumes and tolerations "
         "added to the trainer pod, over the operator's defaults.",
@@ -399,6 +419,16 @@ class Condition(_Model):
     observed_generation: int | None = Field(None, description="The spec generation this condition was computed from.")
 
 
+class OutputRef(_Model):
+    """One output of a successful run."""
+
+    name: str = Field(..., description="File name under the output directory, e.g. results.ply.")
+    uri: str | None = Field(None, description="Where it was uploaded (s3://...), with spec.output.uri.")
+    path: str | None = Field(None, description="Its path inside the volume.")
+    bytes: int | None = Field(None, ge=0, description="Size in bytes.")
+    sha256: str | None = Field(None, description="SHA-256 of its content (hex).")
+
+
 class Status(_Model):
     """Observed state, written by the operator only."""
 
@@ -408,6 +438,8 @@ class Status(_Model):
     model_size_mb: float | None = Field(None, alias="modelSizeMB", description="Size of the trained model file in MB.")
     metrics: dict[str, Any] | None = Field(None, description="Final metrics reported by the trainer (psnr, ssim, numGaussians, steps, durationSeconds).")
     config: dict[str, Any] | None = Field(None, description="The training configuration the trainer used (also in <path>/gsplat/config.json).")
+    outputs: list[OutputRef] | None = Field(None, description="The outputs of a successful run: name, uri (object storage) "
+                                            "and/or path (inside the volume), bytes and sha256.")
     job_name: str | None = Field(None, description="Name of the batch/v1 Job running the training.")
     attempts: int | None = Field(None, ge=0, description="Trainer pods started so far (retries and preemptions included).")
     start_time: str | None = Field(None, description="When the training first started running (RFC 3339).")

@@ -79,6 +79,10 @@ def trainer_env(training: Mapping[str, Any], spec: Spec, settings: Settings) -> 
         env[contract.ENV_EVAL_EVERY] = str(spec.eval_every)
     if spec.checkpoint_every is not None:
         env[contract.ENV_CHECKPOINT_EVERY] = str(spec.checkpoint_every)
+    if spec.scene.source:
+        env[contract.ENV_SCENE_SOURCE] = spec.scene.source
+    if spec.output is not None and spec.output.uri:
+        env[contract.ENV_OUTPUT_URI] = spec.output.uri
     return [{"name": k, "value": v} for k, v in env.items()]
 
 

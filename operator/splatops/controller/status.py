@@ -229,7 +229,23 @@ def result_fields(result: contract.Result | None, default_model_path: str | None
         fields["metrics"] = metrics
     if result.config:
         fields["config"] = result.config
+    outputs = [output_ref(o) for o in result.outputs or [] if isinstance(o, dict) and o.get("name")]
+    if outputs:
+        fields["outputs"] = outputs
     return fields
+
+
+def output_ref(output: dict[str, Any]) -> dict[str, Any]:
+    """status.outputs[]: name, uri (object storage) and/or path (inside the volume), bytes, sha256."""
+    ref = {"name": str(output["name"])}
+    if output.get("uri"):
+        ref["uri"] = str(output["uri"])
+    if output.get("path"):
+        ref["path"] = volume_relative(str(output["path"]), None)
+    for key in ("bytes", "sha256"):
+        if output.get(key) is not None:
+            ref[key] = output[key]
+    return ref
 
 
 def volume_relative(path: str, fallback: str | None) -> str:
