@@ -47,6 +47,10 @@ class Reason(str, enum.Enum):
     TRAINER_ERROR = "TrainerError"
     TERMINATED = "Terminated"  # SIGTERM: node drain, preemption, pod deletion
     OUTPUT_NOT_WRITABLE = "OutputNotWritable"  # read-only or too full output volume
+    # Object storage (spec.scene.source, spec.output.uri): bad input, retrying cannot help.
+    SCENE_SOURCE_NOT_FOUND = "SceneSourceNotFound"  # no such bucket, or nothing under the prefix
+    OUTPUT_LOCATION_NOT_FOUND = "OutputLocationNotFound"  # the output bucket does not exist
+    OBJECT_STORE_ACCESS_DENIED = "ObjectStoreAccessDenied"  # the pod's identity may not read/write there
     # Reasons only the operator can observe (the trainer never ran or was killed):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
@@ -73,6 +77,9 @@ EXIT_CODE_FOR_REASON: dict[Reason, ExitCode] = {
     Reason.INVALID_OPTIONS: ExitCode.INVALID_INPUT,
     Reason.OUTPUT_BUSY: ExitCode.INVALID_INPUT,
     Reason.OUT_OF_MEMORY: ExitCode.OUT_OF_MEMORY,
+    Reason.SCENE_SOURCE_NOT_FOUND: ExitCode.INVALID_INPUT,
+    Reason.OUTPUT_LOCATION_NOT_FOUND: ExitCode.INVALID_INPUT,
+    Reason.OBJECT_STORE_ACCESS_DENIED: ExitCode.INVALID_INPUT,
     Reason.TRAINING_DIVERGED: ExitCode.ERROR,
     Reason.TRAINER_ERROR: ExitCode.ERROR,
     Reason.TERMINATED: ExitCode.TERMINATED,
@@ -123,6 +130,9 @@ ENV_TERMINATION_LOG = "SPLATOPS_TERMINATION_LOG"
 ENV_SCENE_ID = "SPLATOPS_SCENE_ID"
 ENV_DEVICE = "SPLATOPS_DEVICE"
 ENV_PROGRESS_EVERY = "SPLATOPS_PROGRESS_EVERY"
+ENV_SCENE_SOURCE = "SPLATOPS_SCENE_SOURCE"  # s3://bucket/prefix/: fetched into the scene directory first
+ENV_OUTPUT_URI = "SPLATOPS_OUTPUT_URI"  # s3://bucket/prefix/: the outputs are uploaded there on success
+S3_SCHEME = "s3://"
 
 # --- Progress events (one JSON object per stdout line) -------------------------------------------
 
@@ -248,6 +258,9 @@ class Result:
     steps: int | None = None
     duration_s: float | None = None
     config: dict[str, Any] | None = None
+    # The outputs the run produced: [{"name", "path" (in the volume) and/or "uri" (s3://...),
+    # "bytes", "sha256"}].
+    outputs: list[dict[str, Any]] | None = None
     reason: str | None = None
     error: str | None = None
 

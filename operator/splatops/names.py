@@ -31,3 +31,7 @@ TRAINER_CONTAINER = "trainer"
 IMAGE_UID = 10001
 SCENE_VOLUME = "scene"
 SCENE_MOUNT = "/data"  # the PVC is mounted here in the trainer pod
+SHM_VOLUME = "dshm"
+SHM_MOUNT = "/dev/shm"
+TMP_VOLUME = "tmp"
+TMP_MOUNT = "/tmp"

@@ -149,8 +149,10 @@ async def test_namespace_comes_from_the_context_unless_given(kube, capsys):
     assert await run("train", "fox", "--pvc", "scenes", *flags(kube)) == 0
     assert kube.emulator.read(c.TRAINING_RESOURCE, NS, "fox") is not None
     capsys.readouterr()
-    assert await run("list", "-o", "json", *flags(kube)) == 0
+    assert await run("list", "-o", "original", *flags(kube)) == 0
     assert [i["name"] for i in json.loads(capsys.readouterr().out)] == ["fox"]
+    assert await run("list", "-o", "json", *flags(kube)) == 0
+    assert [i["metadata"]["name"] for i in json.loads(capsys.readouterr().out)["items"]] == ["fox"]
     assert await run("status", "fox", "-n", "elsewhere", *flags(kube)) == cli.EXIT_FAILED
 
 

@@ -51,6 +51,11 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
                                                     "effect": "NoExecute"}]}, [T]),
     ("toleration-control-plane", {"tolerations": [{"key": "node-role.kubernetes.io/control-plane",
                                                    "operator": "Exists", "effect": "NoSchedule"}]}, [T]),
+    ("pod-template-toleration-keyed", {"podTemplate": {"tolerations": [{"key": "dedicated", "operator": "Equal",
+                                                                         "value": "ml", "effect": "NoSchedule"}]}}, []),
+    ("pod-template-toleration-blanket", {"podTemplate": {"tolerations": [{"operator": "Exists"}]}}, [B]),
+    ("pod-template-toleration-control-plane", {"podTemplate": {"tolerations": [
+        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]}}, [T]),
     ("toleration-lookalike", {"tolerations": [{"key": "example.com/node.kubernetes.io", "operator": "Exists"}]}, []),
     ("node-selector", {"nodeSelector": {"zone": "a"}}, []),
     ("node-selector-control-plane", {"nodeSelector": {"node-role.kubernetes.io/control-plane": ""}}, [N]),

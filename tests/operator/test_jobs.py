@@ -64,7 +64,9 @@ def test_job_properties() -> None:
     assert env[contract.ENV_MAX_STEPS] == "30000" and env[contract.ENV_DATA_FACTOR] == "1"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
-    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-A10G"]}]
+    assert term["matchExpressions"] == [{"key": "node.kubernetes.io/instance-type", "operator": "In",
+                                         "values": list(SETTINGS.gpu_node_label_values)}]
+    assert "g5.xlarge" in term["matchExpressions"][0]["values"]
 
 
 def test_pod_failure_policy() -> None:

@@ -344,6 +344,41 @@ async def test_kueue_admission_and_preemption(kube: Harness):
     assert kube.sim.pods(job_name) == [] and status["reason"], status
 
 
+async def test_kueue_pending_reason_in_the_status_message(kube: Harness):
+    """While Kueue holds the Job suspended, status.message carries Kueue's own words from the
+    Job's Workload (read by the periodic reconcile), and loses them once admitted."""
+    words = "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor a10g, 1 more needed"
+    await kube.start_operator(progress_interval="0.2")
+    await kube.create("kw", queueName="gpu-a10g")
+    job = await kube.wait_job("kw")
+    await kube.wait_phase("kw", "Queued")
+    await kube.sim.kueue_pending(job["metadata"]["name"], words)
+    await eventually(lambda: words in (kube.status("kw").get("message") or ""), lambda: f"Kueue's words; status {kube.status('kw')}")
+    status = kube.status("kw")
+    assert status["reason"] == "WaitingForKueue" and "(queue gpu-a10g)" in status["message"], status
+    await kube.emulator.patch(c.JOB_RESOURCE, NS, job["metadata"]["name"], {"spec": {"suspend": False}})  # admitted
+    pod = await kube.sim.start(job["metadata"]["name"])
+    await kube.sim.run(pod, progress(20))
+    assert words not in (await kube.wait_phase("kw", "Running"))["message"]
+
+
+async def test_object_storage_locations_reach_the_trainer_and_outputs_the_status(kube: Harness):
+    await kube.start_operator()
+    await kube.create("s3", scene={"claimName": "scenes", "path": "scenes/s3", "source": "s3://team-scenes/fox/"},
+                      output={"uri": "s3://team-results/runs/fox/"})
+    job = await kube.wait_job("s3")
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env[contract.ENV_SCENE_SOURCE], env[contract.ENV_OUTPUT_URI]) == ("s3://team-scenes/fox/", "s3://team-results/runs/fox/")
+    pod = await kube.sim.start(job["metadata"]["name"])
+    await kube.sim.run(pod, progress(300))
+    outputs = [{"name": "results.ply", "path": "/data/scenes/s3/gsplat/results.ply", "uri": "s3://team-results/runs/fox/results.ply",
+                "bytes": 13107200, "sha256": "0f" * 32}]
+    await kube.sim.terminate(pod, 0, complete(outputs=outputs))
+    status = await kube.wait_phase("s3", "Succeeded")
+    assert status["outputs"] == [{"name": "results.ply", "uri": "s3://team-results/runs/fox/results.ply",
+                                  "path": "scenes/s3/gsplat/results.ply", "bytes": 13107200, "sha256": "0f" * 32}]
+
+
 async def test_job_lost_while_the_operator_was_down_is_created_again_with_a_warning(kube: Harness):
     """A Job deleted before its outcome was recorded (by hand, or by its TTL while the operator was
     down) is created again, once: the trainer resumes from its checkpoint. A Warning says why."""

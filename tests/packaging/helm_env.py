@@ -287,6 +287,9 @@ def lint_problems(chart: pathlib.Path = CHART) -> list[str]:
     return [line for line in out.splitlines() if line.startswith(("[WARNING]", "[ERROR]"))]
 
 
+# The values files of docs/eks.md's three setups (`helm install -f examples/eks/<name>.yaml`).
+EKS_VALUES = ("managed-node-group", "karpenter", "auto-mode")
+
 # Named value sets the chart is rendered with (each test picks the ones it checks).
 SCENARIOS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -313,13 +316,24 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "dashboard": {"enabled": True},
         }
     },
+    # kube-prometheus-stack out of the box: its release label on all three objects, one value.
+    "monitoring-kps": {"monitoring": {"additionalLabels": {"release": "kube-prometheus-stack"},
+                                      "serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+                                      "prometheusRule": {"enabled": True}}},
+    "rules-only": {"monitoring": {"prometheusRule": {"enabled": True}}},
     # Installed with --skip-crds, as the chart's docs ask (see render_manifest).
     "templated-crds": {"crds": {"templated": True}},
     "templated-crds-namespaced": {"crds": {"templated": True}, "watch": {"namespaces": ["team-a"]}},
     "trainer-defaults": {"trainer": {"backoffLimit": 0, "activeDeadlineSeconds": 0, "ttlSecondsAfterFinished": 1000000}},
+    "pod-template": {"trainer": {"podTemplate": {
+        "serviceAccountName": "splat-s3", "imagePullSecrets": [{"name": "registry"}],
+        "env": [{"name": "AWS_REGION", "value": "us-east-1"}],
+        "volumes": [{"name": "cache", "emptyDir": {"sizeLimit": "20Gi"}}],
+        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}}},
+    **{f"eks-{name}": yaml.safe_load((ROOT / "examples" / "eks" / f"{name}.yaml").read_text()) for name in EKS_VALUES},
     **{
         f"preset-{name}": {"gpu": {"preset": name}}
-        for name in ("gfd", "eks-managed", "karpenter", "eks-auto", "gke-l4", "aks-a10")
+        for name in ("eks", "gfd", "eks-managed", "karpenter", "eks-auto", "gke-l4", "aks-a10")
     },
 }
 

@@ -212,6 +212,10 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
     """Check, load, train, write outputs. Raises on any failure (main() reports it)."""
     from . import scene as scene_mod
 
+    if cfg.scene_source:  # s3://: bring the scene (what changed since the last run) onto the claim first
+        from . import objectstore
+
+        objectstore.fetch_scene(cfg.scene_source, cfg.scene_dir)
     check = scene_mod.check_scene(cfg)  # exit 2 material is decided here, before any CUDA use
     disk.check_output(cfg, scene_mod.cached_pixels(cfg, check), check.reconstruction.num_points3D(), scene_mod.cache_dir(cfg))
     # Temp files of writes a SIGKILL cut short (results.ply, config.json, checkpoints, cache):
@@ -326,6 +330,19 @@ def _newest_checkpoint_step(cfg: TrainerConfig) -> int:
     return found[0][0] if found else 0
 
 
+OUTPUTS = (contract.RESULT_PLY, contract.CONFIG_FILE, contract.TRAINING_LOG)
+
+
+def publish(cfg: TrainerConfig, result: contract.Result) -> contract.Result:
+    """The result with its outputs (path, bytes, sha256), uploaded first when cfg.output_uri is set."""
+    from . import objectstore
+
+    outputs = objectstore.describe(cfg.out, OUTPUTS)
+    if cfg.output_uri:
+        outputs = objectstore.upload_outputs(cfg.output_uri, cfg.out, outputs)
+    return dataclasses.replace(result, outputs=outputs)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Fallback:
     """Where to report a failure that happened before a TrainerConfig existed (bad options)."""
@@ -391,10 +408,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             sigterm.install()
         cfg = build_config(argv)
         reporter = Reporter(cfg)
-        if cfg.scene_dir.is_dir():  # else the scene check fails; no directory is made for a wrong path
+        if cfg.scene_dir.is_dir() or cfg.scene_source:  # else the scene check fails; no directory for a wrong path
             # Before anything in the output directory is written; held until the process ends.
             lock = outlock.acquire(cfg.out, outlock.holder_info(cfg.scene_id))
         result = run(cfg, reporter, sigterm)
+        reporter.close()  # training_log.txt written whole before it is described and uploaded
+        result = publish(cfg, result)
         print(json.dumps({"event": contract.EVENT_COMPLETE, "model_path": result.model_path}), flush=True)
         write_termination_message(cfg.termination_log, result)
         return int(contract.ExitCode.COMPLETE)

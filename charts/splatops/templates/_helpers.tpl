@@ -114,10 +114,16 @@ app.kubernetes.io/component: gateway
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get"]
-# kopf posts its handler outcomes as core v1 Events (POST /api/v1/namespaces/<ns>/events).
+# kopf posts its handler outcomes as core v1 Events (POST /api/v1/namespaces/<ns>/events);
+# kube.pod_events lists a long-Unschedulable trainer pod's Events (Karpenter's Nominated).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
+# kube.kueue_workloads: why Kueue has not admitted a queued training's Job (its Workload's
+# conditions, for status.message); a cluster without Kueue answers 404, which is fine.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list"]
 {{- end -}}
 
 {{/* Ingress peers from a peers block: namespaces by name, pods of the policy's namespace by

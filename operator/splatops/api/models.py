@@ -9,13 +9,18 @@ from __future__ import annotations
 import enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from splatops import contract, names
 
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SCENE_PATH_PATTERN = r"^[A-Za-z0-9._][A-Za-z0-9._/ -]*$"
 QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 K8S_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 
 
 class Phase(str, enum.Enum):
@@ -71,6 +76,13 @@ class Scene(_Model):
         "No leading '/', no '..' segments.",
     )
 
+    source: str | None = Field(
+        None, max_length=1024, pattern=S3_URI_PATTERN,
+        description="Object storage the scene comes from, `s3://bucket/prefix/` (images/ and colmap/ under it). "
+        "The trainer downloads what changed since its last run into <path> on the claim (the cache) before "
+        "training, with the pod's own identity (IRSA / EKS Pod Identity, spec.podTemplate.serviceAccountName).",
+    )
+
     @field_validator("path")
     @classmethod
     def _no_escape(cls, value: str) -> str:
@@ -81,7 +93,8 @@ class Scene(_Model):
 
 
 class Output(_Model):
-    """Where the training writes results.ply, config.json, results/ (log, checkpoints) and error.log."""
+    """Where the training writes results.ply, config.json, results/ (log, checkpoints) and error.log,
+    and where else its outputs go (object storage)."""
 
     path: str | None = Field(
         None,
@@ -91,6 +104,12 @@ class Output(_Model):
         description="Output directory relative to the volume root (same rules as scene.path). "
         "Default: <scene.path>/gsplat/<training name>. Two trainings with the same claim and output "
         "directory never run at once: the later one waits in Queued (reason OutputBusy).",
+    )
+    uri: str | None = Field(
+        None, max_length=1024, pattern=S3_URI_PATTERN,
+        description="Object storage for the outputs, `s3://bucket/prefix/`: after success the trainer uploads "
+        "results.ply, config.json and results/training_log.txt there (multipart; nothing appears at a key until "
+        "its upload completes), with the pod's own identity. status.outputs lists them.",
     )
 
     @field_validator("path")
@@ -209,6 +228,120 @@ def affinity_problem(value: Any) -> str | None:
     return None
 
 
+# --- spec.podTemplate: what a cluster needs on the trainer pod, never what makes it the trainer ---
+
+# The trainer's own volumes, mounts, env and labels: a pod template may not replace or shadow them.
+RESERVED_VOLUMES = frozenset({names.SCENE_VOLUME, names.SHM_VOLUME, names.TMP_VOLUME})
+RESERVED_MOUNTS = (names.SCENE_MOUNT, names.SHM_MOUNT, names.TMP_MOUNT, contract.TERMINATION_LOG)
+RESERVED_ENV = frozenset({"HOME", "XDG_CACHE_HOME"})
+RESERVED_LABELS = frozenset({names.LABEL_NAME, names.LABEL_COMPONENT, names.LABEL_MANAGED_BY, names.LABEL_TRAINING,
+                             names.KUEUE_QUEUE_LABEL, "job-name", "controller-uid"})
+RESERVED_LABEL_PREFIXES = (f"{names.GROUP}/", "batch.kubernetes.io/")
+# The volume sources Pod Security "restricted" admits (no hostPath and the like).
+VOLUME_SOURCES = ("configMap", "secret", "emptyDir", "persistentVolumeClaim", "csi", "ephemeral", "projected", "downwardAPI")
+
+
+class PodMetadata(_Model):
+    """Labels and annotations added to the trainer pod (e.g. karpenter.sh/do-not-disrupt)."""
+
+    labels: dict[str, str] | None = Field(None, max_length=64, description="Extra pod labels (not the operator's own keys).")
+    annotations: dict[str, str] | None = Field(None, max_length=64, description="Extra pod annotations.")
+
+
+class LocalObjectReference(_Model):
+    name: str = Field(..., min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN, description="Name of the Secret.")
+
+
+class EnvVar(_Model):
+    """An environment variable of the trainer container (core/v1 EnvVar)."""
+
+    name: str = Field(..., min_length=1, max_length=256, pattern=ENV_NAME, description="Variable name (not SPLATOPS_*, HOME or XDG_CACHE_HOME).")
+    value: str | None = Field(None, max_length=32768, description="Literal value.")
+    value_from: dict[str, Any] | None = Field(None, description="A core/v1 EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef).")
+
+
+class Volume(_Model):
+    """An extra pod volume (core/v1 Volume) of a kind Pod Security "restricted" admits."""
+
+    name: str = Field(..., min_length=1, max_length=63, pattern=DNS1123_LABEL, description="Volume name (not scene, dshm or tmp).")
+    config_map: dict[str, Any] | None = Field(None, description="core/v1 ConfigMapVolumeSource.")
+    secret: dict[str, Any] | None = Field(None, description="core/v1 SecretVolumeSource.")
+    empty_dir: dict[str, Any] | None = Field(None, description="core/v1 EmptyDirVolumeSource.")
+    persistent_volume_claim: dict[str, Any] | None = Field(None, description="core/v1 PersistentVolumeClaimVolumeSource.")
+    csi: dict[str, Any] | None = Field(None, description="core/v1 CSIVolumeSource.")
+    ephemeral: dict[str, Any] | None = Field(None, description="core/v1 EphemeralVolumeSource.")
+    projected: dict[str, Any] | None = Field(None, description="core/v1 ProjectedVolumeSource.")
+    downward_api: dict[str, Any] | None = Field(None, alias="downwardAPI", description="core/v1 DownwardAPIVolumeSource.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Volume":
+        if len(self.model_dump(exclude_none=True)) != 2:
+            raise ValueError(f"volume {self.name!r} needs exactly one of {', '.join(VOLUME_SOURCES)}")
+        return self
+
+
+class VolumeMount(_Model):
+    """An extra mount in the trainer container (core/v1 VolumeMount)."""
+
+    name: str = Field(..., min_length=1, max_length=63, pattern=DNS1123_LABEL, description="A volume of podTemplate.volumes.")
+    mount_path: str = Field(..., min_length=1, max_length=1024, pattern=r"^/", description="Absolute path (not /data, /dev/shm, /tmp or under them).")
+    sub_path: str | None = Field(None, max_length=1024, description="Sub-path inside the volume.")
+    read_only: bool | None = Field(None, description="Mount read-only.")
+
+
+def _overlaps(path: str, reserved: str) -> bool:
+    path, reserved = path.rstrip("/") or "/", reserved.rstrip("/")
+    return path == reserved or reserved.startswith(path.rstrip("/") + "/") or path.startswith(reserved + "/")
+
+
+def pod_template_problems(t: "PodTemplate", where: str = "spec.podTemplate") -> list[str]:
+    """What in `t` would replace or shadow the trainer's own pod parts (empty: none)."""
+    problems = []
+    for key in ((t.metadata.labels or {}) if t.metadata else {}):
+        if key in RESERVED_LABELS or key.startswith(RESERVED_LABEL_PREFIXES):
+            problems.append(f"{where}.metadata.labels: {key!r} is the operator's own label")
+    for i, env in enumerate(t.env or []):
+        if env.name in RESERVED_ENV or env.name.startswith(contract.ENV_PREFIX):
+            problems.append(f"{where}.env[{i}].name: {env.name!r} is set by the operator (use the spec's fields)")
+    volumes = [v.name for v in t.volumes or []]
+    for i, name in enumerate(volumes):
+        if name in RESERVED_VOLUMES or name in volumes[:i]:
+            problems.append(f"{where}.volumes[{i}].name: {name!r} is {'reserved' if name in RESERVED_VOLUMES else 'used twice'}")
+    for i, mount in enumerate(t.volume_mounts or []):
+        if mount.name not in volumes:
+            problems.append(f"{where}.volumeMounts[{i}].name: no volume {mount.name!r} in {where}.volumes")
+        clash = next((r for r in RESERVED_MOUNTS if _overlaps(mount.mount_path, r)), None)
+        if clash:
+            problems.append(f"{where}.volumeMounts[{i}].mountPath: {mount.mount_path!r} overlaps the trainer's {clash}")
+    return problems
+
+
+class PodTemplate(_Model):
+    """What the cluster needs on the trainer pod: merged over the operator's defaults (chart value
+    trainer.podTemplate). It can never change the trainer's security context, command, resources
+    or scene mount: colliding names and paths are rejected (InvalidSpec naming the field)."""
+
+    metadata: PodMetadata | None = Field(None, description="Extra pod labels and annotations (the spec's win over the defaults').")
+    service_account_name: str | None = Field(
+        None, max_length=253, pattern=DNS1123_SUBDOMAIN,
+        description="ServiceAccount of the trainer pod, e.g. for IRSA or EKS Pod Identity. The Kubernetes API "
+        "token stays unmounted (the trainer needs no API access); cloud identity webhooks add their own.",
+    )
+    image_pull_secrets: list[LocalObjectReference] | None = Field(
+        None, max_length=16, description="Secrets for pulling the trainer image from a private registry (added to the defaults).")
+    env: list[EnvVar] | None = Field(None, max_length=64, description="Extra environment variables of the trainer (the spec's win by name).")
+    volumes: list[Volume] | None = Field(None, max_length=16, description="Extra pod volumes.")
+    volume_mounts: list[VolumeMount] | None = Field(None, max_length=16, description="Extra mounts in the trainer container.")
+    tolerations: list[Toleration] | None = Field(None, max_length=32, description="Extra tolerations.")
+
+    @model_validator(mode="after")
+    def _no_collisions(self) -> "PodTemplate":
+        problems = pod_template_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class Spec(_Model):
     """Desired training. Immutable once created, except `suspend`."""
 
@@ -253,6 +386,11 @@ class Spec(_Model):
                 raise ValueError(problem)
         return value
     priority_class_name: str | None = Field(None, max_length=253, pattern=DNS1123_SUBDOMAIN, description="PriorityClass of the trainer pod.")
+    output: Output | None = Field(None, description="Where the outputs also go (object storage).")
+    pod_template: PodTemplate | None = Field(
+        None, description="Labels, annotations, service account, image pull secrets, env, volumes and tolerations "
+        "added to the trainer pod, over the operator's defaults.",
+    )
     queue_name: str | None = Field(
         None,
         min_length=1,
@@ -304,6 +442,16 @@ class Condition(_Model):
     observed_generation: int | None = Field(None, description="The spec generation this condition was computed from.")
 
 
+class OutputRef(_Model):
+    """One output of a successful run."""
+
+    name: str = Field(..., description="File name under the output directory, e.g. results.ply.")
+    uri: str | None = Field(None, description="Where it was uploaded (s3://...), with spec.output.uri.")
+    path: str | None = Field(None, description="Its path inside the volume.")
+    bytes: int | None = Field(None, ge=0, description="Size in bytes.")
+    sha256: str | None = Field(None, description="SHA-256 of its content (hex).")
+
+
 class Status(_Model):
     """Observed state, written by the operator only."""
 
@@ -313,6 +461,8 @@ class Status(_Model):
     model_size_mb: float | None = Field(None, alias="modelSizeMB", description="Size of the trained model file in MB.")
     metrics: dict[str, Any] | None = Field(None, description="Final metrics reported by the trainer (psnr, ssim, numGaussians, steps, durationSeconds).")
     config: dict[str, Any] | None = Field(None, description="The training configuration the trainer used (also in config.json of the output directory).")
+    outputs: list[OutputRef] | None = Field(None, description="The outputs of a successful run: name, uri (object storage) "
+                                            "and/or path (inside the volume), bytes and sha256.")
     job_name: str | None = Field(None, description="Name of the batch/v1 Job running the training.")
     attempts: int | None = Field(None, ge=0, description="Trainer pods started so far (retries and preemptions included).")
     start_time: str | None = Field(None, description="When the training first started running (RFC 3339).")

@@ -175,12 +175,17 @@ class Kube:
         async with self._calling(f"{names.KIND} {name!r} in namespace {self.namespace!r}"):
             return await self.custom.get_namespaced_custom_object(name=name, **self._gst())
 
-    async def list_trainings(self, label_selector: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    async def list_trainings(self, label_selector: str | None = None, limit: int | None = None, *,
+                             all_namespaces: bool = False) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {"label_selector": label_selector} if label_selector else {}
         if limit:
             kwargs["limit"] = limit
-        async with self._calling(f"{names.PLURAL} in namespace {self.namespace!r}"):
-            result = await self.custom.list_namespaced_custom_object(**self._gst(), **kwargs)
+        if all_namespaces:
+            async with self._calling(f"{names.PLURAL} in all namespaces"):
+                result = await self.custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.PLURAL, **kwargs)
+        else:
+            async with self._calling(f"{names.PLURAL} in namespace {self.namespace!r}"):
+                result = await self.custom.list_namespaced_custom_object(**self._gst(), **kwargs)
         return list(result.get("items") or [])
 
     # -- pods and logs ---------------------------------------------------------------------------

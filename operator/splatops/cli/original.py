@@ -273,6 +273,16 @@ def table_row(resource: Mapping[str, Any], now: datetime.datetime | None = None)
     )
 
 
+WIDE_COLUMNS = ("REASON", "QUEUE", "GPUS", "JOB")
+
+
+def wide_row(resource: Mapping[str, Any]) -> tuple[str, ...]:
+    """The extra columns of `list -o wide`."""
+    spec, status = resource.get("spec") or {}, _status(resource)
+    return (str(status.get("reason") or "-"), str(spec.get("queueName") or "-"),
+            str((spec.get("resources") or {}).get("gpus") or 1), str(status.get("jobName") or "-"))
+
+
 def format_table(rows: Iterable[tuple[str, ...]], header: tuple[str, ...] = TABLE_COLUMNS) -> str:
     """Plain, kubectl-like columns (3 spaces apart), so scripts can `awk` them."""
     all_rows = [header, *rows]

@@ -13,14 +13,14 @@ from typing import Any, Mapping
 from splatops import contract, names
 from splatops.api import layout
 from splatops.api.layout import OutputKey
-from splatops.api.models import Spec, parse_spec
+from splatops.api.models import PodTemplate, Spec, parse_spec
 from splatops.controller.settings import Settings
 
 JOB_NAME_PREFIX = "gst-"
 MAX_JOB_NAME = 63  # the Job controller copies the name into a pod label (63 characters)
 TERMINATION_MESSAGE_PATH = contract.TERMINATION_LOG
-SHM_VOLUME = "dshm"
-TMP_VOLUME = "tmp"
+SHM_VOLUME = names.SHM_VOLUME
+TMP_VOLUME = names.TMP_VOLUME
 RUN_AS_USER = names.IMAGE_UID
 
 
@@ -109,6 +109,10 @@ def trainer_env(training: Mapping[str, Any], spec: Spec, settings: Settings) -> 
         env[contract.ENV_EVAL_EVERY] = str(spec.eval_every)
     if spec.checkpoint_every is not None:
         env[contract.ENV_CHECKPOINT_EVERY] = str(spec.checkpoint_every)
+    if spec.scene.source:
+        env[contract.ENV_SCENE_SOURCE] = spec.scene.source
+    if spec.output is not None and spec.output.uri:
+        env[contract.ENV_OUTPUT_URI] = spec.output.uri
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
@@ -174,6 +178,53 @@ def lifetime(spec: Spec, settings: Settings) -> dict[str, int]:
     return out
 
 
+def _by_key(defaults: list[dict[str, Any]], overrides: list[dict[str, Any]], key: str = "name") -> list[dict[str, Any]]:
+    """Merge two lists of keyed items: an override replaces the default with the same key."""
+    keys = {item[key] for item in overrides}
+    return [d for d in defaults if d[key] not in keys] + overrides
+
+
+def _dump(items: list[Any] | None) -> list[dict[str, Any]]:
+    return [i.model_dump(by_alias=True, exclude_none=True) for i in items or []]
+
+
+def merged_pod_template(*templates: PodTemplate | None) -> dict[str, Any]:
+    """The operator's default template, then the spec's: maps merged, lists merged by name (mounts
+    by path), the later winning; tolerations added."""
+    out: dict[str, Any] = {"labels": {}, "annotations": {}, "serviceAccountName": None, "imagePullSecrets": [],
+                           "env": [], "volumes": [], "volumeMounts": [], "tolerations": []}
+    for t in filter(None, templates):
+        if t.metadata:
+            out["labels"].update(t.metadata.labels or {})
+            out["annotations"].update(t.metadata.annotations or {})
+        out["serviceAccountName"] = t.service_account_name or out["serviceAccountName"]
+        out["imagePullSecrets"] = _by_key(out["imagePullSecrets"], _dump(t.image_pull_secrets))
+        out["env"] = _by_key(out["env"], _dump(t.env))
+        out["volumes"] = _by_key(out["volumes"], _dump(t.volumes))
+        out["volumeMounts"] = _by_key(out["volumeMounts"], _dump(t.volume_mounts), "mountPath")
+        out["tolerations"] += [x for x in _dump(t.tolerations) if x not in out["tolerations"]]
+    return out
+
+
+def apply_pod_template(pod: dict[str, Any], container: dict[str, Any], merged: Mapping[str, Any]) -> None:
+    """Add the merged template to the pod template `pod` ({metadata, spec}) and its trainer
+    `container`. Additions only: the models already refused anything that would replace the
+    trainer's own volumes, mounts, env or labels, and securityContext, command, resources and
+    automountServiceAccountToken are never touched."""
+    meta, spec = pod["metadata"], pod["spec"]
+    meta["labels"] = {**merged["labels"], **meta["labels"]}  # the operator's own labels win
+    if merged["annotations"]:
+        meta["annotations"] = dict(merged["annotations"])
+    if merged["serviceAccountName"]:
+        spec["serviceAccountName"] = merged["serviceAccountName"]
+    if merged["imagePullSecrets"]:
+        spec["imagePullSecrets"] = list(merged["imagePullSecrets"])
+    container["env"] += merged["env"]
+    container["volumeMounts"] += merged["volumeMounts"]
+    spec["volumes"] += merged["volumes"]
+    spec["tolerations"] += [t for t in merged["tolerations"] if t not in spec["tolerations"]]
+
+
 def owned_by(job: Mapping[str, Any], uid: str | None) -> bool:
     """Whether `job` belongs to the training with `uid` (not to a deleted namesake)."""
     return any(ref.get("uid") == uid for ref in (job.get("metadata") or {}).get("ownerReferences") or [])
@@ -212,8 +263,8 @@ def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool 
         "resources": resources(spec, settings),
         "volumeMounts": [
             {"name": names.SCENE_VOLUME, "mountPath": names.SCENE_MOUNT},
-            {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
-            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            {"name": SHM_VOLUME, "mountPath": names.SHM_MOUNT},
+            {"name": TMP_VOLUME, "mountPath": names.TMP_MOUNT},
         ],
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -267,6 +318,7 @@ def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool 
         },
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
+    apply_pod_template(job_spec["template"], container, merged_pod_template(settings.pod_template, spec.pod_template))
     job_spec.update(lifetime(spec, settings))
     job_meta: dict[str, Any] = {
         "name": training_job_name(training),

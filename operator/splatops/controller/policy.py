@@ -93,13 +93,16 @@ def policy_violations(spec: Spec, policy: Policy) -> list[str]:
     if spec.priority_class_name is not None and spec.priority_class_name not in policy.allowed_priority_classes:
         out.append(f"policy {PRIORITY_CLASSES}: spec.priorityClassName {spec.priority_class_name!r} is not allowed; "
                    f"allowed: {', '.join(policy.allowed_priority_classes) or '(none: leave it unset)'}")
-    for i, tol in enumerate(spec.tolerations or []):
-        if not tol.key:
-            out.append(f"policy {BLANKET_TOLERATION}: spec.tolerations[{i}] has no key, so it tolerates every "
-                       "taint (operator Exists); name the taint's key")
-        elif key_denied(tol.key, policy.denied_toleration_keys):
-            out.append(f"policy {TOLERATION_KEYS}: spec.tolerations[{i}] key {tol.key!r} is denied "
-                       f"({', '.join(policy.denied_toleration_keys)})")
+    # spec.podTemplate's tolerations are added to the Job's too: the same rules hold for them.
+    extra = spec.pod_template.tolerations if spec.pod_template is not None else None
+    for field, tolerations in (("spec.tolerations", spec.tolerations), ("spec.podTemplate.tolerations", extra)):
+        for i, tol in enumerate(tolerations or []):
+            if not tol.key:
+                out.append(f"policy {BLANKET_TOLERATION}: {field}[{i}] has no key, so it tolerates every "
+                           "taint (operator Exists); name the taint's key")
+            elif key_denied(tol.key, policy.denied_toleration_keys):
+                out.append(f"policy {TOLERATION_KEYS}: {field}[{i}] key {tol.key!r} is denied "
+                           f"({', '.join(policy.denied_toleration_keys)})")
     for key in [*(spec.node_selector or {}), *node_affinity_keys(spec.affinity)]:
         if key_denied(key, policy.denied_node_label_keys):
             out.append(f"policy {NODE_LABEL_KEYS}: node label {key!r} in spec.nodeSelector or spec.affinity is "

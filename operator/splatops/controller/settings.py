@@ -13,11 +13,15 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from splatops.controller import policy as pol
+from splatops.api.models import PodTemplate
 
 ENV_PREFIX = "SPLATOPS_OPERATOR_"
 
-DEFAULT_GPU_PRODUCT_KEY = "nvidia.com/gpu.product"
-DEFAULT_GPU_PRODUCTS = ("NVIDIA-A10G",)
+# The default GPU pool: A10G (g5) instances by the well-known instance-type label, which every EKS
+# node has (managed node groups, Karpenter, Auto Mode): no GPU Feature Discovery needed.
+DEFAULT_GPU_NODE_LABEL_KEY = "node.kubernetes.io/instance-type"
+DEFAULT_GPU_NODE_LABEL_VALUES = ("g5.xlarge", "g5.2xlarge", "g5.4xlarge", "g5.8xlarge", "g5.12xlarge", "g5.16xlarge",
+                                 "g5.24xlarge", "g5.48xlarge")
 DEFAULT_TOLERATIONS: tuple[dict[str, Any], ...] = (
     {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
 )
@@ -65,15 +69,21 @@ class Settings(BaseSettings):
     trainer_image: str = Field("ghcr.io/splatops/trainer:0.1.0", min_length=1)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     gpu_resource_name: str = Field("nvidia.com/gpu", min_length=1)
-    gpu_node_label_key: str = Field(DEFAULT_GPU_PRODUCT_KEY, description="Node label of the GPU pool; empty = no affinity.")
-    gpu_node_label_values: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_GPU_PRODUCTS))
+    gpu_node_label_key: str = Field(DEFAULT_GPU_NODE_LABEL_KEY, description="Node label of the GPU pool; empty = no affinity.")
+    gpu_node_label_values: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_GPU_NODE_LABEL_VALUES))
     tolerations: Annotated[list[dict[str, Any]], NoDecode] = Field(
         default_factory=lambda: [dict(t) for t in DEFAULT_TOLERATIONS],
         description="JSON list of tolerations added to every trainer pod.",
     )
-    default_memory: str = "24Gi"
-    default_cpu: str = "4"
-    shm_size: str = Field("8Gi", description="Size limit of the /dev/shm memory emptyDir.")
+    pod_template: Annotated[PodTemplate | None, NoDecode] = Field(
+        None, description="JSON PodTemplate (the spec's podTemplate shape) merged into every trainer pod; "
+        "a training's spec.podTemplate wins.",
+    )
+    # Sized to fit g5.xlarge, the smallest A10G instance (docs/eks.md: allocatable ~3.92 CPU and
+    # ~14.5 GiB after EKS's kube-reserved and eviction threshold, less the DaemonSets).
+    default_memory: str = "12Gi"
+    default_cpu: str = "3"
+    shm_size: str = Field("1Gi", description="Size limit of the /dev/shm memory emptyDir (counts against the memory limit).")
     trainer_metrics_port: int = Field(9090, ge=1, le=65535)
     # Job defaults where the resource's spec has none (the spec's values win); 0 = none.
     default_backoff_limit: int = Field(
@@ -110,7 +120,10 @@ class Settings(BaseSettings):
     progress_interval: float = Field(15.0, gt=0, description="Seconds between pod-log progress polls.")
     status_min_interval: float = Field(10.0, ge=0, description="Minimum seconds between progress status writes per resource.")
     log_tail_lines: int = Field(200, ge=1, le=100_000)
-    unschedulable_grace: float = Field(600.0, ge=0, description="Seconds a pod may stay Unschedulable before the training fails.")
+    unschedulable_grace: float = Field(900.0, ge=0, description="Seconds a pod may stay Unschedulable before the training fails.")
+    provisioning_grace: float = Field(
+        2700.0, ge=0, description="Seconds an Unschedulable pod may wait while a node is being provisioned for it "
+        "(status.nominatedNodeName, or a Karpenter Nominated Event): a g5 node launch is not a failure.")
     # -- serving
     metrics_port: int = Field(8080, ge=0, le=65535, description="Prometheus /metrics port; 0 = off.")
     liveness_port: int = Field(8081, ge=0, le=65535, description="kopf liveness port; 0 = off.")
@@ -154,6 +167,12 @@ class Settings(BaseSettings):
         if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
             raise ValueError("tolerations must be a JSON list of objects")
         return value
+
+    @field_validator("pod_template", mode="before")
+    @classmethod
+    def _pod_template(cls, value: Any) -> Any:
+        value = _json_value(value, "pod_template")
+        return value or None
 
     @field_validator("liveness_path")
     @classmethod

@@ -38,6 +38,9 @@ class Observed:
     queued_by_operator: bool = False  # waiting under the operator's own cap
     now: float = 0.0
     unschedulable_grace: float = 600.0
+    provisioning_grace: float = 0.0  # how long a pod a node is being provisioned for may wait
+    nominated: frozenset[str] = frozenset()  # pods Karpenter launched a node for (Nominated Events)
+    kueue_message: str | None = None  # why Kueue has not admitted the Job yet, in its words
     model_path: str | None = None  # where results.ply lands (relative to the volume)
     blocked: tuple[str, str] | None = None  # why the Job cannot be created now: (reason, message)
     output_busy: str | None = None  # why it waits for its output directory (no Job is made meanwhile)
@@ -111,7 +114,8 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
     if failures.job_condition(job, "Failed") or failures.job_condition(job, "FailureTarget"):
         failure = failures.classify_job_failure(job, obs.pods)
         return Phase.FAILED, failure.reason, failure.message
-    stuck = failures.stuck(obs.pods, obs.now, obs.unschedulable_grace)
+    stuck = failures.stuck(obs.pods, obs.now, obs.unschedulable_grace, nominated=obs.nominated,
+                           provisioning_grace=obs.provisioning_grace)
     if stuck is not None:
         return Phase.FAILED, stuck.reason, stuck.message
     job_suspended = bool((job.get("spec") or {}).get("suspend"))
@@ -122,13 +126,14 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
             # Kueue re-suspends a preempted Job without any DisruptionTarget: if it ever ran, it was preempted.
             if prev == Phase.RUNNING.value or obs.status.get("startTime") or obs.status.get("reason") == REASON_PREEMPTED:
                 return Phase.QUEUED, REASON_PREEMPTED, "Preempted by Kueue; resumes from the last checkpoint when readmitted."
-            return Phase.QUEUED, REASON_WAITING_KUEUE, f"Waiting for Kueue to admit the Job (queue {obs.spec['queueName']})."
+            why = f": {obs.kueue_message}" if obs.kueue_message else "."
+            return Phase.QUEUED, REASON_WAITING_KUEUE, f"Waiting for Kueue to admit the Job (queue {obs.spec['queueName']}){why}"
         return Phase.QUEUED, REASON_WAITING_SLOT, "Waiting for a free training slot (operator cap)."
     if running_pod(obs.pods) is not None:
         return Phase.RUNNING, REASON_RUNNING, "Training."
     if any((p.get("status") or {}).get("phase") == "Succeeded" for p in obs.pods):
         return Phase.RUNNING, REASON_RUNNING, "Training finished; the Job is completing."
-    detail = failures.pending_detail(obs.pods)
+    detail = failures.pending_detail(obs.pods, obs.nominated)
     if detail is not None:
         return Phase.PENDING, detail[0], detail[1]
     if int(((job.get("status") or {}).get("failed")) or 0) > 0:
@@ -253,7 +258,24 @@ def result_fields(result: contract.Result | None, default_model_path: str | None
         fields["metrics"] = metrics
     if result.config:
         fields["config"] = result.config
+    outputs = [output_ref(o) for o in result.outputs or [] if isinstance(o, dict) and o.get("name")]
+    if outputs:
+        fields["outputs"] = outputs
     return fields
+
+
+def output_ref(output: dict[str, Any]) -> dict[str, Any]:
+    """status.outputs[]: name, uri (object storage) and/or path (inside the volume), bytes, sha256."""
+    ref = {"name": str(output["name"])}
+    if output.get("uri"):
+        ref["uri"] = str(output["uri"])
+    if output.get("path"):
+        path = str(output["path"])
+        ref["path"] = layout.volume_relative(path) if layout.in_volume(path) else path
+    for key in ("bytes", "sha256"):
+        if output.get(key) is not None:
+            ref[key] = output[key]
+    return ref
 
 
 def progress_status(progress: contract.Progress, now: float) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Mapping
 
@@ -12,6 +13,8 @@ from splatops.api.models import Phase
 from splatops.controller import jobs, metrics, status
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime
 from splatops.controller.timeutil import parse_time
+
+logger = logging.getLogger(__name__)
 
 # Failures the operator decides itself while the Job would wait forever: stop the pod too.
 OPERATOR_DECIDED = (contract.Reason.IMAGE_PULL.value, contract.Reason.UNSCHEDULABLE.value)
@@ -42,12 +45,16 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
             pods = tuple(await rt.api().job_pods(ns, jname)) or pods
         spec = training.get("spec") or {}
         location = rt.location(key, training)
+        now = time.time()
         obs = status.Observed(
             spec=spec, status=current, generation=training["metadata"].get("generation"), job=job, pods=pods,
-            queued_by_operator=queued, now=time.time(), unschedulable_grace=rt.settings.unschedulable_grace,
+            queued_by_operator=queued, now=now, unschedulable_grace=rt.settings.unschedulable_grace,
+            provisioning_grace=rt.settings.provisioning_grace,
             model_path=location.model_path if location is not None else None,
             output_busy=blocked.message if job is None and (blocked := rt.outputs.blocked.get(key)) else None,
             blocked=rt.job_blocked.get(key),
+            nominated=await nominated_by_karpenter(rt, ns, pods, now),
+            kueue_message=await kueue_message(rt, key, spec, job),
         )
         desired = status.desired_status(obs)
         patch = status.status_patch(current, desired)
@@ -64,6 +71,48 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
                 # The Job would wait forever; suspending removes the stuck pod but keeps the Job for inspection.
                 await rt.api().patch_job(ns, jname, {"spec": {"suspend": True}})
         return desired
+
+
+async def nominated_by_karpenter(rt: Runtime, ns: str, pods: Any, now: float) -> frozenset[str]:
+    """Pods past the Unschedulable grace that Karpenter launched a node for (a Nominated Event).
+
+    Asked only then (one Events list per such pod and reconcile), so a training waiting for
+    Karpenter's g5 node is not failed while the node boots; without RBAC to list Events, none."""
+    found = set()
+    for pod in pods:
+        since = status.failures.unschedulable_since(pod)
+        name = (pod.get("metadata") or {}).get("name")
+        if since is None or now - since < rt.settings.unschedulable_grace or status.failures.provisioning(pod):
+            continue
+        try:
+            events = await rt.api().pod_events(ns, name)
+        except Exception as exc:  # 403 or a flaky API: fall back to the plain grace
+            logger.debug("cannot list the Events of pod %s/%s: %s", ns, name, exc)
+            continue
+        if any(e.get("reason") == status.failures.KARPENTER_NOMINATED for e in events):
+            found.add(name)
+    return frozenset(found)
+
+
+async def kueue_message(rt: Runtime, key: Key, spec: Mapping[str, Any], job: Mapping[str, Any] | None) -> str | None:
+    """Why Kueue has not admitted the training's suspended Job, read from its Workload (at most
+    once per progress interval per training: the timer's cadence; nothing without Kueue or RBAC
+    to read Workloads)."""
+    if not spec.get("queueName") or job is None or not (job.get("spec") or {}).get("suspend"):
+        rt.kueue_seen.pop(key, None)
+        return None
+    now = time.monotonic()
+    seen = rt.kueue_seen.get(key)
+    if seen is not None and now - seen[0] < rt.settings.progress_interval:
+        return seen[1]
+    message = None
+    try:
+        workloads = await rt.api().kueue_workloads(key[0], str((job.get("metadata") or {}).get("uid") or ""))
+        message = status.failures.kueue_pending(workloads)
+    except Exception as exc:  # no Kueue (404), no RBAC (403): the plain message
+        logger.debug("cannot read Kueue's Workload of %s/%s: %s", *key, exc)
+    rt.kueue_seen[key] = (now, message)
+    return message
 
 
 async def fail_invalid(rt: Runtime, key: Key, training: Mapping[str, Any], detail: str) -> None:

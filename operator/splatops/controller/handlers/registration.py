@@ -23,6 +23,8 @@ def _bound(rt: Runtime, handler_id: str, fn: Callable[..., Awaitable[Any]]) -> C
     """kopf calls handlers with keywords only: pass ours the runtime and the indices too, and count
     their exceptions in splatops_reconcile_errors_total before kopf retries them."""
 
+    metrics.RECONCILE_ERRORS.labels(handler_id)  # a 0 series from the start: rate() sees the first error
+
     @functools.wraps(fn)  # kopf follows __wrapped__ to see that this is a coroutine function
     async def handler(**kwargs: Any) -> Any:
         try:

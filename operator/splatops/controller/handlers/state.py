@@ -57,6 +57,7 @@ class Runtime:
     suspend_seen: dict[Key, bool] = dataclasses.field(default_factory=dict)  # spec.suspend last acted on
     pvc_seen: dict[Key, float] = dataclasses.field(default_factory=dict)  # (ns, claim) -> monotonic time
     job_blocked: dict[Key, tuple[str, str]] = dataclasses.field(default_factory=dict)  # why no Job yet: (reason, message)
+    kueue_seen: dict[Key, tuple[float, str | None]] = dataclasses.field(default_factory=dict)  # (monotonic time, Kueue's message)
     _locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     _seen_counter: Iterator[int] = dataclasses.field(default_factory=itertools.count)
 
@@ -65,7 +66,7 @@ class Runtime:
 
     def forget(self, key: Key) -> None:
         for table in (self.written, self.written_at, self.seen, self.last_progress_write, self.last_progress_step,
-                      self.suspend_seen, self.locations, self.job_blocked, self._locks):
+                      self.suspend_seen, self.locations, self.job_blocked, self.kueue_seen, self._locks):
             table.pop(key, None)  # type: ignore[attr-defined]
         self.outputs.forget(key)
         self.admitted.discard(key)
