@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from gsplat.strategy import MCMCStrategy
 
-from splatops.contract import EVENT_EVAL, EVENT_PROGRESS, Progress, Reason
+from splatops.contract import EVENT_EVAL, EVENT_PROGRESS, MSG_OOM, Progress, Reason
 
 from . import checkpoint as ckpt_mod
+from . import memory
 from .config import TrainerConfig
 from .dataset import SceneData, View
 from .errors import TrainerError
@@ -68,6 +69,8 @@ class TrainOutcome:
     final_loss: float
     resumed_from: int | None = None  # checkpoint step this call continued from
     peak_gpu_memory_bytes: int | None = None
+    gpu_seconds: float | None = None  # seconds this call held the GPU (its cost basis); None on the CPU
+    memory_estimate: memory.MemoryEstimate | None = None  # what train() expected before the first step
 
 
 # Images live on the GPU (one upload; the loop never waits for a copy) unless all of them would
@@ -305,6 +308,8 @@ class _Trainer:
         image_bytes = sum(v.image.numel() * v.image.element_size() for v in (*scene.train, *scene.test))
         device_bytes = _device_bytes(device)
         on_device = images_fit_on_device(image_bytes, device_bytes)
+        self.memory_estimate = memory_estimate(cfg, scene, image_bytes if on_device else 0)
+        self.gpu_free_bytes = _check_memory(cfg, self.memory_estimate, device)
         if not on_device:
             log.info(
                 "Keeping the %d images (%.1f GiB) in host memory, more than %d%% of the GPU's %.1f GiB; "
@@ -530,10 +535,63 @@ class _Trainer:
             final_loss=last_loss,
             resumed_from=self.resumed_from,
             peak_gpu_memory_bytes=peak,
+            memory_estimate=self.memory_estimate,
         )
 
 
+def memory_estimate(cfg: TrainerConfig, scene: SceneData, images_on_device_bytes: int) -> memory.MemoryEstimate:
+    """The run's peak GPU memory as expected before it starts (memory.py says how)."""
+    views = [*scene.train, *scene.test]
+    largest = max(views, key=lambda v: v.width * v.height)
+    cap = cfg.max_gaussians if cfg.max_gaussians > 0 else 0
+    if cfg.strategy == "mcmc":
+        cap = min(cfg.cap_max, cap) if cap else cfg.cap_max
+    expected = memory.expected_gaussians(
+        train_pixels=sum(v.width * v.height for v in scene.train), max_steps=cfg.max_steps,
+        initial=int(scene.points.shape[0]), cap=cap,
+    )
+    one_view = largest.image.numel() * largest.image.element_size()
+    return memory.estimate(width=largest.width, height=largest.height, image_bytes=images_on_device_bytes or one_view,
+                           gaussians=expected, sh_degree=cfg.sh_degree)
+
+
+def _check_memory(cfg: TrainerConfig, est: memory.MemoryEstimate, device: torch.device) -> int | None:
+    """Log the estimate against the GPU's free memory, as a warning with advice when it will not
+    fit (training still starts: the estimate is rough, and a cap or downscale may follow)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    tip = memory.advice(est, free, cfg.data_factor)
+    if tip is None:
+        log.info("GPU memory: %s", memory.describe(est, free))
+    else:
+        log.warning("GPU memory: %s", tip)
+    return int(free)
+
+
+def oom_message(est: memory.MemoryEstimate | None, free: int | None, data_factor: int) -> str:
+    """The original words plus what the estimate says would have fit."""
+    if est is None or free is None:
+        return MSG_OOM
+    tip = memory.advice(est, free, data_factor)
+    return f"{MSG_OOM} {tip or 'Before training, ' + memory.describe(est, free) + '; the estimate was too low.'}"
+
+
 def train(cfg: TrainerConfig, scene: SceneData, hooks: TrainHooks, device: torch.device) -> TrainOutcome:
-    """Train (or resume) to cfg.max_steps; raise TrainingDivergedError on a non-finite loss."""
+    """Train (or resume) to cfg.max_steps; raise TrainingDivergedError on a non-finite loss and a
+    TrainerError OutOfMemory (exit code 3) that names the memory estimate on CUDA out of memory."""
+    t0 = time.perf_counter()
     _configure_backends(device)
-    return _Trainer(cfg, scene, hooks, device).run()
+    trainer: _Trainer | None = None
+    try:
+        trainer = _Trainer(cfg, scene, hooks, device)
+        outcome = trainer.run()
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+        if not (isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()):
+            raise
+        est = trainer.memory_estimate if trainer is not None else None
+        free = trainer.gpu_free_bytes if trainer is not None else None
+        raise TrainerError(Reason.OUT_OF_MEMORY, oom_message(est, free, cfg.data_factor)) from exc
+    if device.type == "cuda":
+        outcome.gpu_seconds = round(time.perf_counter() - t0, 2)
+    return outcome
