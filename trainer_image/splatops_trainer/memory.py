@@ -20,10 +20,10 @@ import dataclasses
 import math
 
 GIB = 2**30
-BYTES_PER_GAUSSIAN_FLOAT = 4 * 4 * 2  # param + grad + 2 Adam moments, fp32; x2: the copy while growing
-GAUSSIAN_OVERHEAD_BYTES = 1024  # projection/rasterisation buffers and tile intersections per Gaussian
-BYTES_PER_PIXEL = 320  # render, target, alpha, SSIM moments and their gradients, fp32
-FIXED_BYTES = 96 * 2**20  # SSIM band matrices, cuBLAS workspace, the allocator's rounding
+BYTES_PER_GAUSSIAN_FLOAT = 4 * 4  # param + grad + 2 Adam moments, fp32
+GAUSSIAN_OVERHEAD_BYTES = 128  # projection/rasterisation buffers, tile intersections, strategy state
+BYTES_PER_PIXEL = 768  # render, target, alpha, SSIM moments and their gradients, rasteriser buffers
+FIXED_BYTES = 64 * 2**20  # SSIM band matrices, cuBLAS workspace, the allocator's rounding
 # Expected Gaussians of the default strategy without a cap, per training pixel, at 30k steps
 # (fox: 43 views x 538x960 -> 252k at 30k, ~167k at 7k). A rough rule from one scene: set
 # maxGaussians to bound it.
