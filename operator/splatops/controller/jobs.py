@@ -58,11 +58,17 @@ def model_path(spec: Spec) -> str:
     return posixpath.normpath(posixpath.join(spec.scene.path, contract.OUTPUT_DIR, contract.RESULT_PLY))
 
 
+def data_factor(spec: Spec, status: Mapping[str, Any] | None) -> int:
+    """The factor to train at: status.dataFactor once an OOM downscale raised it, else the spec's."""
+    raised = (status or {}).get("dataFactor")
+    return int(raised) if isinstance(raised, int) and raised > spec.data_factor else spec.data_factor
+
+
 def trainer_env(training: Mapping[str, Any], spec: Spec, settings: Settings) -> list[dict[str, Any]]:
     env = {
         contract.ENV_SCENE_DIR: scene_dir(spec),
         contract.ENV_SCENE_ID: training["metadata"]["name"],
-        contract.ENV_DATA_FACTOR: str(spec.data_factor),
+        contract.ENV_DATA_FACTOR: str(data_factor(spec, training.get("status"))),
         contract.ENV_MAX_STEPS: str(spec.max_steps),
         contract.ENV_STRATEGY: spec.strategy,
         contract.ENV_SH_DEGREE: str(spec.sh_degree),
@@ -79,6 +85,8 @@ def trainer_env(training: Mapping[str, Any], spec: Spec, settings: Settings) -> 
         env[contract.ENV_EVAL_EVERY] = str(spec.eval_every)
     if spec.checkpoint_every is not None:
         env[contract.ENV_CHECKPOINT_EVERY] = str(spec.checkpoint_every)
+    if spec.max_gaussians is not None:
+        env[contract.ENV_MAX_GAUSSIANS] = str(spec.max_gaussians)
     return [{"name": k, "value": v} for k, v in env.items()]
 
 

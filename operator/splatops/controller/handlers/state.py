@@ -53,6 +53,7 @@ class Runtime:
     model_paths: dict[Key, tuple[Any, str | None]] = dataclasses.field(default_factory=dict)  # (generation, path)
     suspend_seen: dict[Key, bool] = dataclasses.field(default_factory=dict)  # spec.suspend last acted on
     pvc_seen: dict[Key, float] = dataclasses.field(default_factory=dict)  # (ns, claim) -> monotonic time
+    retired_jobs: set[str] = dataclasses.field(default_factory=set)  # uids of Jobs we deleted (OOM retries)
     _locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     _seen_counter: Iterator[int] = dataclasses.field(default_factory=itertools.count)
 
@@ -65,6 +66,13 @@ class Runtime:
             table.pop(key, None)  # type: ignore[attr-defined]
         self.admitted.discard(key)
         self.job_created.discard(key)
+
+    def retired(self, job: Mapping[str, Any] | None) -> bool:
+        """A Job on its way out: marked deleting, or deleted by us before the index shows it."""
+        if job is None:
+            return False
+        meta = job.get("metadata") or {}
+        return bool(meta.get("deletionTimestamp")) or meta.get("uid") in self.retired_jobs
 
     def first_seen(self, key: Key) -> int:
         """The order in which the operator first saw this training (for FCFS among equal timestamps)."""

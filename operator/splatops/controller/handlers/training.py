@@ -19,7 +19,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from splatops.api.models import Spec, parse_spec
-from splatops.controller import failures, jobs, queue
+from splatops.controller import failures, jobs, queue, status
 from splatops.controller.handlers.admission import admit_waiting, admitted_metrics, slots
 from splatops.controller.handlers.reconcile import event_body, fail, fail_invalid, reconcile
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime, snapshot
@@ -78,6 +78,8 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
     existing = idx.job(namespace, jname)
     if existing is not None and not jobs.owned_by(existing, uid):
         raise _foreign_job(jname, existing)
+    if rt.retired(existing):
+        return  # an OOM retry's old Job, still going: its DELETED event and the timer bring us back
     if existing is not None:  # ours from before (an operator restart): adopt it, never a second one
         rt.job_created.add(key)
         await follow_suspend(rt, idx, key, training, existing, logger)
@@ -100,7 +102,8 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
             admitted = queue.admit(running, [w for w in waiting if (w.namespace, w.name) != key] + [me], max_concurrent)
             suspend = queued = me not in admitted
             others = [w for w in admitted if w != me and w.has_job]
-        manifest = jobs.build_job(training, rt.settings, suspend=suspend)
+        current = rt.current_status(key, training)  # dataFactor of an OOM retry may not be indexed yet
+        manifest = jobs.build_job({**training, "status": current}, rt.settings, suspend=suspend)
         try:
             job, created = await create_or_adopt(rt, namespace, manifest, uid, logger)
         except JobRejected as exc:
@@ -108,7 +111,7 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
             return
         rt.job_created.add(key)
         rt.suspend_seen[key] = bool(spec.suspend)
-        if created and (training.get("status") or {}).get("jobName"):
+        if created and current.get("jobName") and current.get("reason") != status.REASON_DOWNSCALED:
             job_recreated(training, jname)
         if not (job.get("spec") or {}).get("suspend"):
             rt.admitted.add(key)
