@@ -50,3 +50,26 @@ def test_oom_message_keeps_the_original_words_and_adds_the_estimate() -> None:
     assert text.startswith(contract.MSG_OOM) and "will probably not fit" in text and "dataFactor 2" in text
     assert "too low" in oom_message(fox(), 64 * GIB, data_factor=1)
     assert oom_message(None, None, data_factor=1) == contract.MSG_OOM
+
+
+def test_cuda_out_of_memory_in_training_is_exit_code_3_with_the_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train() turns CUDA OOM anywhere in a run into the OutOfMemory TrainerError (exit code 3)
+    whose message keeps the original words and names the estimate made before training."""
+    import torch
+
+    from splatops_trainer import train as train_mod
+    from splatops_trainer.errors import TrainerError
+
+    class Trainer:
+        def __init__(self, cfg, scene, hooks, device):
+            self.memory_estimate, self.gpu_free_bytes = fox(5_000_000), 4 * GIB
+
+        def run(self):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_mod, "_Trainer", Trainer)
+    cfg = type("Cfg", (), {"data_factor": 2})()
+    with pytest.raises(TrainerError) as info:
+        train_mod.train(cfg, None, None, torch.device("cpu"))  # type: ignore[arg-type]
+    assert info.value.exit_code == contract.ExitCode.OUT_OF_MEMORY
+    assert info.value.message.startswith(contract.MSG_OOM) and "dataFactor 4" in info.value.message

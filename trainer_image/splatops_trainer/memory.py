@@ -10,8 +10,9 @@ The per-Gaussian and per-pixel costs are what a step holds at its peak: the para
 at SH degree 3), their gradients and two Adam moments, the copy densification makes while it
 grows the tensors, gsplat's projection and tile-intersection buffers (forward and backward), and
 the loss's per-pixel intermediates (render, target, SSIM moments and their gradients). The
-constants were fitted to measured peaks (`torch.cuda.max_memory_allocated`) on fox at data
-factors 1 to 8, 7k and 30k steps (benchmarks/README.md, "OOM"), and rounded up.
+constants were fitted to nine measured peaks (`torch.cuda.max_memory_allocated`, H200) on fox at
+data factors 1 to 8, 60k to 254k Gaussians (benchmarks/README.md, "GPU memory"): the estimate is
+within -9 % .. +18 % of each. Beyond ~250k Gaussians it is an extrapolation.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import math
 
 GIB = 2**30
 BYTES_PER_GAUSSIAN_FLOAT = 4 * 4  # param + grad + 2 Adam moments, fp32
-GAUSSIAN_OVERHEAD_BYTES = 128  # projection/rasterisation buffers, tile intersections, strategy state
+GAUSSIAN_OVERHEAD_BYTES = 448  # projection/rasterisation buffers, tile intersections, strategy state, growth copies
 BYTES_PER_PIXEL = 768  # render, target, alpha, SSIM moments and their gradients, rasteriser buffers
 FIXED_BYTES = 64 * 2**20  # SSIM band matrices, cuBLAS workspace, the allocator's rounding
 # Expected Gaussians of the default strategy without a cap, per training pixel, at 30k steps
