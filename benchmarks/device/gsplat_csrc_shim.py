@@ -1,5 +1,6 @@
-"""Benchmark shim (installed as gsplat/csrc.py by setup.sh): gsplat's CUDA extension built on an earlier lent machine (same torch, same
-gsplat sources), loaded directly instead of JIT-compiling it again (~62 s). Any failure falls
+"""Benchmark shim, installed as gsplat/csrc.py by setup.sh: gsplat's CUDA extension built on an
+earlier lent machine (same torch, same gsplat sources), loaded directly instead of JIT-compiling
+it again (~62 s). Any failure falls
 back to gsplat's own JIT build (its import of gsplat.csrc expects ImportError)."""
 import importlib.machinery, importlib.util, os, sys
 try:
