@@ -200,7 +200,7 @@ def summarize(runs: list[dict[str, Any]]) -> str:
     for g, rs in groups.items():
         ok = [r for r in rs if r.get("psnr") is not None and r["rc"] == 0]
         ps = [r["psnr"] for r in ok]
-        at7 = [r["evals"].get(7000) or r["evals"].get("7000") for r in ok]
+        at7 = [r["evals"].get(7000) or r["evals"].get("7000") for r in rs]  # killed runs too: they got there
         lines.append(f"| {g} | {len(ok)}/{len(rs)} | {_mean(ps)} | {f'{min(ps):.2f}..{max(ps):.2f}' if ps else '-'} "
                      f"| {_mean([x for x in at7 if x is not None])} | {_mean([r.get('num_gaussians') for r in ok], '{:,.0f}')} |")
     for r in runs:
