@@ -416,3 +416,25 @@ async def test_oom_fail_policy_fails_at_once(kube: Harness):
     status = await kube.wait_phase("small", "Failed")
     assert status["reason"] == "OutOfMemory" and "dataFactor" not in status
     assert [j["metadata"]["uid"] for j in kube.sim.jobs("small")] == [job["metadata"]["uid"]]
+
+
+async def test_oom_downscale_waits_for_the_old_job_to_go(kube: Harness):
+    """A real API server keeps a Job deleted with propagation Foreground until its pods are gone:
+    meanwhile the operator neither downscales twice (the deleting Job still shows Failed) nor
+    creates the next Job; once the old Job is gone, the next one trains at twice the factor."""
+    await kube.start_operator()
+    await kube.create("held", oom={"policy": "Downscale"})
+    first = await kube.wait_job("held")
+    jname = first["metadata"]["name"]
+    await kube.emulator.patch(c.JOB_RESOURCE, NS, jname, {"metadata": {"finalizers": ["test.splatops.dev/hold"]}})
+    await oom(kube, first)
+    await eventually(lambda: bool(((kube.emulator.read(c.JOB_RESOURCE, NS, jname) or {}).get("metadata") or {})
+                                  .get("deletionTimestamp")), "the old Job marked deleting")
+    await eventually(lambda: len(events_with_reason(kube, "held", "DownscaledAfterOOM")) == 1, "the Warning")
+    assert [j["metadata"]["uid"] for j in kube.sim.jobs("held")] == [first["metadata"]["uid"]]
+    await kube.emulator.patch(c.JOB_RESOURCE, NS, jname, {"metadata": {"finalizers": []}})
+    await eventually(lambda: [j["metadata"]["uid"] for j in kube.sim.jobs("held")] not in ([], [first["metadata"]["uid"]]),
+                     "the next Job")
+    assert env_of(kube.job_of("held"))[contract.ENV_DATA_FACTOR] == "2"
+    assert kube.status("held")["dataFactor"] == 2
+    assert len(events_with_reason(kube, "held", "DownscaledAfterOOM")) == 1
