@@ -73,3 +73,12 @@ def test_cuda_out_of_memory_in_training_is_exit_code_3_with_the_estimate(monkeyp
         train_mod.train(cfg, None, None, torch.device("cpu"))  # type: ignore[arg-type]
     assert info.value.exit_code == contract.ExitCode.OUT_OF_MEMORY
     assert info.value.message.startswith(contract.MSG_OOM) and "dataFactor 4" in info.value.message
+
+
+def test_auto_cap_only_where_the_expected_model_comes_near_the_free_memory() -> None:
+    est = fox(5_000_000)  # ~7 GiB
+    assert memory.auto_cap(est, None) == 0  # no GPU
+    assert memory.auto_cap(est, 64 * GIB) == 0  # under half the budget: no cap
+    cap = memory.auto_cap(est, 8 * GIB)
+    assert cap == est.max_gaussians_within(int(memory.AUTO_CAP_SHARE * 8 * GIB)) and 0 < cap < 5_000_000
+    assert memory.auto_cap(fox(), 10 * 2**20) == 1  # not even the images fit: no growth

@@ -309,7 +309,8 @@ class _Trainer:
         device_bytes = _device_bytes(device)
         on_device = images_fit_on_device(image_bytes, device_bytes)
         self.memory_estimate = memory_estimate(cfg, scene, image_bytes if on_device else 0)
-        self.gpu_free_bytes = _check_memory(cfg, self.memory_estimate, device)
+        self.gpu_free_bytes = _free_gpu_bytes(device)
+        _check_memory(cfg, self.memory_estimate, self.gpu_free_bytes)
         if not on_device:
             log.info(
                 "Keeping the %d images (%.1f GiB) in host memory, more than %d%% of the GPU's %.1f GiB; "
@@ -319,6 +320,7 @@ class _Trainer:
         self.train_views = _DeviceViews.upload(scene.train, device, images_on_device=on_device)
         self.test_views = _DeviceViews.upload(scene.test, device, images_on_device=on_device)
         self.strategy = build_strategy(cfg)
+        self._apply_auto_cap()
         self.is_mcmc = isinstance(self.strategy, MCMCStrategy)
         self.start_step = 0
         self.resumed_from: int | None = None
@@ -347,6 +349,22 @@ class _Trainer:
         self.direct_adam = device.type == "cuda"
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt")
         self._pending: concurrent.futures.Future[Any] | None = None
+
+    def _apply_auto_cap(self) -> None:
+        """No maxGaussians set and a GPU that the expected model would fill: stop densification
+        where it still fits (a safety limit from this GPU's free memory, so not in the resume key)."""
+        if self.cfg.max_gaussians > 0:
+            return
+        cap = memory.auto_cap(self.memory_estimate, self.gpu_free_bytes)
+        if cap <= 0:
+            return
+        if isinstance(self.strategy, MCMCStrategy):
+            self.strategy.cap_max = min(self.strategy.cap_max, cap)
+        else:
+            self.strategy.max_gaussians = cap
+        log.warning("GPU memory: no maxGaussians set; densification stops at %d Gaussians, where the "
+                    "estimate reaches %d%% of the %.2f GiB free", cap, round(memory.AUTO_CAP_SHARE * 100),
+                    (self.gpu_free_bytes or 0) / memory.GIB)
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -555,18 +573,20 @@ def memory_estimate(cfg: TrainerConfig, scene: SceneData, images_on_device_bytes
                            gaussians=expected, sh_degree=cfg.sh_degree)
 
 
-def _check_memory(cfg: TrainerConfig, est: memory.MemoryEstimate, device: torch.device) -> int | None:
+def _free_gpu_bytes(device: torch.device) -> int | None:
+    return int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
+
+
+def _check_memory(cfg: TrainerConfig, est: memory.MemoryEstimate, free: int | None) -> None:
     """Log the estimate against the GPU's free memory, as a warning with advice when it will not
     fit (training still starts: the estimate is rough, and a cap or downscale may follow)."""
-    if device.type != "cuda":
-        return None
-    free, _ = torch.cuda.mem_get_info(device)
+    if free is None:
+        return
     tip = memory.advice(est, free, cfg.data_factor)
     if tip is None:
         log.info("GPU memory: %s", memory.describe(est, free))
     else:
         log.warning("GPU memory: %s", tip)
-    return int(free)
 
 
 def oom_message(est: memory.MemoryEstimate | None, free: int | None, data_factor: int) -> str:
