@@ -125,6 +125,7 @@ ENV_EVAL_EVERY = "SPLATOPS_EVAL_EVERY"
 ENV_CHECKPOINT_EVERY = "SPLATOPS_CHECKPOINT_EVERY"
 ENV_SEED = "SPLATOPS_SEED"
 ENV_CAP_MAX = "SPLATOPS_CAP_MAX"
+ENV_MAX_GAUSSIANS = "SPLATOPS_MAX_GAUSSIANS"
 ENV_METRICS_PORT = "SPLATOPS_METRICS_PORT"
 ENV_TERMINATION_LOG = "SPLATOPS_TERMINATION_LOG"
 ENV_SCENE_ID = "SPLATOPS_SCENE_ID"
@@ -263,6 +264,9 @@ class Result:
     outputs: list[dict[str, Any]] | None = None
     reason: str | None = None
     error: str | None = None
+    gpu_seconds: float | None = None  # seconds the run held its GPU(s), times their number: the cost basis
+    peak_gpu_memory_bytes: int | None = None  # torch.cuda.max_memory_allocated
+    gpu_memory_estimate_bytes: int | None = None  # the trainer's estimate before the first step
 
     @property
     def succeeded(self) -> bool:

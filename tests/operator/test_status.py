@@ -106,12 +106,14 @@ def test_failure_messages_are_actionable(case: str, needle: str) -> None:
 def test_succeeded_status_has_result_fields_and_validates() -> None:
     config = {"scene_id": "fox", "data_factor": 1, "max_steps": 100}
     msg = result_msg(status="complete", model_path="/data/fox/gsplat/results.ply", model_size_mb=12.5, num_gaussians=1000,
-                     psnr=28.1, ssim=0.9, steps=100, duration_s=42.0, config=config)
+                     psnr=28.1, ssim=0.9, steps=100, duration_s=42.0, config=config, gpu_seconds=47.5,
+                     peak_gpu_memory_bytes=700_000_000, gpu_memory_estimate_bytes=750_000_000)
     prev = {"phase": "Running", "startTime": T0, "progress": {"step": 90, "maxSteps": 100, "percent": 90.0, "loss": 0.02,
                                                                "message": "Iteration 90/100 | Loss: 0.0200", "updatedAt": T0}}
     out = status.desired_status(observe(job(("Complete", "Completed"), succeeded=1), pod("Succeeded", terminated=terminated(0, msg)), prev=prev))
     assert out["phase"] == "Succeeded" and out["modelPath"] == "fox/gsplat/results.ply" and out["modelSizeMB"] == 12.5
-    assert out["metrics"] == {"psnr": 28.1, "ssim": 0.9, "numGaussians": 1000, "steps": 100, "durationSeconds": 42.0}
+    assert out["metrics"] == {"psnr": 28.1, "ssim": 0.9, "numGaussians": 1000, "steps": 100, "durationSeconds": 42.0,
+                              "gpuSeconds": 47.5, "peakGpuMemoryBytes": 700_000_000, "gpuMemoryEstimateBytes": 750_000_000}
     assert out["config"] == config and out["completionTime"] and out["startTime"] == T0
     assert out["progress"]["percent"] == 100.0 and out["progress"]["message"] == "Iteration 100/100 | Loss: 0.0200"
     conds = {c["type"]: c["status"] for c in out["conditions"]}
@@ -357,3 +359,29 @@ def test_blocked_creation_is_pending_with_its_reason_in_a_condition() -> None:
     assert (out["phase"], out["reason"]) == ("Pending", "JobCreateRetrying")
     cond = next(c for c in out["conditions"] if c["type"] == "Pending")
     assert cond["status"] == "True" and cond["reason"] == "JobCreateRetrying" and "etcd timeout" in cond["message"]
+
+
+OOM = {"phase": "Failed", "reason": "OutOfMemory"}
+RETRY_TABLE = [
+    # (spec, current status, desired status, the factor to retry at)
+    ({"dataFactor": 1, "oom": {"policy": "Downscale"}}, {"phase": "Running"}, OOM, 2),
+    ({"dataFactor": 1, "oom": {"policy": "Downscale"}}, {"phase": "Running", "dataFactor": 4}, OOM, 8),
+    ({"dataFactor": 8, "oom": {"policy": "Downscale"}}, {"phase": "Running"}, OOM, None),  # nothing lower left
+    ({"dataFactor": 2, "oom": {"policy": "Downscale"}}, {"phase": "Running", "dataFactor": 8}, OOM, None),
+    ({"dataFactor": 1, "oom": {"policy": "Fail"}}, {"phase": "Running"}, OOM, None),
+    ({"dataFactor": 1}, {"phase": "Running"}, OOM, None),  # Fail is the default
+    ({"dataFactor": 1, "oom": {"policy": "Downscale"}}, {"phase": "Running"}, {"phase": "Failed", "reason": "TrainerError"}, None),
+    ({"dataFactor": 1, "oom": {"policy": "Downscale"}}, {"phase": "Failed", "reason": "OutOfMemory"}, OOM, None),  # final
+]
+
+
+@pytest.mark.parametrize(("spec", "current", "desired", "factor"), RETRY_TABLE)
+def test_oom_retry_factor(spec: dict, current: dict, desired: dict, factor: int | None) -> None:
+    assert status.oom_retry_factor(spec, current, desired) == factor
+
+
+def test_downscaled_status_is_pending_at_the_new_factor_and_validates() -> None:
+    out = status.downscaled_status({"phase": "Running"}, {"dataFactor": 2}, 4, T0_EPOCH, 1)
+    assert (out["phase"], out["reason"], out["dataFactor"]) == ("Pending", "DownscaledAfterOOM", 4)
+    assert "dataFactor 2" in out["message"] and "not resumed" in out["message"]
+    Status.model_validate(out)

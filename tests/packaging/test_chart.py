@@ -238,6 +238,7 @@ OPERATOR_RULES = {
     ("batch", "jobs", "watch"),
     ("batch", "jobs", "create"),  # kube.create_job
     ("batch", "jobs", "patch"),  # kube.patch_job (suspend, admit)
+    ("batch", "jobs", "delete"),  # kube.delete_job (an OOM retry under spec.oom.policy Downscale)
     ("", "pods", "list"),  # kube.job_pods, kopf's pod index
     ("", "pods", "watch"),
     ("", "pods/log", "get"),  # kube.log_tail

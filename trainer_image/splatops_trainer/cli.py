@@ -259,6 +259,9 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
         steps=outcome.steps,
         duration_s=round(outcome.duration_s, 2),
         config=config,
+        gpu_seconds=outcome.gpu_seconds,
+        peak_gpu_memory_bytes=outcome.peak_gpu_memory_bytes,
+        gpu_memory_estimate_bytes=outcome.memory_estimate.total_bytes if outcome.memory_estimate else None,
     )
 
 

@@ -41,6 +41,7 @@ class TrainerConfig:
     init_scale: float = 1.0
     random_background: bool = False
     cap_max: int = 1_000_000  # MCMC: the most Gaussians
+    max_gaussians: int = 0  # densification never grows past this many Gaussians (either strategy); 0 = no cap
     metrics_port: int = 9090  # 0 disables the Prometheus endpoint
     termination_log: Path = Path("/dev/termination-log")
     resume: bool = True  # continue from the newest compatible checkpoint
@@ -132,6 +133,7 @@ def validate(cfg: TrainerConfig) -> list[str]:
         (0.0 < cfg.init_opacity < 1.0, f"init_opacity must be between 0 and 1 (exclusive), got {cfg.init_opacity}"),
         (cfg.init_scale > 0.0, f"init_scale must be positive, got {cfg.init_scale}"),
         (cfg.cap_max >= 1, f"cap_max must be at least 1, got {cfg.cap_max}"),
+        (cfg.max_gaussians >= 0, f"max_gaussians must be 0 (no cap) or more, got {cfg.max_gaussians}"),
         (0 <= cfg.metrics_port <= 65535, f"metrics_port must be 0 (off) or a TCP port, got {cfg.metrics_port}"),
         (bool(str(cfg.scene_id).strip()), "scene_id must not be empty"),
         (_s3_ok(cfg.scene_source), f"scene_source must be s3://bucket/prefix/, got {cfg.scene_source!r}"),

@@ -97,11 +97,12 @@ app.kubernetes.io/component: gateway
   resources: ["gaussiansplattrainings/finalizers"]
   verbs: ["update"]
 # The trainer Jobs: kopf's index and event handler list/watch them; kube.create_job,
-# read_job (the Job a create found already there) and patch_job (suspend/admit). Never deleted
-# by the operator: the garbage collector removes them with their training (ownerReference).
+# read_job (the Job a create found already there), patch_job (suspend/admit) and delete_job
+# (only a Job that ran out of GPU memory under spec.oom.policy Downscale, to train it again at
+# a lower resolution); otherwise the garbage collector removes them with their training.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Trainer pods: kopf's index and event handler list/watch them, kube.job_pods lists them.
 - apiGroups: [""]
   resources: ["pods"]

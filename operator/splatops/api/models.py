@@ -131,6 +131,22 @@ class Resources(_Model):
     cpu: str | None = Field(None, pattern=QUANTITY_PATTERN, description="CPU request, e.g. `4`. Default: the operator's setting.")
 
 
+OOM_FAIL = "Fail"
+OOM_DOWNSCALE = "Downscale"
+MAX_DATA_FACTOR = 8
+
+
+class Oom(_Model):
+    """What to do when the trainer runs out of GPU memory (exit code 3)."""
+
+    policy: Literal["Fail", "Downscale"] = Field(
+        "Fail",
+        description="`Fail` (default): the training fails with reason OutOfMemory. `Downscale`: the operator "
+        "trains again at twice the dataFactor (up to 8), with a Warning Event and the new factor in "
+        "status.dataFactor; the retry starts fresh (checkpoints of the old resolution are not resumed).",
+    )
+
+
 class Toleration(_Model):
     """A pod toleration (core/v1 Toleration)."""
 
@@ -360,6 +376,13 @@ class Spec(_Model):
         None, ge=0, le=1_000_000, description="Write a resumable checkpoint every N steps (0 = only at the end). Default: the trainer's."
     )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Random seed.")
+    max_gaussians: int | None = Field(
+        None, ge=1000, le=100_000_000,
+        description="Densification never grows the model past this many Gaussians (both strategies; "
+        "for mcmc the smaller of this and its own cap). Bounds GPU memory: about 1 KB per Gaussian "
+        "plus ~0.8 KB per pixel of the largest image (docs/trainer-training.md). Default: no cap.",
+    )
+    oom: Oom = Field(default_factory=Oom, description="What happens when the trainer runs out of GPU memory.")
     resources: Resources = Field(default_factory=Resources, description="GPU count, memory and CPU of the trainer.")
     image: str | None = Field(None, min_length=1, max_length=512, description="Trainer image. Default: the operator's trainer image.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
@@ -459,7 +482,17 @@ class Status(_Model):
     progress: Progress | None = Field(None, description="Latest training progress.")
     model_path: str | None = Field(None, description="Path of the trained model (results.ply) inside the volume, on success.")
     model_size_mb: float | None = Field(None, alias="modelSizeMB", description="Size of the trained model file in MB.")
-    metrics: dict[str, Any] | None = Field(None, description="Final metrics reported by the trainer (psnr, ssim, numGaussians, steps, durationSeconds).")
+    metrics: dict[str, Any] | None = Field(
+        None,
+        description="Final metrics reported by the trainer (psnr, ssim, numGaussians, steps, durationSeconds, "
+        "gpuSeconds: seconds the run held its GPU, the cost basis; peakGpuMemoryBytes; gpuMemoryEstimateBytes: "
+        "the trainer's estimate before training).",
+    )
+    data_factor: int | None = Field(
+        None,
+        description="The dataFactor the current run trains at: spec.dataFactor, doubled after each CUDA "
+        "out-of-memory failure under spec.oom.policy Downscale.",
+    )
     config: dict[str, Any] | None = Field(None, description="The training configuration the trainer used (also in config.json of the output directory).")
     outputs: list[OutputRef] | None = Field(None, description="The outputs of a successful run: name, uri (object storage) "
                                             "and/or path (inside the volume), bytes and sha256.")

@@ -87,12 +87,18 @@ def pod_output(pod: Mapping[str, Any]) -> OutputKey | None:
     return (str(meta.get("namespace") or ""), str(claim), posixpath.normpath(layout.volume_relative(str(out))))
 
 
+def data_factor(spec: Spec, status: Mapping[str, Any] | None) -> int:
+    """The factor to train at: status.dataFactor once an OOM downscale raised it, else the spec's."""
+    raised = (status or {}).get("dataFactor")
+    return int(raised) if isinstance(raised, int) and raised > spec.data_factor else spec.data_factor
+
+
 def trainer_env(training: Mapping[str, Any], spec: Spec, settings: Settings) -> list[dict[str, Any]]:
     env = {
         contract.ENV_SCENE_DIR: scene_dir(spec),
         contract.ENV_OUTPUT_DIR: layout.output_location(spec, training["metadata"]["name"]).in_pod,
         contract.ENV_SCENE_ID: training["metadata"]["name"],
-        contract.ENV_DATA_FACTOR: str(spec.data_factor),
+        contract.ENV_DATA_FACTOR: str(data_factor(spec, training.get("status"))),
         contract.ENV_MAX_STEPS: str(spec.max_steps),
         contract.ENV_STRATEGY: spec.strategy,
         contract.ENV_SH_DEGREE: str(spec.sh_degree),
@@ -113,6 +119,8 @@ def trainer_env(training: Mapping[str, Any], spec: Spec, settings: Settings) -> 
         env[contract.ENV_SCENE_SOURCE] = spec.scene.source
     if spec.output is not None and spec.output.uri:
         env[contract.ENV_OUTPUT_URI] = spec.output.uri
+    if spec.max_gaussians is not None:
+        env[contract.ENV_MAX_GAUSSIANS] = str(spec.max_gaussians)
     return [{"name": k, "value": v} for k, v in env.items()]
 
 

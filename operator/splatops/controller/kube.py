@@ -60,6 +60,16 @@ class Kube:
             name, namespace, patch, _content_type=MERGE_PATCH, _preload_content=False))
         return await resp.json()
 
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job, its pods first (Foreground: the Job stays, marked deleting, until they are
+        gone, so a replacement never shares the output directory with an old pod). Gone already: fine."""
+        try:
+            await raise_for_status(await self.batch.delete_namespaced_job(
+                name, namespace, propagation_policy="Foreground", _preload_content=False))
+        except ApiException as exc:
+            if not failures.is_not_found(exc.status, exc.body):
+                raise
+
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge `status` into the training's status; False when the training is gone (deleted
         after the index showed it: its DELETED event forgets it, nothing is left to write)."""

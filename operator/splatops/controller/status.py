@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping
 
 from splatops import contract, names
 from splatops.api import layout
-from splatops.api.models import CONDITION_TYPES, Phase
+from splatops.api.models import CONDITION_TYPES, MAX_DATA_FACTOR, OOM_DOWNSCALE, Phase
 from splatops.controller import failures
 from splatops.controller.timeutil import format_time
 
@@ -24,6 +24,7 @@ REASON_RUNNING = "TrainerRunning"
 REASON_COMPLETE = "TrainingComplete"
 REASON_RETRYING = "Retrying"
 REASON_OUTPUT_BUSY = "OutputBusy"  # another training writes the same output directory
+REASON_DOWNSCALED = "DownscaledAfterOOM"  # also the Warning Event's reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +107,8 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
             return Phase.QUEUED, REASON_OUTPUT_BUSY, obs.output_busy
         if obs.blocked is not None:  # e.g. JobCreateRetrying, JobNameTaken
             return Phase.PENDING, obs.blocked[0], obs.blocked[1]
+        if obs.status.get("reason") == REASON_DOWNSCALED:  # the next Job, at the new factor, is on its way
+            return Phase.PENDING, REASON_DOWNSCALED, str(obs.status.get("message") or "")
         if obs.queued_by_operator:
             return Phase.QUEUED, REASON_WAITING_SLOT, "Waiting for a free training slot (operator cap)."
         return Phase.PENDING, REASON_CREATED, "Creating the training Job."
@@ -211,6 +214,38 @@ def desired_status(obs: Observed) -> dict[str, Any]:
     return out
 
 
+def oom_retry_factor(spec: Mapping[str, Any], current: Mapping[str, Any], desired: Mapping[str, Any]) -> int | None:
+    """The dataFactor to train at again after a CUDA out-of-memory failure under spec.oom.policy
+    Downscale: twice the current one, up to 8 (None: the failure stands)."""
+    if desired.get("phase") != Phase.FAILED.value or desired.get("reason") != contract.Reason.OUT_OF_MEMORY.value:
+        return None
+    if current.get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value):
+        return None
+    if (spec.get("oom") or {}).get("policy") != OOM_DOWNSCALE:
+        return None
+    factor = current_factor(spec, current) * 2
+    return factor if factor <= MAX_DATA_FACTOR else None
+
+
+def current_factor(spec: Mapping[str, Any], current: Mapping[str, Any]) -> int:
+    raised, own = current.get("dataFactor"), int(spec.get("dataFactor") or 1)
+    return int(raised) if isinstance(raised, int) and raised > own else own
+
+
+def downscaled_status(current: Mapping[str, Any], spec: Mapping[str, Any], factor: int, now: float,
+                      generation: int | None) -> dict[str, Any]:
+    """Pending again at `factor`: the status patch of an out-of-memory retry."""
+    old = current_factor(spec, current)
+    message = (f"CUDA out of memory at dataFactor {old}; training again at dataFactor {factor} "
+               f"(spec.oom.policy {OOM_DOWNSCALE}). The new run starts fresh: checkpoints of dataFactor "
+               f"{old} are not resumed.")
+    return {
+        "phase": Phase.PENDING.value, "reason": REASON_DOWNSCALED, "message": message, "dataFactor": factor,
+        "observedGeneration": generation,
+        "conditions": conditions(current.get("conditions"), Phase.PENDING, REASON_DOWNSCALED, message, now, generation),
+    }
+
+
 def failed_status(reason: str, message: str, now: float, generation: int | None) -> dict[str, Any]:
     """The whole status of a training failed before its Job exists (invalid spec, missing PVC)."""
     return {
@@ -252,6 +287,9 @@ def result_fields(result: contract.Result | None, default_model_path: str | None
         "numGaussians": result.num_gaussians,
         "steps": result.steps,
         "durationSeconds": result.duration_s,
+        "gpuSeconds": result.gpu_seconds,
+        "peakGpuMemoryBytes": result.peak_gpu_memory_bytes,
+        "gpuMemoryEstimateBytes": result.gpu_memory_estimate_bytes,
     }
     metrics = {k: v for k, v in metrics.items() if v is not None}
     if metrics:

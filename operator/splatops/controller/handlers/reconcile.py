@@ -37,6 +37,8 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
         pods = idx.job_pods(ns, jname)
         if job is not None and not jobs.owned_by(job, training["metadata"].get("uid")):
             job, pods = None, ()  # a deleted namesake's Job, still being garbage-collected: not ours
+        if rt.retired(job):
+            return None  # going (an OOM retry's, or with its training): the status waits for what follows
         current = rt.current_status(key, training)
         if job is not None and current.get("phase") not in TERMINAL and job_finished(job) \
                 and not any(status.failures.terminated_state(p) for p in pods):
@@ -57,6 +59,9 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
             kueue_message=await kueue_message(rt, key, spec, job),
         )
         desired = status.desired_status(obs)
+        factor = status.oom_retry_factor(spec, current, desired)
+        if factor is not None and job is not None:
+            return await downscale(rt, training, current, factor, (job.get("metadata") or {}).get("uid"))
         patch = status.status_patch(current, desired)
         if not patch:
             return desired
@@ -71,6 +76,30 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
                 # The Job would wait forever; suspending removes the stuck pod but keeps the Job for inspection.
                 await rt.api().patch_job(ns, jname, {"spec": {"suspend": True}})
         return desired
+
+
+async def downscale(rt: Runtime, training: Mapping[str, Any], current: Mapping[str, Any], factor: int,
+                    job_uid: str | None) -> dict[str, Any] | None:
+    """CUDA out of memory under spec.oom.policy Downscale: Pending again at `factor`, a Warning,
+    and the failed Job deleted; once it is gone, the timer creates the next one at the new factor
+    (sync_training). The trainer's resume key holds the factor, so nothing of the old resolution
+    is resumed. Called with the training's lock held."""
+    meta = training["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    spec = training.get("spec") or {}
+    patch = status.downscaled_status(current, spec, factor, time.time(), meta.get("generation"))
+    if not await rt.api().patch_status(ns, name, patch):
+        return None  # deleted meanwhile
+    rt.remember((ns, name), patch)
+    metrics.STATUS_WRITES.labels("phase").inc()
+    kopf.event(event_body(training), type="Warning", reason=status.REASON_DOWNSCALED, message=patch["message"])
+    rt.job_created.discard((ns, name))
+    rt.admitted.discard((ns, name))
+    rt.metrics.set_phase(ns, name, patch["phase"])
+    if job_uid:
+        rt.retired_jobs.add(job_uid)
+    await rt.api().delete_job(ns, jobs.training_job_name(training))
+    return {**current, **patch}
 
 
 async def nominated_by_karpenter(rt: Runtime, ns: str, pods: Any, now: float) -> frozenset[str]:

@@ -58,6 +58,7 @@ class Runtime:
     pvc_seen: dict[Key, float] = dataclasses.field(default_factory=dict)  # (ns, claim) -> monotonic time
     job_blocked: dict[Key, tuple[str, str]] = dataclasses.field(default_factory=dict)  # why no Job yet: (reason, message)
     kueue_seen: dict[Key, tuple[float, str | None]] = dataclasses.field(default_factory=dict)  # (monotonic time, Kueue's message)
+    retired_jobs: set[str] = dataclasses.field(default_factory=set)  # uids of Jobs we deleted (OOM retries)
     _locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     _seen_counter: Iterator[int] = dataclasses.field(default_factory=itertools.count)
 
@@ -71,6 +72,13 @@ class Runtime:
         self.outputs.forget(key)
         self.admitted.discard(key)
         self.job_created.discard(key)
+
+    def retired(self, job: Mapping[str, Any] | None) -> bool:
+        """A Job on its way out: marked deleting, or deleted by us before the index shows it."""
+        if job is None:
+            return False
+        meta = job.get("metadata") or {}
+        return bool(meta.get("deletionTimestamp")) or meta.get("uid") in self.retired_jobs
 
     def first_seen(self, key: Key) -> int:
         """The order in which the operator first saw this training (for FCFS among equal timestamps)."""

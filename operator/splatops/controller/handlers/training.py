@@ -92,6 +92,8 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
     if existing is not None and not jobs.owned_by(existing, training["metadata"]["uid"]):
         await job_blocked(rt, idx, key, training, JOB_NAME_TAKEN, foreign_job_message(jname, training, existing),
                           FOREIGN_JOB_RETRY)
+    if rt.retired(existing):
+        return  # an OOM retry's old Job, still going: its DELETED event and the timer bring us back
     if existing is not None:  # ours from before (an operator restart): adopt it, never a second one
         rt.job_created.add(key)
         rt.job_blocked.pop(key, None)
@@ -176,16 +178,17 @@ async def admit_and_create(rt: Runtime, idx: Indices, key: Key, training: Mappin
             admitted = queue.admit(running, [w for w in waiting if (w.namespace, w.name) != key] + [me], max_concurrent)
             suspend = queued = me not in admitted
             others = [w for w in admitted if w != me and w.has_job]
-        # A Job made again after its predecessor was lost carries the pods that one ran (status.attempts).
+        # A Job made again after its predecessor was lost carries the pods that one ran (status.attempts);
+        # built from the status we wrote: an OOM retry's dataFactor may not be indexed yet.
         before = int(current.get("attempts") or 0) if current.get("jobName") else 0
-        manifest = jobs.build_job(training, rt.settings, suspend=suspend, attempts_before=before)
+        manifest = jobs.build_job({**training, "status": current}, rt.settings, suspend=suspend, attempts_before=before)
         jname = manifest["metadata"]["name"]
         job, created = await create_or_adopt(rt, namespace, manifest, training["metadata"]["uid"], logger)
         rt.job_created.add(key)
         rt.job_blocked.pop(key, None)
         rt.outputs.blocked.pop(key, None)
         rt.suspend_seen[key] = bool(spec.suspend)
-        if created and current.get("jobName"):
+        if created and current.get("jobName") and current.get("reason") != status.REASON_DOWNSCALED:
             job_recreated(training, jname)
         if not (job.get("spec") or {}).get("suspend"):
             rt.admitted.add(key)
