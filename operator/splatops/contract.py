@@ -81,6 +81,18 @@ RESULTS_DIR = "results"  # under OUTPUT_DIR
 TRAINING_LOG = "results/training_log.txt"  # under OUTPUT_DIR
 CHECKPOINTS_DIR = "results/checkpoints"  # under OUTPUT_DIR
 ERROR_LOG = "error.log"  # under OUTPUT_DIR
+PREVIEW_PNG = "preview.png"  # beside results.ply: held-out views, ground truth | render, with PSNRs
+METRICS_JSONL = "metrics.jsonl"  # beside results.ply: one progress/eval JSON object per line
+
+# Model formats the trainer can write beside results.ply (spec.outputs.formats), and their files.
+# results.ply is always written: the original API and `splatops download` serve it.
+FORMAT_FILES: dict[str, str] = {
+    "ply": RESULT_PLY,
+    "spz": "results.spz",  # Niantic's SPZ (v2, gzip): about 10x smaller, loads in web viewers
+    "splat": "results.splat",  # the antimatter15 .splat layout (gsplat's exporter)
+    "ply_compressed": "results.compressed.ply",  # PlayCanvas's compressed PLY (gsplat's exporter)
+}
+DEFAULT_FORMATS = ("ply", "spz")
 
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet truncates beyond this
@@ -105,6 +117,7 @@ ENV_TERMINATION_LOG = "SPLATOPS_TERMINATION_LOG"
 ENV_SCENE_ID = "SPLATOPS_SCENE_ID"
 ENV_DEVICE = "SPLATOPS_DEVICE"
 ENV_PROGRESS_EVERY = "SPLATOPS_PROGRESS_EVERY"
+ENV_FORMATS = "SPLATOPS_FORMATS"  # comma-separated FORMAT_FILES keys
 
 # --- Progress events (one JSON object per stdout line) -------------------------------------------
 
@@ -232,6 +245,9 @@ class Result:
     config: dict[str, Any] | None = None
     reason: str | None = None
     error: str | None = None
+    # What the trainer wrote beside results.ply: [{"name": "spz", "file": "results.spz", "bytes": N}],
+    # file names relative to model_path's directory (short: the message has 4 KiB).
+    outputs: list[dict[str, Any]] | None = None
 
     @property
     def succeeded(self) -> bool:

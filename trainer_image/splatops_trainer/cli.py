@@ -227,6 +227,7 @@ def run(cfg: TrainerConfig, reporter: Reporter) -> contract.Result:
     data = scene_mod.load_scene(cfg, check)
     log.info("scene %s: %d train / %d test views, %d points", cfg.scene_id, len(data.train), len(data.test), len(data.points))
 
+    from .exports import listed, write_formats
     from .ply import write_ply
     from .train import train
 
@@ -236,6 +237,9 @@ def run(cfg: TrainerConfig, reporter: Reporter) -> contract.Result:
     stats = write_ply(out / contract.RESULT_PLY, outcome.splats)
     if stats.dropped:
         log.warning("dropped %d Gaussians with non-finite values from results.ply", stats.dropped)
+    outputs = [{"name": "ply", "file": contract.RESULT_PLY, "bytes": stats.size_bytes}]
+    outputs += write_formats(out, outcome.splats, cfg.format_list)
+    outputs += listed(out, "preview", contract.PREVIEW_PNG) + listed(out, "metrics", contract.METRICS_JSONL)
     config = effective_config(cfg, device)
     atomic.write_json(out / contract.CONFIG_FILE, config)
     (out / contract.ERROR_LOG).unlink(missing_ok=True)  # a previous failure's, now misleading
@@ -257,6 +261,7 @@ def run(cfg: TrainerConfig, reporter: Reporter) -> contract.Result:
         steps=outcome.steps,
         duration_s=round(outcome.duration_s, 2),
         config=config,
+        outputs=outputs,
     )
 
 

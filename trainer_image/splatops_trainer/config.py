@@ -11,6 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Literal, get_args
 
+from splatops import contract
+
 from .errors import invalid_options
 
 Strategy = Literal["default", "mcmc"]
@@ -44,6 +46,7 @@ class TrainerConfig:
     metrics_port: int = 9090  # 0 disables the Prometheus endpoint
     termination_log: Path = Path("/dev/termination-log")
     resume: bool = True  # continue from the newest compatible checkpoint
+    formats: str = ",".join(contract.DEFAULT_FORMATS)  # model files beside results.ply (always written)
 
     def __post_init__(self) -> None:
         self.scene_dir = Path(self.scene_dir)
@@ -64,6 +67,12 @@ class TrainerConfig:
             for f in dataclasses.fields(self)
             for v in [getattr(self, f.name)]
         }
+
+    @property
+    def format_list(self) -> list[str]:
+        """The formats to write, results.ply's `ply` first and always, each once."""
+        names = [f.strip() for f in self.formats.split(",") if f.strip()]
+        return list(dict.fromkeys(["ply", *names]))
 
     @property
     def out(self) -> Path:
@@ -88,7 +97,7 @@ class TrainerConfig:
 NOT_IN_RESUME_KEY = frozenset(
     {
         "scene_dir", "output_dir", "scene_id", "device", "eval_every", "checkpoint_every",
-        "keep_checkpoints", "progress_every", "metrics_port", "termination_log", "resume",
+        "keep_checkpoints", "progress_every", "metrics_port", "termination_log", "resume", "formats",
     }
 )
 
@@ -123,5 +132,9 @@ def validate(cfg: TrainerConfig) -> list[str]:
         (cfg.cap_max >= 1, f"cap_max must be at least 1, got {cfg.cap_max}"),
         (0 <= cfg.metrics_port <= 65535, f"metrics_port must be 0 (off) or a TCP port, got {cfg.metrics_port}"),
         (bool(str(cfg.scene_id).strip()), "scene_id must not be empty"),
+        (
+            all(f in contract.FORMAT_FILES for f in cfg.format_list),
+            f"formats must be a comma-separated list of {', '.join(contract.FORMAT_FILES)}, got {cfg.formats!r}",
+        ),
     ]
     return [message for ok, message in checks if not ok]

@@ -185,6 +185,27 @@ def affinity_problem(value: Any) -> str | None:
     return None
 
 
+ModelFormat = Literal["ply", "spz", "splat", "ply_compressed"]  # contract.FORMAT_FILES' keys
+
+
+class Outputs(_Model):
+    """What the trainer writes beside results.ply."""
+
+    formats: list[ModelFormat] = Field(
+        default_factory=lambda: ["ply", "spz"], min_length=1, max_length=4,
+        description="Model formats: `ply` (results.ply, always written), `spz` (Niantic's compressed "
+        "format, about 10x smaller, for web viewers), `splat` and `ply_compressed` (gsplat's exports).",
+    )
+
+
+class OutputFile(_Model):
+    """One file the trainer wrote."""
+
+    name: str = Field(..., description="ply, spz, splat, ply_compressed, preview or metrics.")
+    path: str = Field(..., description="Path inside the volume.")
+    bytes: int = Field(..., ge=0, description="Size in bytes.")
+
+
 class Spec(_Model):
     """Desired training. Immutable once created, except `suspend`."""
 
@@ -248,6 +269,7 @@ class Spec(_Model):
         "Default: the operator's (604800 = 7 days).",
     )
     suspend: bool = Field(False, description="Pause the training: its pod stops; setting false again resumes from the last checkpoint.")
+    outputs: Outputs = Field(default_factory=Outputs, description="Model formats written beside results.ply.")
 
 
 class Progress(_Model):
@@ -284,6 +306,9 @@ class Status(_Model):
     progress: Progress | None = Field(None, description="Latest training progress.")
     model_path: str | None = Field(None, description="Path of the trained model (results.ply) inside the volume, on success.")
     model_size_mb: float | None = Field(None, alias="modelSizeMB", description="Size of the trained model file in MB.")
+    outputs: list[OutputFile] | None = Field(
+        None, description="Every file the trainer wrote beside results.ply (model formats, preview.png, metrics.jsonl)."
+    )
     metrics: dict[str, Any] | None = Field(None, description="Final metrics reported by the trainer (psnr, ssim, numGaussians, steps, durationSeconds).")
     config: dict[str, Any] | None = Field(None, description="The training configuration the trainer used (also in <path>/gsplat/config.json).")
     job_name: str | None = Field(None, description="Name of the batch/v1 Job running the training.")

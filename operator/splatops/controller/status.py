@@ -6,6 +6,7 @@ Pure functions only; the handlers feed them objects from kopf's indices and writ
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 from typing import Any, Iterable, Mapping
 
 from splatops import contract, names
@@ -224,7 +225,23 @@ def result_fields(result: contract.Result | None, default_model_path: str | None
         fields["metrics"] = metrics
     if result.config:
         fields["config"] = result.config
+    if result.outputs:
+        fields["outputs"] = output_files(result.outputs, fields.get("modelPath"))
     return fields
+
+
+def output_files(outputs: list[Any], model_path: str | None) -> list[dict[str, Any]]:
+    """status.outputs: the trainer's entries (file names beside results.ply) with volume paths."""
+    directory = posixpath.dirname(model_path) if model_path else ""
+    files = []
+    for entry in outputs:
+        if isinstance(entry, dict) and isinstance(entry.get("file"), str) and "/" not in entry["file"]:
+            files.append({
+                "name": str(entry.get("name") or entry["file"]),
+                "path": posixpath.join(directory, entry["file"]),
+                "bytes": int(entry.get("bytes") or 0),
+            })
+    return files
 
 
 def volume_relative(path: str, fallback: str | None) -> str:
