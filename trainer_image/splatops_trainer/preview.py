@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from . import atomic
 
 MAX_WIDTH = 2048
+MIN_CELL_WIDTH = 192  # small views are scaled up to stay readable (and leave room for the label)
 MAX_VIEWS = 6  # pairs in the grid, spread evenly over the held-out views
 PAIRS_PER_ROW = 2
 LABEL_HEIGHT = 16
@@ -46,7 +47,7 @@ def render_grid(views: Sequence[PreviewView], step: int | None = None) -> Image.
         raise ValueError("no views to preview")
     per_row = min(PAIRS_PER_ROW, len(views))
     h0, w0 = views[0].truth.shape[:2]
-    cell_w = min(w0, (MAX_WIDTH - GAP * (2 * per_row + 1)) // (2 * per_row))
+    cell_w = min(max(w0, MIN_CELL_WIDTH), (MAX_WIDTH - GAP * (2 * per_row + 1)) // (2 * per_row))
     cell_h = max(1, round(h0 * cell_w / w0))
     rows = -(-len(views) // per_row)
     width = GAP + per_row * 2 * (cell_w + GAP)
@@ -60,9 +61,18 @@ def render_grid(views: Sequence[PreviewView], step: int | None = None) -> Image.
         for j, pixels in enumerate((view.truth, view.render)):
             tile = Image.fromarray(np.ascontiguousarray(pixels), "RGB").resize((cell_w, cell_h), Image.Resampling.LANCZOS)
             grid.paste(tile, (x + j * (cell_w + GAP), y + LABEL_HEIGHT))
-        at = f" @ {step}" if step is not None else ""
-        draw.text((x, y + 2), f"{view.name}: truth | render{at}  PSNR {view.psnr:.2f} dB", fill=TEXT, font=font)
+        draw.text((x, y + 2), _label(draw, font, view, step, 2 * cell_w + GAP), fill=TEXT, font=font)
     return grid
+
+
+def _label(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, view: PreviewView, step: int | None, width: int) -> str:
+    """The longest of the label's forms that fits over the pair; the PSNR always stays."""
+    at = f" @ {step}" if step is not None else ""
+    for text in (f"{view.name}: truth | render{at}  PSNR {view.psnr:.2f} dB", f"{view.name}  PSNR {view.psnr:.2f} dB",
+                 f"PSNR {view.psnr:.2f} dB"):
+        if draw.textlength(text, font=font) <= width:
+            return text
+    return f"{view.psnr:.1f} dB"
 
 
 def write_preview(path: Path, views: Sequence[PreviewView], step: int | None = None) -> int:

@@ -26,6 +26,7 @@ from splatops.cli import original
 from splatops.cli.kube import Conflict
 from splatops.gateway.repository import KubeRepository, TrainingRepository
 from splatops.gateway.settings import GatewaySettings
+from splatops.gateway.web import build_router, source_for
 
 DATA_FACTORS = (1, 2, 4, 8)
 SCENE_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
@@ -84,6 +85,8 @@ def create_app(settings: GatewaySettings | None = None, repository: TrainingRepo
 
     def repo() -> TrainingRepository:
         return state["repo"]
+
+    app.include_router(build_router(lambda: source_for(state["repo"], settings.mount_path)))  # the web page
 
     @app.post("/scene/{scene_id}/train_gsplat", summary="Start training (in the background)")
     async def train_gsplat(
