@@ -138,12 +138,20 @@ def build_router(source: Callable[[], WebSource | None]) -> APIRouter:
             raise HTTPException(status_code=503, detail="the web page needs the Kubernetes API (not connected)")
         return s
 
-    async def found(namespace: str, name: str) -> dict[str, Any]:
-        resource = await src().training(namespace, name)
+    async def found(namespace: str, name: str) -> tuple[WebSource, dict[str, Any], list[dict[str, Any]]]:
+        """The source, the training and its output files that exist (404 if there is no such training)."""
+        s = src()
+        resource = await s.training(namespace, name)
         if resource is None:
             raise HTTPException(status_code=404, detail=f"{names.KIND} {namespace}/{name} not found")
-        return resource
+        return s, resource, output_entries(resource, lambda rel: s.volume_file(rel) is not None)
 
+    _add_pages(router, found)
+    _add_api(router, src, found)
+    return router
+
+
+def _add_pages(router: APIRouter, found: Callable[..., Any]) -> None:
     @router.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
         return page("index.html", root="./")
@@ -162,6 +170,8 @@ def build_router(source: Callable[[], WebSource | None]) -> APIRouter:
             raise HTTPException(status_code=404, detail=f"no static file {path!r}{hint}")
         return FileResponse(file, headers={"Cache-Control": "no-cache"})
 
+
+def _add_api(router: APIRouter, src: Callable[[], WebSource], found: Callable[..., Any]) -> None:
     @router.get("/api/trainings")
     async def trainings() -> dict[str, Any]:
         s = src()
@@ -170,14 +180,13 @@ def build_router(source: Callable[[], WebSource | None]) -> APIRouter:
 
     @router.get("/api/trainings/{namespace}/{name}")
     async def training(namespace: str, name: str) -> dict[str, Any]:
-        s, resource = src(), await found(namespace, name)
-        outputs = output_entries(resource, lambda rel: s.volume_file(rel) is not None)
-        # URLs relative to the training's page (works behind any path prefix or port-forward)
+        s, resource, outputs = await found(namespace, name)
+        # URLs relative to the training's page (works behind any path prefix or port-forward);
+        # live files have no recorded size yet.
         files = [{**o, "url": f"../../api/trainings/{namespace}/{name}/files/{o['name']}",
-                  "download": name + DOWNLOAD_SUFFIX.get(o["name"], "")} for o in outputs]
-        for o in files:  # live files have no recorded size
-            if o["bytes"] is None:
-                o["bytes"] = s.volume_file(o["path"]).stat().st_size  # type: ignore[union-attr]
+                  "download": name + DOWNLOAD_SUFFIX.get(o["name"], ""),
+                  "bytes": o["bytes"] if o["bytes"] is not None else s.volume_file(o["path"]).stat().st_size}
+                 for o in outputs]
         preview = next((o for o in files if o["name"] == "preview"), None)
         return {
             **summary(resource), "progress": (resource.get("status") or {}).get("progress"),
@@ -189,25 +198,21 @@ def build_router(source: Callable[[], WebSource | None]) -> APIRouter:
 
     @router.get("/api/trainings/{namespace}/{name}/metrics")
     async def metrics(namespace: str, name: str) -> dict[str, Any]:
-        s, resource = src(), await found(namespace, name)
-        outputs = output_entries(resource, lambda rel: s.volume_file(rel) is not None)
+        s, _, outputs = await found(namespace, name)
         path = next((s.volume_file(o["path"]) for o in outputs if o["name"] == "metrics"), None)
         text = path.read_text(encoding="utf-8", errors="replace") if path is not None else ""
         return {"points": parse_metrics(text)}
 
     @router.get("/api/trainings/{namespace}/{name}/files/{output}")
     async def output_file(namespace: str, name: str, output: str) -> FileResponse:
-        s, resource = src(), await found(namespace, name)
-        entry = next((o for o in output_entries(resource, lambda rel: s.volume_file(rel) is not None)
-                      if o["name"] == output), None)
+        s, _, outputs = await found(namespace, name)
+        entry = next((o for o in outputs if o["name"] == output), None)
         file = s.volume_file(entry["path"]) if entry else None
         if file is None:
             raise HTTPException(status_code=404, detail=f"{namespace}/{name} has no {output!r} output")
         return FileResponse(file, media_type=MEDIA.get(file.suffix, "application/octet-stream"),
                             filename=name + DOWNLOAD_SUFFIX.get(output, file.suffix),
                             headers={"Cache-Control": "no-cache"})
-
-    return router
 
 
 # --- sources ----------------------------------------------------------------------------------------
@@ -246,11 +251,11 @@ class KubeWebSource:
         return await self.kube.list_trainings()
 
     async def training(self, namespace: str, name: str) -> dict[str, Any] | None:
-        from splatops.cli.kube import NotFound
+        from splatops.cli.kube import Forbidden, NotFound
 
         try:
             return await self._in(namespace).get_training(name)
-        except NotFound:
+        except (NotFound, Forbidden):  # another namespace the gateway may not read: not found here
             return None
 
     async def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
