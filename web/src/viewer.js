@@ -7,6 +7,23 @@ export const BACKGROUND = 0x202020;
 
 const TYPES = { spz: SplatFileType.SPZ, ply: SplatFileType.PLY, splat: SplatFileType.SPLAT };
 
+// Where to look and from how far: the middle 90% of the Gaussians' centres on each axis, so a
+// few far-away floaters (common in real captures) do not push the camera away from the subject.
+function frame(mesh) {
+  const xs = [], ys = [], zs = [];
+  const stride = Math.max(1, Math.floor(mesh.packedSplats?.numSplats / 20000) || 1);
+  mesh.forEachSplat((i, c) => {
+    if (i % stride) return;
+    const p = c.clone().applyMatrix4(mesh.matrixWorld);
+    xs.push(p.x); ys.push(p.y); zs.push(p.z);
+  });
+  if (!xs.length) return { center: new THREE.Vector3(), radius: 1 };
+  const q = (a, f) => a.sort((u, v) => u - v)[Math.min(a.length - 1, Math.floor(f * a.length))];
+  const lo = new THREE.Vector3(q(xs, 0.05), q(ys, 0.05), q(zs, 0.05));
+  const hi = new THREE.Vector3(q(xs, 0.95), q(ys, 0.95), q(zs, 0.95));
+  return { center: lo.clone().add(hi).multiplyScalar(0.5), radius: Math.max(hi.distanceTo(lo) / 2, 1e-3) };
+}
+
 // Show the model at `url` (`format`: spz, splat or ply) in `container`; resolves once it is drawn.
 export async function showModel(container, url, format) {
   const width = container.clientWidth || 640;
@@ -28,11 +45,10 @@ export async function showModel(container, url, format) {
   }
   scene.add(mesh);
   await mesh.initialized;
+  mesh.updateMatrixWorld(true);
 
-  const box = mesh.getBoundingBox(true).applyMatrix4(mesh.matrixWorld);
-  const center = box.getCenter(new THREE.Vector3());
-  const radius = Math.max(box.getSize(new THREE.Vector3()).length() / 2, 1e-3);
-  camera.position.copy(center).add(new THREE.Vector3(0, radius * 0.3, radius * 1.6));
+  const { center, radius } = frame(mesh);
+  camera.position.copy(center).add(new THREE.Vector3(0, radius * 0.5, radius * 2.6));
   camera.near = radius / 100;
   camera.far = radius * 100;
   camera.updateProjectionMatrix();
