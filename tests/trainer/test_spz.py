@@ -50,10 +50,13 @@ def test_round_trip_within_quantization(degree: int) -> None:
     assert np.abs(y["quats"][:, 1:] - _w_positive(x["quats"])[:, 1:]).max() <= 0.5 / 127.5 + 1e-5
     assert _same_rotation(y["quats"], x["quats"]).mean() > 0.999
     assert y["shN"].shape == x["shN"].shape
-    if degree >= 1:  # degree 1 keeps 5 bits (buckets of 8/128), higher degrees 4 (16/128)
-        assert np.abs(y["shN"][:, :3] - x["shN"][:, :3]).max() <= 4.5 / 128 + 1e-6
+    # degree 1 keeps SH1_BITS of 8 bits (buckets of 2**(8 - bits) / 128), higher degrees SH_REST_BITS
+    if degree >= 1:
+        bucket = 2 ** (8 - spz.SH1_BITS)
+        assert np.abs(y["shN"][:, :3] - x["shN"][:, :3]).max() <= (bucket / 2 + 0.5) / 128 + 1e-6
     if degree >= 2:
-        assert np.abs(y["shN"][:, 3:] - x["shN"][:, 3:]).max() <= 8.5 / 128 + 1e-6
+        bucket = 2 ** (8 - spz.SH_REST_BITS)
+        assert np.abs(y["shN"][:, 3:] - x["shN"][:, 3:]).max() <= (bucket / 2 + 0.5) / 128 + 1e-6
 
 
 def test_bytes_follow_the_published_layout() -> None:

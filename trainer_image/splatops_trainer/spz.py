@@ -11,7 +11,7 @@ then, attribute by attribute for all points: positions (x, y, z as 24-bit signed
 channel, the DC coefficient times 0.15 around 127.5), scales (uint8, (log scale + 10) * 16),
 rotations (uint8 x, y, z of the unit quaternion with w >= 0, around 127.5; w is derived), and
 the higher SH coefficients (uint8, value * 128 + 128, coefficient-major with the colour channel
-fastest; degree-1 values rounded to 5 significant bits, higher degrees to 4, which gzips well).
+fastest; degree-1 values rounded to SH1_BITS significant bits, higher degrees to SH_REST_BITS).
 
 SPZ stores right-up-back (three.js / OpenGL) coordinates; our splats are COLMAP's right-down-front.
 The conversion is a 180-degree rotation about x: y and z change sign, so do the quaternion's y and
@@ -36,7 +36,11 @@ HEADER = struct.Struct("<IIIBBBB")
 MAX_SH_DEGREE = 3
 COLOR_SCALE = 0.15
 FLAG_ANTIALIASED = 0x1
-SH1_BITS, SH_REST_BITS = 5, 4
+# Significant bits kept of each 8-bit SH value (the rest rounded away, which gzips well). The
+# format's reader does not need them; Niantic's encoder keeps 5 and 4 by default. On fox that
+# zeroed nearly every coefficient of a CPU-trained model (0.70 dB lost); 7 and 6 lose 0.05 dB and
+# the file is still ~10x smaller than the PLY (docs/trainer.md).
+SH1_BITS, SH_REST_BITS = 7, 6
 MAX_FRACTIONAL_BITS = 12  # ~0.24 mm when a unit is a metre; fewer when the scene is larger
 
 # Sign of each SH basis function (3DGS order, bands 1..3) under the 180-degree turn about x.
