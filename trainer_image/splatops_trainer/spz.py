@@ -38,7 +38,7 @@ COLOR_SCALE = 0.15
 FLAG_ANTIALIASED = 0x1
 # Significant bits kept of each 8-bit SH value (the rest rounded away, which gzips well). The
 # format's reader does not need them; Niantic's encoder keeps 5 and 4 by default. On fox that
-# zeroed nearly every coefficient of a CPU-trained model (0.70 dB lost); 7 and 6 lose 0.05 dB and
+# zeroed nearly every coefficient of a CPU-trained model (0.77 dB lost); 7 and 6 lose 0.05 dB and
 # the file is still ~10x smaller than the PLY (docs/trainer.md).
 SH1_BITS, SH_REST_BITS = 7, 6
 MAX_FRACTIONAL_BITS = 12  # ~0.24 mm when a unit is a metre; fewer when the scene is larger
