@@ -342,7 +342,7 @@ def _check_web_outputs(scene: Path, out: Path, result: contract.Result) -> None:
         assert (out / entry["file"]).stat().st_size == entry["bytes"] > 0
     assert len(result.to_json().encode()) < contract.TERMINATION_MESSAGE_LIMIT
     with Image.open(out / contract.PREVIEW_PNG) as img:  # 3 held-out views at 32x24, scaled up: pairs side by side
-        assert img.format == "PNG" and 4 * 192 <= img.width <= 2048 and img.height >= 2 * 144
+        assert img.format == "PNG" and img.width == 4 * 320 + 5 * 4 and img.height >= 2 * 240
     lines = [json.loads(line) for line in (out / contract.METRICS_JSONL).read_text().splitlines()]
     assert [x["step"] for x in lines if x["event"] == "progress"] == [50, 100, 150, 200]
     assert [x["step"] for x in lines if x["event"] == "eval"] == [100, 200]

@@ -25,23 +25,23 @@ def _view(i: int, w: int, h: int) -> preview.PreviewView:
 
 @pytest.mark.parametrize(
     "count, size, max_width",
-    [(1, (64, 48), 192 * 2 + 12), (3, (64, 48), 192 * 4 + 20), (3, (300, 200), 300 * 4 + 20),
-     (6, (1920, 1080), 2048), (2, (5000, 100), 2048)],
+    [(1, (64, 48), 320 * 2 + 12), (3, (64, 48), 320 * 4 + 20), (3, (300, 200), 320 * 4 + 20),
+     (6, (1920, 1080), 320 * 4 + 20), (2, (100, 5000), 6 * 4 + 20), (2, (5000, 100), 320 * 4 + 20)],
 )
 def test_grid_is_at_most_2048_wide_and_keeps_the_aspect(count: int, size: tuple[int, int], max_width: int) -> None:
     w, h = size
     grid = preview.render_grid([_view(i, w, h) for i in range(count)], step=100)
-    assert grid.width <= max_width <= 2048
+    assert grid.width == max_width <= 2048
     rows = -(-count // preview.PAIRS_PER_ROW)
-    cell_w = (grid.width - preview.GAP) // (2 * min(count, preview.PAIRS_PER_ROW)) - preview.GAP
-    assert grid.height == preview.GAP + rows * (round(h * cell_w / w) + preview.LABEL_HEIGHT + preview.GAP)
+    cell_h = max(1, round(h * preview.CELL / max(w, h)))
+    assert grid.height == preview.GAP + rows * (cell_h + preview.LABEL_HEIGHT + preview.GAP)
 
 
 def test_truth_left_render_right_under_a_label() -> None:
     grid = np.asarray(preview.render_grid([_view(0, 192, 144)]))
     top = preview.GAP + preview.LABEL_HEIGHT
     assert tuple(grid[top + 30, preview.GAP + 10]) == (200, 200, 200)  # ground truth
-    assert tuple(grid[top + 5, preview.GAP + 192 + preview.GAP + 10]) == (255, 255, 255)  # render, top half
+    assert tuple(grid[top + 5, preview.GAP + preview.CELL + preview.GAP + 10]) == (255, 255, 255)  # render, top half
     label = grid[preview.GAP : top - 2, preview.GAP : preview.GAP + 120]
     assert (label > 200).any()  # the PSNR label is drawn
 
@@ -62,7 +62,7 @@ def test_reporter_writes_metrics_and_preview(tmp_path: Path) -> None:
     assert [(x["event"], x["step"]) for x in lines] == [("progress", 10), ("eval", 20)]
     assert lines[0]["num_gaussians"] == 7 and lines[1]["psnr"] == 25.0
     with Image.open(cfg.out / contract.PREVIEW_PNG) as img:
-        assert img.format == "PNG" and img.width == preview.GAP + 2 * 2 * (preview.MIN_CELL_WIDTH + preview.GAP)
+        assert img.format == "PNG" and img.width == preview.GAP + 2 * 2 * (preview.CELL + preview.GAP)
     assert not [p for p in cfg.out.iterdir() if p.name.endswith(".tmp")]  # written atomically
 
 

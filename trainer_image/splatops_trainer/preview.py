@@ -1,7 +1,7 @@
 """preview.png: held-out views side by side with their renders, each labelled with its PSNR.
 
-A grid of pairs (ground truth | render), two pairs a row, scaled down so the image is at most
-MAX_WIDTH pixels wide. Written atomically beside results.ply at each evaluation (the newest wins)
+A grid of pairs (ground truth | render), two pairs a row, each image scaled so its longer side is
+CELL pixels (the grid at most MAX_WIDTH wide). Written atomically beside results.ply at each evaluation (the newest wins)
 and at the end, so a user (or the web page) sees what the model looks like before reading numbers.
 """
 
@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from . import atomic
 
 MAX_WIDTH = 2048
-MIN_CELL_WIDTH = 192  # small views are scaled up to stay readable (and leave room for the label)
+CELL = 320  # each image's longer side, up or down: readable, and the PNG stays ~1 MB for photos
 MAX_VIEWS = 6  # pairs in the grid, spread evenly over the held-out views
 PAIRS_PER_ROW = 2
 LABEL_HEIGHT = 16
@@ -47,8 +47,8 @@ def render_grid(views: Sequence[PreviewView], step: int | None = None) -> Image.
         raise ValueError("no views to preview")
     per_row = min(PAIRS_PER_ROW, len(views))
     h0, w0 = views[0].truth.shape[:2]
-    cell_w = min(max(w0, MIN_CELL_WIDTH), (MAX_WIDTH - GAP * (2 * per_row + 1)) // (2 * per_row))
-    cell_h = max(1, round(h0 * cell_w / w0))
+    scale = min(CELL / max(w0, h0), (MAX_WIDTH - GAP * (2 * per_row + 1)) // (2 * per_row) / w0)
+    cell_w, cell_h = max(1, round(w0 * scale)), max(1, round(h0 * scale))
     rows = -(-len(views) // per_row)
     width = GAP + per_row * 2 * (cell_w + GAP)
     height = GAP + rows * (cell_h + LABEL_HEIGHT + GAP)
