@@ -73,7 +73,11 @@ function renderEvents(t) {
   document.getElementById("events").replaceChildren(...t.events.map((e) =>
     el("tr", { class: e.type === "Warning" ? "warning" : "" },
       el("td", {}, age(e.time)), el("td", {}, e.type), el("td", {}, e.reason), el("td", {}, e.message))));
-  document.getElementById("log").textContent = t.logs.join("\n");
+  const log = document.getElementById("log");
+  const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+  log.textContent = t.logs.join("\n");
+  if (atEnd || !log.dataset.shown) log.scrollTop = log.scrollHeight; // follow the newest lines
+  log.dataset.shown = "true";
 }
 
 async function maybeShowModel(t) {
