@@ -131,7 +131,7 @@ def test_page_shows_live_progress_and_draws_the_model(browser_page, local_run) -
     steps = sorted(int(s) for s in seen if s)
     assert len(steps) >= 2 and steps[0] < steps[-1] == STEPS, f"the list showed steps {steps}"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "web-list.png"))
+    page.screenshot(path=str(SCREENSHOTS / "web-list.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 200})
 
     # The training's page: summary, curves, preview, downloads, events, and the model in 3D.
     page.locator("tr[data-name=synthetic] a").click()
