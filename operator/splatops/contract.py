@@ -105,6 +105,18 @@ ERROR_LOG = "error.log"
 # The trainer's exclusive lock on its output directory, held for the whole run (flock; the file
 # also names the holder). Never deleted, so every writer locks the same inode.
 LOCK_FILE = ".splatops.lock"
+PREVIEW_PNG = "preview.png"  # beside results.ply: held-out views, ground truth | render, with PSNRs
+METRICS_JSONL = "metrics.jsonl"  # beside results.ply: one progress/eval JSON object per line
+
+# Model formats the trainer can write beside results.ply (spec.outputs.formats), and their files.
+# results.ply is always written: the original API and `splatops download` serve it.
+FORMAT_FILES: dict[str, str] = {
+    "ply": RESULT_PLY,
+    "spz": "results.spz",  # Niantic's SPZ (v2, gzip): about 10x smaller, loads in web viewers
+    "splat": "results.splat",  # the antimatter15 .splat layout (gsplat's exporter)
+    "ply_compressed": "results.compressed.ply",  # PlayCanvas's compressed PLY (gsplat's exporter)
+}
+DEFAULT_FORMATS = ("ply", "spz")
 
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet truncates beyond this
@@ -134,6 +146,7 @@ ENV_PROGRESS_EVERY = "SPLATOPS_PROGRESS_EVERY"
 ENV_SCENE_SOURCE = "SPLATOPS_SCENE_SOURCE"  # s3://bucket/prefix/: fetched into the scene directory first
 ENV_OUTPUT_URI = "SPLATOPS_OUTPUT_URI"  # s3://bucket/prefix/: the outputs are uploaded there on success
 S3_SCHEME = "s3://"
+ENV_FORMATS = "SPLATOPS_FORMATS"  # comma-separated FORMAT_FILES keys
 
 # --- Progress events (one JSON object per stdout line) -------------------------------------------
 
@@ -259,8 +272,9 @@ class Result:
     steps: int | None = None
     duration_s: float | None = None
     config: dict[str, Any] | None = None
-    # The outputs the run produced: [{"name", "path" (in the volume) and/or "uri" (s3://...),
-    # "bytes", "sha256"}].
+    # The files the run produced: [{"name": "spz", "file": "results.spz", "bytes": N, "sha256": ...,
+    # "uri": "s3://..." (with an output uri)}], "file" relative to the output directory (short:
+    # the message has 4 KiB).
     outputs: list[dict[str, Any]] | None = None
     reason: str | None = None
     error: str | None = None

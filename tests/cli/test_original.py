@@ -50,6 +50,13 @@ CONFIG = {"scene_id": "mijato", "data_factor": 1, "max_steps": 30000, "timestamp
      {"status": "complete", "scene_id": "fox", "model_path": "scenes/fox/gsplat/results.ply",
       "model_size_mb": 1.5, "config": {"scene_id": "fox", "data_factor": 2, "max_steps": 7000},
       "download_url": "/scene/fox/gsplat/model"}),
+    # status.outputs (model formats, preview, metrics) under the reader's mount.
+    (res("fox", "Succeeded", modelPath="s/fox/gsplat/results.ply", modelSizeMB=1.5,
+         outputs=[{"name": "spz", "path": "s/fox/gsplat/results.spz", "bytes": 150}]), "/mnt/v",
+     {"status": "complete", "scene_id": "fox", "model_path": "/mnt/v/s/fox/gsplat/results.ply",
+      "model_size_mb": 1.5, "config": {"scene_id": "fox", "data_factor": 2, "max_steps": 7000},
+      "download_url": "/scene/fox/gsplat/model",
+      "outputs": [{"name": "spz", "path": "/mnt/v/s/fox/gsplat/results.spz", "bytes": 150}]}),
     # Failed: the actionable message is the original's error.
     (res("mijato", "Failed", path="a/mijato", reason="OutOfMemory",
          message="CUDA out of memory. Try reducing data_factor or image resolution."), None,

@@ -56,6 +56,10 @@ def test_local_trains_a_synthetic_scene_end_to_end(tmp_path):
     assert re.search(rf"Iteration \d+/{E2E_STEPS} \| Loss: \d+\.\d{{4}}", out)
     assert '"status": "complete"' in out
     assert f"results.ply: {ply} (" in out
+    # It ends with the web page of the trained model (and how to open it again once it has stopped).
+    assert re.search(r"^web page: http://127\.0\.0\.1:\d+/trainings/default/synthetic$", out.rstrip().splitlines()[-1])
+    assert f"splatops view {ply.parent}" in out
+    assert (ply.parent / "results.spz").is_file() and (ply.parent / "preview.png").is_file()
     assert ply.is_file() and ply.read_bytes().startswith(b"ply\n") and ply.stat().st_size > 1000
     assert (workdir / "kubeconfig").is_file() and (workdir / "volumes.json").is_file()
 

@@ -62,11 +62,18 @@ def test_job_properties() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env[contract.ENV_SCENE_DIR] == "/data/scenes/fox"
     assert env[contract.ENV_MAX_STEPS] == "30000" and env[contract.ENV_DATA_FACTOR] == "1"
+    assert env[contract.ENV_FORMATS] == "ply,spz"  # spec.outputs.formats' default
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
     assert term["matchExpressions"] == [{"key": "node.kubernetes.io/instance-type", "operator": "In",
                                          "values": list(SETTINGS.gpu_node_label_values)}]
     assert "g5.xlarge" in term["matchExpressions"][0]["values"]
+
+
+def test_formats_reach_the_trainer() -> None:
+    job = jobs.build_job(training(outputs={"formats": ["ply", "spz", "splat"]}), SETTINGS)
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[contract.ENV_FORMATS] == "ply,spz,splat"
 
 
 def test_pod_failure_policy() -> None:

@@ -45,15 +45,16 @@ def test_bad_uris_are_refused_by_schema_and_model(uri: str) -> None:
 
 
 def test_outputs_in_the_status() -> None:
-    result = contract.Result(status="complete", model_path="/data/fox/gsplat/results.ply", outputs=[
-        {"name": "results.ply", "path": "/data/fox/gsplat/results.ply", "uri": "s3://r/runs/fox/results.ply",
-         "bytes": 1234, "sha256": "ab" * 32},
-        {"name": "config.json", "path": "/data/fox/gsplat/config.json", "bytes": 40, "sha256": "cd" * 32},
+    """The trainer names files relative to its output directory; status gives volume paths."""
+    result = contract.Result(status="complete", model_path="/data/fox/gsplat/fox/results.ply", outputs=[
+        {"name": "ply", "file": "results.ply", "uri": "s3://r/runs/fox/results.ply", "bytes": 1234, "sha256": "ab" * 32},
+        {"name": "log", "file": "results/training_log.txt", "bytes": 40, "sha256": "cd" * 32},
+        {"name": "escape", "file": "../../secret", "bytes": 1},  # never a path outside the output directory
     ])
     parsed = contract.parse_result(result.to_json())
-    fields = status.result_fields(parsed, "fox/gsplat/results.ply")
+    fields = status.result_fields(parsed, "fox/gsplat/fox/results.ply")
     assert fields["outputs"] == [
-        {"name": "results.ply", "uri": "s3://r/runs/fox/results.ply", "path": "fox/gsplat/results.ply", "bytes": 1234, "sha256": "ab" * 32},
-        {"name": "config.json", "path": "fox/gsplat/config.json", "bytes": 40, "sha256": "cd" * 32},
+        {"name": "ply", "path": "fox/gsplat/fox/results.ply", "uri": "s3://r/runs/fox/results.ply", "bytes": 1234, "sha256": "ab" * 32},
+        {"name": "log", "path": "fox/gsplat/fox/results/training_log.txt", "bytes": 40, "sha256": "cd" * 32},
     ]
     assert "outputs" not in status.result_fields(contract.Result(status="complete"), None)

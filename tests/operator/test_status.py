@@ -121,6 +121,19 @@ def test_succeeded_status_has_result_fields_and_validates() -> None:
     Status.model_validate(out)  # the written status fits the CRD's status schema models
 
 
+def test_succeeded_status_lists_the_outputs_beside_the_model() -> None:
+    outputs = [{"name": "ply", "file": "results.ply", "bytes": 900}, {"name": "spz", "file": "results.spz", "bytes": 90},
+               {"name": "preview", "file": "preview.png", "bytes": 5000}, {"name": "bad", "file": "../etc/x", "bytes": 1}]
+    msg = result_msg(status="complete", model_path="/data/fox/gsplat/run-1/results.ply", steps=100, outputs=outputs)
+    out = status.desired_status(observe(job(("Complete", "Completed"), succeeded=1), pod("Succeeded", terminated=terminated(0, msg))))
+    assert out["outputs"] == [
+        {"name": "ply", "path": "fox/gsplat/run-1/results.ply", "bytes": 900},
+        {"name": "spz", "path": "fox/gsplat/run-1/results.spz", "bytes": 90},
+        {"name": "preview", "path": "fox/gsplat/run-1/preview.png", "bytes": 5000},
+    ]  # a file outside the model's directory is never listed
+    Status.model_validate(out)
+
+
 def test_conditions_keep_transition_time_when_unchanged() -> None:
     first = status.conditions(None, Phase.RUNNING, "TrainerRunning", "Training.", T0_EPOCH, 1)
     later = status.conditions(first, Phase.RUNNING, "TrainerRunning", "Training.", T0_EPOCH + 500, 1)

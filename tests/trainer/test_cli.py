@@ -332,6 +332,35 @@ def _train_missing() -> str | None:
 
 
 
+def _check_web_outputs(scene: Path, out: Path, result: contract.Result) -> None:
+    """preview.png, metrics.jsonl and the model formats beside results.ply, listed in the result."""
+    from PIL import Image
+
+    from splatops_trainer import fidelity, spz
+    from splatops_trainer.config import TrainerConfig
+    from splatops_trainer.scene import load_scene
+
+    listed = {o["name"]: o for o in result.outputs}
+    assert set(listed) == {"ply", "spz", "splat", "ply_compressed", "preview", "metrics"}
+    for entry in listed.values():
+        assert (out / entry["file"]).stat().st_size == entry["bytes"] > 0
+    assert len(result.to_json().encode()) < contract.TERMINATION_MESSAGE_LIMIT
+    with Image.open(out / contract.PREVIEW_PNG) as img:  # 3 held-out views at 32x24, scaled up: pairs side by side
+        assert img.format == "PNG" and img.width == 4 * 320 + 5 * 4 and img.height >= 2 * 240
+    lines = [json.loads(line) for line in (out / contract.METRICS_JSONL).read_text().splitlines()]
+    assert [x["step"] for x in lines if x["event"] == "progress"] == [50, 100, 150, 200]
+    assert [x["step"] for x in lines if x["event"] == "eval"] == [100, 200]
+    assert all({"loss", "num_gaussians", "steps_per_sec"} <= set(x) for x in lines)
+    assert all("psnr" in x and "ssim" in x for x in lines if x["event"] == "eval")
+    header, _ = spz.decode((out / "results.spz").read_bytes())
+    assert (header.num_points, header.sh_degree) == (result.num_gaussians, 1)
+    # Rendered from the decoded files, the held-out views look like the PLY's (frames line up).
+    views = load_scene(TrainerConfig(scene_dir=scene, data_factor=2, test_every=4, device="cpu")).test
+    rows = {r.file: r for r in fidelity.compare(views, out)}
+    assert rows["results.spz"].psnr_vs_ply > 30 and rows["results.splat"].psnr_vs_ply > 20
+    assert abs(rows["results.spz"].psnr_vs_truth - rows["results.ply"].psnr_vs_truth) < 0.5
+
+
 @pytest.mark.slow
 def test_end_to_end_cpu(scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = _train_missing()
@@ -342,7 +371,7 @@ def test_end_to_end_cpu(scene: Path, capsys: pytest.CaptureFixture[str]) -> None
     args = (
         "--max-steps", "200", "--progress-every", "50", "--eval-every", "100", "--checkpoint-every", "100",
         "--test-every", "4", "--sh-degree", "1", "--scene-id", "synthetic", "--strategy", "mcmc", "--cap-max", "600",
-        "--data-factor", "2",
+        "--data-factor", "2", "--formats", "ply,spz,splat,ply_compressed",
     )
     code, result = run_main(scene, *args)
     captured = capsys.readouterr()
@@ -374,6 +403,7 @@ def test_end_to_end_cpu(scene: Path, capsys: pytest.CaptureFixture[str]) -> None
     progress = [contract.parse_progress_line(line) for line in captured.out.splitlines()]
     assert [p.step for p in progress if p and p.event == "progress"] == [50, 100, 150, 200]
     assert not (out / contract.ERROR_LOG).exists()
+    _check_web_outputs(scene, out, result)
 
     # Run again (a retried pod): resumes from the final checkpoint, only evaluates, same answer.
     code, again = run_main(scene, *args)

@@ -288,12 +288,14 @@ def test_trainer_fetches_the_scene_and_uploads_its_outputs(s3, synthetic_scene, 
                    **{contract.ENV_SCENE_SOURCE: f"s3://{name}/scenes/fox/", contract.ENV_OUTPUT_URI: f"s3://{name}/runs/fox/"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = contract.parse_result(term.read_text())
-    assert result.succeeded and [o["name"] for o in result.outputs] == ["results.ply", "config.json", "results/training_log.txt"]
+    assert result.succeeded
+    by_file = {o["file"]: o for o in result.outputs}
+    assert {contract.RESULT_PLY, contract.CONFIG_FILE, contract.TRAINING_LOG} <= set(by_file)
     client = boto3.client("s3")
-    for item in result.outputs:
-        body = client.get_object(Bucket=name, Key=f"runs/fox/{item['name']}")["Body"].read()
-        local = scene_dir / contract.OUTPUT_DIR / item["name"]
-        assert item["uri"] == f"s3://{name}/runs/fox/{item['name']}" and item["path"] == str(local.resolve())
+    for file, item in by_file.items():  # every output, the model formats and preview too
+        body = client.get_object(Bucket=name, Key=f"runs/fox/{file}")["Body"].read()
+        local = scene_dir / contract.OUTPUT_DIR / file
+        assert item["uri"] == f"s3://{name}/runs/fox/{file}" and item["bytes"] == local.stat().st_size
         assert hashlib.sha256(body).hexdigest() == item["sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
     assert b"Training complete" in client.get_object(Bucket=name, Key="runs/fox/results/training_log.txt")["Body"].read()
 

@@ -229,6 +229,7 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
     data = scene_mod.load_scene(cfg, check)
     log.info("scene %s: %d train / %d test views, %d points", cfg.scene_id, len(data.train), len(data.test), len(data.points))
 
+    from .exports import listed, write_formats
     from .ply import write_ply
     from .train import train
 
@@ -239,6 +240,9 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
     stats = write_ply(out / contract.RESULT_PLY, outcome.splats)
     if stats.dropped:
         log.warning("dropped %d Gaussians with non-finite values from results.ply", stats.dropped)
+    outputs = [{"name": "ply", "file": contract.RESULT_PLY, "bytes": stats.size_bytes}]
+    outputs += write_formats(out, outcome.splats, cfg.format_list)
+    outputs += listed(out, "preview", contract.PREVIEW_PNG) + listed(out, "metrics", contract.METRICS_JSONL)
     config = effective_config(cfg, device)
     atomic.write_json(out / contract.CONFIG_FILE, config)
     psnr = round(outcome.psnr, 4) if outcome.psnr is not None else None
@@ -262,6 +266,7 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
         gpu_seconds=outcome.gpu_seconds,
         peak_gpu_memory_bytes=outcome.peak_gpu_memory_bytes,
         gpu_memory_estimate_bytes=outcome.memory_estimate.total_bytes if outcome.memory_estimate else None,
+        outputs=outputs,
     )
 
 
@@ -333,16 +338,26 @@ def _newest_checkpoint_step(cfg: TrainerConfig) -> int:
     return found[0][0] if found else 0
 
 
-OUTPUTS = (contract.RESULT_PLY, contract.CONFIG_FILE, contract.TRAINING_LOG)
+# Described and uploaded beside the model files run() lists (results.ply, the formats, preview, metrics).
+EXTRA_OUTPUTS = (("config", contract.CONFIG_FILE), ("log", contract.TRAINING_LOG))
 
 
 def publish(cfg: TrainerConfig, result: contract.Result) -> contract.Result:
-    """The result with its outputs (path, bytes, sha256), uploaded first when cfg.output_uri is set."""
+    """The result with every output's bytes and sha256, each uploaded first when cfg.output_uri
+    is set (then with its uri)."""
     from . import objectstore
 
-    outputs = objectstore.describe(cfg.out, OUTPUTS)
+    wanted = [(str(e["name"]), str(e["file"])) for e in result.outputs or []] + list(EXTRA_OUTPUTS)
+    described = objectstore.describe(cfg.out, [file for _, file in wanted])
     if cfg.output_uri:
-        outputs = objectstore.upload_outputs(cfg.output_uri, cfg.out, outputs)
+        described = objectstore.upload_outputs(cfg.output_uri, cfg.out, described)
+    by_file = {d["name"]: d for d in described}  # describe() names each by its path under cfg.out
+    outputs = []
+    for name, file in wanted:
+        if file in by_file:
+            found = by_file[file]
+            outputs.append({"name": name, "file": file, "bytes": found["bytes"], "sha256": found["sha256"],
+                            **({"uri": found["uri"]} if "uri" in found else {})})
     return dataclasses.replace(result, outputs=outputs)
 
 

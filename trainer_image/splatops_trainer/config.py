@@ -11,6 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Literal, get_args
 
+from splatops import contract
+
 from .errors import invalid_options
 
 Strategy = Literal["default", "mcmc"]
@@ -47,6 +49,7 @@ class TrainerConfig:
     resume: bool = True  # continue from the newest compatible checkpoint
     scene_source: str | None = None  # s3://bucket/prefix/: fetch the scene into scene_dir first
     output_uri: str | None = None  # s3://bucket/prefix/: upload the outputs there on success
+    formats: str = ",".join(contract.DEFAULT_FORMATS)  # model files beside results.ply (always written)
 
     def __post_init__(self) -> None:
         self.scene_dir = Path(self.scene_dir)
@@ -67,6 +70,12 @@ class TrainerConfig:
             for f in dataclasses.fields(self)
             for v in [getattr(self, f.name)]
         }
+
+    @property
+    def format_list(self) -> list[str]:
+        """The formats to write, results.ply's `ply` first and always, each once."""
+        names = [f.strip() for f in self.formats.split(",") if f.strip()]
+        return list(dict.fromkeys(["ply", *names]))
 
     @property
     def out(self) -> Path:
@@ -91,7 +100,7 @@ class TrainerConfig:
 NOT_IN_RESUME_KEY = frozenset(
     {
         "scene_dir", "output_dir", "scene_id", "device", "eval_every", "checkpoint_every",
-        "keep_checkpoints", "progress_every", "metrics_port", "termination_log", "resume",
+        "keep_checkpoints", "progress_every", "metrics_port", "termination_log", "resume", "formats",
         "scene_source", "output_uri",  # where the scene comes from / outputs go, not what is trained
     }
 )
@@ -138,5 +147,9 @@ def validate(cfg: TrainerConfig) -> list[str]:
         (bool(str(cfg.scene_id).strip()), "scene_id must not be empty"),
         (_s3_ok(cfg.scene_source), f"scene_source must be s3://bucket/prefix/, got {cfg.scene_source!r}"),
         (_s3_ok(cfg.output_uri), f"output_uri must be s3://bucket/prefix/, got {cfg.output_uri!r}"),
+        (
+            all(f in contract.FORMAT_FILES for f in cfg.format_list),
+            f"formats must be a comma-separated list of {', '.join(contract.FORMAT_FILES)}, got {cfg.formats!r}",
+        ),
     ]
     return [message for ok, message in checks if not ok]

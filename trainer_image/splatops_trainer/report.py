@@ -1,9 +1,12 @@
-"""How the trainer tells the world: stdout JSON lines, training_log.txt, Prometheus, termination.
+"""How the trainer tells the world: stdout JSON lines, training_log.txt, metrics.jsonl, preview.png,
+Prometheus, termination.
 
 `Reporter` implements train.TrainHooks. The operator reads the JSON lines from the pod log and
 the final `contract.Result` from the termination message; humans read training_log.txt in the
 original pipeline's words (`Iteration 15234/30000 | Loss: 0.0234`), rewritten atomically at each
-report (never appended to in place); Prometheus scrapes the port.
+report (never appended to in place); metrics.jsonl (beside results.ply) keeps every progress and
+eval line the same way, for curves; preview.png is redrawn at each evaluation; Prometheus scrapes
+the port.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from splatops import contract
 
 from . import atomic
 from .config import TrainerConfig
+from .preview import PreviewView, write_preview
 
 
 def eval_message(p: contract.Progress) -> str:
@@ -173,12 +177,14 @@ class Reporter:
         self.last: contract.Progress | None = None
         self._lock = threading.Lock()
         self._log: TrainingLog | None = None
+        self._series: TrainingLog | None = None  # metrics.jsonl, rewritten like the log
         self.metrics: Metrics | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self._log = TrainingLog(self.cfg.out / contract.TRAINING_LOG)
+        self._series = TrainingLog(self.cfg.out / contract.METRICS_JSONL)
         self.metrics = Metrics(str(self.cfg.scene_id), self.cfg.metrics_port)
         self.metrics.max_steps.set(self.cfg.max_steps)
         self._emit({"event": contract.EVENT_STARTED, "scene_id": self.cfg.scene_id, "max_steps": self.cfg.max_steps})
@@ -190,9 +196,10 @@ class Reporter:
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        for writer in (self._log, self._series):
+            if writer is not None:
+                writer.close()
+        self._log = self._series = None
 
     def __enter__(self) -> Reporter:
         self.start()
@@ -214,8 +221,19 @@ class Reporter:
             self.last = p
             self._write_stdout(p.to_json())
             self._log_line(line)
+            if self._series is not None:
+                self._series.add(p.to_json())
             if self.metrics is not None:
                 self.metrics.update(p)
+
+    def on_preview(self, step: int, views: list[PreviewView]) -> None:
+        """preview.png from an evaluation's views; a failed write only warns (never fails a run)."""
+        if not views:
+            return
+        try:
+            write_preview(self.cfg.out / contract.PREVIEW_PNG, views, step)
+        except (OSError, ValueError) as exc:
+            print(f"warning: could not write {contract.PREVIEW_PNG}: {exc}", file=sys.stderr)
 
     # --- outputs -----------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from .errors import Terminated, TrainerError
 from .image_metrics import SSIM_SIGMA, SSIM_WINDOW
 from .image_metrics import psnr as psnr_fn
 from .image_metrics import ssim as ssim_fn
+from .preview import PreviewView, pick
 from .render import default_backend, rasterize
 from .splats import empty_splats, init_splats, make_optimizers, means_lr
 from .strategy import build_strategy, initial_state
@@ -55,6 +56,9 @@ class TrainHooks(Protocol):
     def on_progress(self, p: Progress) -> None: ...
 
     def on_eval(self, p: Progress) -> None: ...
+
+    # Optional (looked up with getattr): held-out views and their renders at an evaluation.
+    # def on_preview(self, step: int, views: list[PreviewView]) -> None: ...
 
 
 class TrainingDivergedError(TrainerError):
@@ -461,16 +465,30 @@ class _Trainer:
         )
 
     @torch.no_grad()
-    def evaluate(self, sh_degree: int) -> tuple[float | None, float | None]:
+    def evaluate(self, sh_degree: int, step: int) -> tuple[float | None, float | None]:
         if not self.test_views.images:
             return None, None
-        psnrs, ssims = [], []
+        psnrs, ssims, shown = [], [], []
+        previewed = set(pick(len(self.test_views.images)))
         for i in range(len(self.test_views.images)):
             colors, _, _ = self._render(self.test_views, i, sh_degree)
             pred = colors.clamp(0.0, 1.0)
             gt = self.test_views.target(i)
             psnrs.append(psnr_fn(pred, gt).reshape(()))
             ssims.append(ssim_fn(pred, gt).reshape(()))
+            if i in previewed:
+                shown.append((i, pred))
+        on_preview = getattr(self.hooks, "on_preview", None)
+        if on_preview is not None:  # the eval already synced: a few small host copies more
+            on_preview(step, [
+                PreviewView(
+                    name=self.scene.test[i].name,
+                    truth=self.test_views.images[i].cpu().numpy(),
+                    render=(pred[0] * 255.0 + 0.5).to(torch.uint8).cpu().numpy(),
+                    psnr=float(psnrs[i]),
+                )
+                for i, pred in shown
+            ])
         return float(torch.stack(psnrs).mean()), float(torch.stack(ssims).mean())
 
     # --- the loop ------------------------------------------------------------------------------
@@ -549,7 +567,7 @@ class _Trainer:
                 if save:
                     self._save(done)
                 if evaluate:
-                    psnr, ssim = self.evaluate(sh_degree)
+                    psnr, ssim = self.evaluate(sh_degree, done)
                     evaluated_at = done
                     self.hooks.on_eval(
                         Progress(
@@ -572,7 +590,9 @@ class _Trainer:
                 window_start, window_t = done, time.perf_counter()
             loop_s = time.perf_counter() - loop_t0
             if self.start_step >= cfg.max_steps:  # resumed a finished run: just evaluate
-                psnr, ssim = self.evaluate(min(cfg.sh_degree, (cfg.max_steps - 1) // max(cfg.sh_degree_interval, 1)))
+                psnr, ssim = self.evaluate(
+                    min(cfg.sh_degree, (cfg.max_steps - 1) // max(cfg.sh_degree_interval, 1)), cfg.max_steps
+                )
             self._wait_pending()
         finally:
             # Never leave a half-written checkpoint behind a crash: finish the pending write.

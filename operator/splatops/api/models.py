@@ -358,6 +358,19 @@ class PodTemplate(_Model):
         return self
 
 
+ModelFormat = Literal["ply", "spz", "splat", "ply_compressed"]  # contract.FORMAT_FILES' keys
+
+
+class Outputs(_Model):
+    """What the trainer writes beside results.ply."""
+
+    formats: list[ModelFormat] = Field(
+        default_factory=lambda: ["ply", "spz"], min_length=1, max_length=4,
+        description="Model formats: `ply` (results.ply, always written), `spz` (Niantic's compressed "
+        "format, about 10x smaller, for web viewers), `splat` and `ply_compressed` (gsplat's exports).",
+    )
+
+
 class Spec(_Model):
     """Desired training. Immutable once created, except `suspend`."""
 
@@ -436,6 +449,7 @@ class Spec(_Model):
         "Default: the operator's (604800 = 7 days).",
     )
     suspend: bool = Field(False, description="Pause the training: its pod stops; setting false again resumes from the last checkpoint.")
+    outputs: Outputs = Field(default_factory=Outputs, description="Model formats written beside results.ply.")
 
 
 class Progress(_Model):
@@ -468,7 +482,7 @@ class Condition(_Model):
 class OutputRef(_Model):
     """One output of a successful run."""
 
-    name: str = Field(..., description="File name under the output directory, e.g. results.ply.")
+    name: str = Field(..., description="What it is: ply, spz, splat, ply_compressed, preview, metrics, config or log.")
     uri: str | None = Field(None, description="Where it was uploaded (s3://...), with spec.output.uri.")
     path: str | None = Field(None, description="Its path inside the volume.")
     bytes: int | None = Field(None, ge=0, description="Size in bytes.")

@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     _kube_flags(p)
 
+    p = sub.add_parser("view", help="open the web page of a training, or of a model file (results.spz/.ply) or directory")
+    from splatops.cli import view as view_cmd
+
+    view_cmd.add_arguments(p)
+    _kube_flags(p)
+
     p = sub.add_parser("local", help="run everything on this machine: API, operator, trainer")
     from splatops.local import run as local_run
 
@@ -472,6 +478,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_operator(args)
         if args.command == "gateway":
             return cmd_gateway(args)
+        if args.command == "view":
+            from splatops.cli import view as view_cmd
+
+            return view_cmd.main(args, _target(args))
         if args.command == "local":
             from splatops.local import run as local_run
 

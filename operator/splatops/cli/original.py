@@ -98,7 +98,7 @@ def original_status(
     if phase == "Succeeded":
         rel = model_path_in_volume(resource)
         path = posixpath.join(volume_root, rel) if volume_root else rel
-        return {
+        done = {
             "status": contract.STATUS_COMPLETE,
             "scene_id": sid,
             "model_path": path,
@@ -106,6 +106,12 @@ def original_status(
             "config": original_config(resource),
             "download_url": f"/scene/{sid}/gsplat/model",
         }
+        if status.get("outputs"):  # model formats, preview.png, metrics.jsonl (status.outputs)
+            done["outputs"] = [
+                {**o, "path": posixpath.join(volume_root, o["path"]) if volume_root else o["path"]}
+                for o in status["outputs"] if isinstance(o, dict) and o.get("path")
+            ]
+        return done
     if phase == "Failed":
         return {
             "status": contract.STATUS_FAILED,

@@ -106,6 +106,7 @@ def trainer_env(training: Mapping[str, Any], spec: Spec, settings: Settings) -> 
         contract.ENV_DEVICE: "cuda",
         contract.ENV_METRICS_PORT: str(settings.trainer_metrics_port),
         contract.ENV_TERMINATION_LOG: TERMINATION_MESSAGE_PATH,
+        contract.ENV_FORMATS: ",".join(spec.outputs.formats),
         # The root filesystem is read-only and the image's user has no home: caches (torch,
         # Python) go to the /tmp emptyDir instead of failing.
         "HOME": "/tmp",

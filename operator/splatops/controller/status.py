@@ -6,6 +6,7 @@ Pure functions only; the handlers feed them objects from kopf's indices and writ
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 from typing import Any, Iterable, Mapping
 
 from splatops import contract, names
@@ -296,24 +297,27 @@ def result_fields(result: contract.Result | None, default_model_path: str | None
         fields["metrics"] = metrics
     if result.config:
         fields["config"] = result.config
-    outputs = [output_ref(o) for o in result.outputs or [] if isinstance(o, dict) and o.get("name")]
+    outputs = output_refs(result.outputs or [], fields.get("modelPath"))
     if outputs:
         fields["outputs"] = outputs
     return fields
 
 
-def output_ref(output: dict[str, Any]) -> dict[str, Any]:
-    """status.outputs[]: name, uri (object storage) and/or path (inside the volume), bytes, sha256."""
-    ref = {"name": str(output["name"])}
-    if output.get("uri"):
-        ref["uri"] = str(output["uri"])
-    if output.get("path"):
-        path = str(output["path"])
-        ref["path"] = layout.volume_relative(path) if layout.in_volume(path) else path
-    for key in ("bytes", "sha256"):
-        if output.get(key) is not None:
-            ref[key] = output[key]
-    return ref
+def output_refs(outputs: list[Any], model_path: str | None) -> list[dict[str, Any]]:
+    """status.outputs[]: name, path (inside the volume), uri (object storage), bytes, sha256. The
+    trainer names each file relative to its output directory, results.ply's directory."""
+    directory = posixpath.dirname(model_path) if model_path else ""
+    refs = []
+    for entry in outputs:
+        file = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(file, str) or file.startswith("/") or ".." in file.split("/"):
+            continue
+        ref: dict[str, Any] = {"name": str(entry.get("name") or file), "path": posixpath.join(directory, file)}
+        for key in ("uri", "bytes", "sha256"):
+            if entry.get(key) is not None:
+                ref[key] = entry[key]
+        refs.append(ref)
+    return refs
 
 
 def progress_status(progress: contract.Progress, now: float) -> dict[str, Any]:

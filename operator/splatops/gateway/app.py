@@ -36,6 +36,7 @@ from splatops.gateway import files
 from splatops.gateway.repository import KubeRepository, TrainingRepository
 from splatops.gateway.security import Authenticator, RateLimiter
 from splatops.gateway.settings import GatewaySettings
+from splatops.gateway.web import build_router, source_for
 
 T = TypeVar("T")
 
@@ -163,6 +164,7 @@ def create_app(settings: GatewaySettings | None = None, repository: TrainingRepo
 
     _add_error_handlers(app)
     _add_probes(app, settings, readiness, lambda: state["repo"])
+    app.include_router(build_router(lambda: source_for(state["repo"], settings.mount_path)))  # the web page
 
     @app.post("/scene/{scene_id}/train_gsplat", summary="Start training (in the background)")
     async def train_gsplat(

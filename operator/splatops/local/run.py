@@ -46,6 +46,7 @@ REAL_CPU_DEFAULTS = (2000, 4)
 REAL_GPU_DEFAULTS = (7000, 2)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+WEB_PORT = 8765  # the gateway's web page, served while `splatops local` runs
 
 
 class LocalRunError(RuntimeError):
@@ -83,6 +84,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(use `splatops --kubeconfig <workdir>/kubeconfig list|status|logs|download`)")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     p.add_argument("-v", "--verbose", action="store_true", help="also show the trainer's and operator's own output")
+    p.add_argument("--web-port", type=int, default=WEB_PORT, help=f"port of the web page on 127.0.0.1 (default {WEB_PORT}; "
+                   "taken or 0: any free one)")
 
 
 def gpu_available() -> bool:
@@ -237,13 +240,25 @@ class OperatorHandle:
             await self._task
 
 
+def local_gateway(p: Plan, kubeconfig: pathlib.Path) -> Any:
+    """The gateway (REST API and web page) over the embedded API and the local volume."""
+    from splatops.cli.kube import Target
+    from splatops.gateway.app import create_app
+    from splatops.gateway.settings import GatewaySettings
+
+    settings = GatewaySettings(mount_path=str(p.volume), claim_name=CLAIM, scenes_root=SCENES_DIR,
+                               kubeconfig=str(kubeconfig), namespace=NAMESPACE)
+    return create_app(settings, target=Target(kubeconfig=str(kubeconfig), namespace=NAMESPACE))
+
+
 async def run_local(p: Plan, *, strategy: str = "default", keep_running: bool = False,
-                    timeout: float = 3600.0, verbose: bool = False) -> int:
+                    timeout: float = 3600.0, verbose: bool = False, web_port: int = WEB_PORT) -> int:
     from splatops.cli import original
     from splatops.cli.download import write_local_volumes
     from splatops.cli.kube import Target, connect
     from splatops.cli.progress import ProgressView, WaitTimeout, wait_until_done
     from splatops.local.cluster import running_cluster
+    from splatops.gateway.web import serving
     from splatops.local.executor import LocalExecutor
 
     p.workdir.mkdir(parents=True, exist_ok=True)
@@ -278,11 +293,14 @@ async def run_local(p: Plan, *, strategy: str = "default", keep_running: bool = 
                     extra_spec={"evalEvery": max(1, p.max_steps // 2)},
                     annotations={original.ANNOTATION_LOCAL_DIR: str(p.scene_dir)}, created_by="splatops-local",
                 )
-                async with connect(Target(kubeconfig=str(cluster.kubeconfig), namespace=NAMESPACE)) as kube:
+                async with connect(Target(kubeconfig=str(cluster.kubeconfig), namespace=NAMESPACE)) as kube, \
+                        serving(local_gateway(p, cluster.kubeconfig), port=web_port) as web:
                     name = manifest["metadata"]["name"]
                     await kube.create_training(manifest)
                     print(f"{names.PLURAL}.{names.GROUP}/{name} created "
                           f"(scene {p.scene_path}, maxSteps {p.max_steps}, dataFactor {p.data_factor})", flush=True)
+                    page = f"{web}trainings/{NAMESPACE}/{name}"
+                    print(f"web page (live while this runs): {page}", flush=True)
                     view = ProgressView(name)
                     try:
                         final = await operator.guard(wait_until_done(
@@ -297,6 +315,9 @@ async def run_local(p: Plan, *, strategy: str = "default", keep_running: bool = 
                     code = _report(result, p.volume / original.model_path_in_volume(final))
                     for problem in executor.errors:
                         print(f"executor: {problem}", file=sys.stderr)
+                    if not keep_running:
+                        print(f"afterwards: splatops view {p.results_ply.parent} (or run with --keep-running)", flush=True)
+                    print(f"web page: {page}", flush=True)
                     if keep_running:
                         print(f"still running (Ctrl-C stops): splatops --kubeconfig {cluster.kubeconfig} list", flush=True)
                         with contextlib.suppress(LocalRunError):  # Ctrl-C: kopf stops the operator
@@ -335,7 +356,7 @@ def main(args: argparse.Namespace) -> int:
     os.environ["KUBECONFIG"] = str(p.kubeconfig)
     try:
         return asyncio.run(run_local(p, strategy=args.strategy, keep_running=args.keep_running,
-                                     timeout=args.timeout, verbose=args.verbose))
+                                     timeout=args.timeout, verbose=args.verbose, web_port=args.web_port))
     except LocalRunError as exc:
         print(f"error: {exc}", file=sys.stderr)
     except ModuleNotFoundError as exc:
