@@ -36,6 +36,9 @@ NOT_EXERCISED: dict[Rule, str] = {
     # kube.kueue_workloads: only for trainings with spec.queueName, which this scenario has not
     # (test_operator.py::test_kueue_pending_reason_in_the_status_message covers it).
     ("kueue.x-k8s.io", "workloads", "list"): "Kueue",
+    # kube.delete_job: only when a training under spec.oom.policy Downscale ran out of GPU memory
+    # (test_operator.py::test_oom_downscale_trains_again_at_twice_the_factor_up_to_8 covers it).
+    ("batch", "jobs", "delete"): "OOM downscale",
 }
 
 
