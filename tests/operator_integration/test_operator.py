@@ -371,12 +371,12 @@ async def test_object_storage_locations_reach_the_trainer_and_outputs_the_status
     assert (env[contract.ENV_SCENE_SOURCE], env[contract.ENV_OUTPUT_URI]) == ("s3://team-scenes/fox/", "s3://team-results/runs/fox/")
     pod = await kube.sim.start(job["metadata"]["name"])
     await kube.sim.run(pod, progress(300))
-    outputs = [{"name": "results.ply", "path": "/data/scenes/s3/gsplat/results.ply", "uri": "s3://team-results/runs/fox/results.ply",
+    outputs = [{"name": "ply", "file": "results.ply", "uri": "s3://team-results/runs/fox/results.ply",
                 "bytes": 13107200, "sha256": "0f" * 32}]
     await kube.sim.terminate(pod, 0, complete(outputs=outputs))
     status = await kube.wait_phase("s3", "Succeeded")
-    assert status["outputs"] == [{"name": "results.ply", "uri": "s3://team-results/runs/fox/results.ply",
-                                  "path": "scenes/s3/gsplat/results.ply", "bytes": 13107200, "sha256": "0f" * 32}]
+    assert status["outputs"] == [{"name": "ply", "uri": "s3://team-results/runs/fox/results.ply",
+                                  "path": status["modelPath"], "bytes": 13107200, "sha256": "0f" * 32}]
 
 
 async def test_job_lost_while_the_operator_was_down_is_created_again_with_a_warning(kube: Harness):
