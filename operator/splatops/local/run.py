@@ -312,11 +312,12 @@ async def run_local(p: Plan, *, strategy: str = "default", keep_running: bool = 
                         return EXIT_FAILED
                     result = original.original_status(final, volume_root=str(p.volume))
                     print("status: " + json.dumps(result, indent=2), flush=True)
-                    code = _report(result, p.volume / original.model_path_in_volume(final))
+                    results_ply = p.volume / original.model_path_in_volume(final)
+                    code = _report(result, results_ply)
                     for problem in executor.errors:
                         print(f"executor: {problem}", file=sys.stderr)
                     if not keep_running:
-                        print(f"afterwards: splatops view {p.results_ply.parent} (or run with --keep-running)", flush=True)
+                        print(f"afterwards: splatops view {results_ply.parent} (or run with --keep-running)", flush=True)
                     print(f"web page: {page}", flush=True)
                     if keep_running:
                         print(f"still running (Ctrl-C stops): splatops --kubeconfig {cluster.kubeconfig} list", flush=True)
