@@ -261,3 +261,12 @@ def test_stage_events_round_trip_and_the_newest_report_wins() -> None:
     assert contract.last_report(stage.to_json()) == stage
     assert contract.last_report("\n".join([stage.to_json(), "noise", progress.to_json()])) == progress
     assert contract.last_report("\n".join([progress.to_json(), stage.to_json()])) == stage  # a retried pod reconstructing
+
+
+def test_an_empty_scene_reports_no_images(tmp_path: Path, trainers) -> None:
+    """Nothing to reconstruct from: the photos are what is missing, not the COLMAP model."""
+    scene = tmp_path / "empty"
+    scene.mkdir()
+    trainer = trainers(scene)
+    assert trainer.finish() == int(contract.ExitCode.INVALID_INPUT)
+    assert trainer.result().reason == contract.Reason.NO_IMAGES.value and trainer.stages() == []

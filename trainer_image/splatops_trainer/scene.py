@@ -101,7 +101,8 @@ def find_model_dir(scene_dir: Path) -> Path:
     raise TrainerError(
         contract.Reason.COLMAP_NOT_FOUND,
         f"{contract.MSG_COLMAP_NOT_FOUND}: expected cameras, images and points3D (.bin or .txt) "
-        f"in {initial} or {sparse}. Run the COLMAP conversion for this scene first.",
+        f"in {initial} or {sparse}. Run the COLMAP conversion for this scene first, or let the trainer "
+        "reconstruct it from the photos (--reconstruct IfMissing, the default; spec.reconstruct).",
     )
 
 
