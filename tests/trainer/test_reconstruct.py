@@ -231,6 +231,14 @@ def test_when_to_reconstruct(tmp_path: Path, mode: str, model_at: str | None, ex
     assert reconstruct.wanted(TrainerConfig(scene_dir=tmp_path, reconstruct=mode)) is expected  # type: ignore[arg-type]
 
 
+def test_reconstruct_modes_match_the_contract() -> None:
+    from typing import get_args
+
+    from splatops_trainer.config import Reconstruct
+
+    assert get_args(Reconstruct) == contract.RECONSTRUCT_MODES
+
+
 def test_camera_mode_follows_size_and_exif(tmp_path: Path) -> None:
     names = []
     for i, (size, model) in enumerate([((64, 48), "A"), ((64, 48), "A"), ((64, 48), "B")]):

@@ -105,6 +105,9 @@ def trainer_env(training: Mapping[str, Any], spec: Spec, settings: Settings) -> 
         "HOME": "/tmp",
         "XDG_CACHE_HOME": "/tmp/.cache",
     }
+    env[contract.ENV_RECONSTRUCT] = spec.reconstruct
+    if spec.reconstruct_only:
+        env[contract.ENV_RECONSTRUCT_ONLY] = "true"
     if spec.eval_every is not None:
         env[contract.ENV_EVAL_EVERY] = str(spec.eval_every)
     if spec.checkpoint_every is not None:
