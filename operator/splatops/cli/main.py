@@ -27,10 +27,13 @@ class UsageError(ValueError):
     """A bad value the user can fix (exit 2)."""
 
 
-def scene_problem(scene_dir: pathlib.Path) -> str | None:
-    """The original pipeline's prerequisite checks on a scene directory (None: looks trainable)."""
+def scene_problem(scene_dir: pathlib.Path, *, need_model: bool = False) -> str | None:
+    """The original pipeline's prerequisite checks on a scene directory (None: looks trainable).
+
+    A COLMAP model is needed only with `need_model` (spec.reconstruct Never): by default the
+    trainer reconstructs a scene that has only photos."""
     colmap = scene_dir / contract.COLMAP_DIR
-    if not colmap.is_dir() or not all(
+    if need_model and not colmap.is_dir() or need_model and not all(
         any((colmap / f"{stem}{ext}").is_file() for ext in (".bin", ".txt"))
         for stem in ("cameras", "images", "points3D")
     ):
@@ -69,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-factor", type=int, help="image downscale factor: 1, 2, 4 or 8 (default 1)")
     p.add_argument("--max-steps", type=int, help="training iterations (default 30000)")
     p.add_argument("--strategy", choices=("default", "mcmc"), help="densification strategy")
+    p.add_argument("--reconstruct", choices=contract.RECONSTRUCT_MODES,
+                   help="structure-from-motion first: IfMissing (default: when the scene has no COLMAP model), Always, Never")
     p.add_argument("--name", help="resource name (default: SCENE, then SCENE-2, SCENE-3, ...)")
     p.add_argument("--wait", action="store_true", help="wait until done, showing progress")
     p.add_argument("--download", metavar="FILE", help="after success, download results.ply to FILE (implies --wait)")
@@ -136,6 +141,7 @@ def training_manifest(args: argparse.Namespace, name: str, namespace: str | None
             name, scene_id=args.scene, claim=args.pvc, path=args.path or args.scene, namespace=namespace,
             data_factor=args.data_factor, max_steps=args.max_steps, strategy=args.strategy,
             output_path=args.output,
+            extra_spec={"reconstruct": args.reconstruct} if args.reconstruct else None,
         )
     except pydantic.ValidationError as exc:
         problems = "; ".join(
@@ -157,7 +163,8 @@ async def cmd_train(args: argparse.Namespace) -> int:
     async with connect(target) as kube:
         volumes = dl.local_volumes(kubeconfig_path(target))
         if args.pvc in volumes:  # a local volume: check the scene as the original pipeline did
-            problem = scene_problem(pathlib.Path(volumes[args.pvc]) / (args.path or args.scene))
+            problem = scene_problem(pathlib.Path(volumes[args.pvc]) / (args.path or args.scene),
+                                    need_model=args.reconstruct == contract.RECONSTRUCT_NEVER)
             if problem:
                 raise FileNotFoundError(problem)
         elif not args.skip_pvc_check:
