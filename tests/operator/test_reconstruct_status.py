@@ -74,3 +74,11 @@ def test_reconstruct_modes_are_one_list() -> None:
     from splatops.api.models import Spec
 
     assert get_args(Spec.model_fields["reconstruct"].annotation) == contract.RECONSTRUCT_MODES
+
+
+@pytest.mark.parametrize("bad", [{"reconstruct": "Sometimes"}, {"reconstruct": "ifmissing"}])
+def test_the_spec_rejects_bad_reconstruct_values(bad: dict) -> None:
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError):
+        parse_spec({**SPEC, **bad})
