@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
@@ -206,13 +205,24 @@ def _exif_camera(path: Path) -> tuple[str, str, str]:
         return "", "", ""
 
 
-def _count(database: Path, table: str) -> int | None:
-    """Rows in a table of the database pycolmap is writing (read-only; None while it is busy)."""
+def _count(database: Path, what: str) -> int | None:
+    """A count from the database pycolmap is writing (None while it is busy or not there yet).
+
+    Read through pycolmap's own SQLite, never Python's `sqlite3`: two SQLite libraries in one
+    process do not see each other's POSIX locks (closing one's file descriptor drops the other's
+    locks), which corrupted the writer's shared memory (SIGBUS in pycolmap's WriteMatches)."""
+    if not database.is_file():
+        return None  # Database.open would create it, racing pycolmap's own creation
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=0.2)) as con:
-            return int(con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608 (our constant)
-    except sqlite3.Error:
+        db = pycolmap.Database.open(database)
+    except Exception:  # noqa: BLE001 - busy or locked: no number this time
         return None
+    try:
+        return int(getattr(db, what)())
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        db.close()
 
 
 def _extract(database: Path, images_dir: Path, names: list[str], mode: pycolmap.CameraMode, threads: int,
@@ -224,7 +234,7 @@ def _extract(database: Path, images_dir: Path, names: list[str], mode: pycolmap.
     total = len(names)
 
     def poll() -> None:
-        done = _count(database, "keypoints")
+        done = _count(database, "num_images")
         if done is not None:
             _report(report, f"Extracting features {done}/{total}", done, total, clock)
 
@@ -241,7 +251,7 @@ def _match(database: Path, matcher: str, total: int, threads: int, report: Repor
     pairs = total * (total - 1) // 2 if matcher == "exhaustive" else None
 
     def poll() -> None:
-        done = _count(database, "two_view_geometries")
+        done = _count(database, "num_matched_image_pairs")
         if done is not None:
             _report(report, f"Matching ({matcher}) {done}" + (f"/{pairs} pairs" if pairs else " pairs"), done, pairs, clock)
 
