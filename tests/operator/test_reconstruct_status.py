@@ -82,3 +82,15 @@ def test_the_spec_rejects_bad_reconstruct_values(bad: dict) -> None:
 
     with pytest.raises(pydantic.ValidationError):
         parse_spec({**SPEC, **bad})
+
+
+def test_a_reconstruct_only_job_holds_no_gpu() -> None:
+    """colmap_ba: structure-from-motion runs on CPU threads; its Job neither requests a GPU nor
+    is pinned to the GPU pool (a training's Job does both)."""
+    settings = Settings()
+    for spec, gpu in (({}, True), ({"reconstruct": "Always", "reconstructOnly": True}, False)):
+        job_ = jobs.build_job({**training("fox", **spec), "metadata": {"name": "fox", "namespace": "default", "uid": "u"}}, settings)
+        pod_spec = job_["spec"]["template"]["spec"]
+        res = pod_spec["containers"][0]["resources"]
+        assert (settings.gpu_resource_name in res["requests"], settings.gpu_resource_name in res["limits"]) == (gpu, gpu)
+        assert ("affinity" in pod_spec) == (gpu and bool(settings.gpu_node_label_key))

@@ -284,8 +284,9 @@ class Spec(_Model):
     )
     reconstruct_only: bool = Field(
         False,
-        description="Stop after the reconstruction (the REST API's colmap_ba): no training; status.modelPath is "
-        "the COLMAP model's directory. Use with reconstruct: Always to redo an existing model.",
+        description="Stop after the reconstruction (the REST API's colmap_ba): no training, and the Job requests "
+        "no GPU (nor the GPU-pool affinity); status.modelPath is the COLMAP model's directory. Use with "
+        "reconstruct: Always to redo an existing model.",
     )
 
 

@@ -119,7 +119,7 @@ def node_affinity(spec: Spec, settings: Settings) -> dict[str, Any] | None:
     """The spec's affinity replaces the operator's default GPU-pool affinity (both optional)."""
     if spec.affinity:
         return dict(spec.affinity)
-    if not settings.gpu_node_label_key:
+    if not settings.gpu_node_label_key or spec.reconstruct_only:  # SfM only: any node with CPUs
         return None
     term = {"key": settings.gpu_node_label_key, "operator": "In", "values": list(settings.gpu_node_label_values)}
     return {
@@ -145,6 +145,8 @@ def resources(spec: Spec, settings: Settings) -> dict[str, Any]:
     memory = spec.resources.memory or settings.default_memory
     cpu = spec.resources.cpu or settings.default_cpu
     gpus = str(spec.resources.gpus)
+    if spec.reconstruct_only:  # structure-from-motion runs on CPU threads: no GPU held (docs/trainer.md)
+        return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
     return {
         "requests": {"cpu": cpu, "memory": memory, settings.gpu_resource_name: gpus},
         "limits": {"memory": memory, settings.gpu_resource_name: gpus},
