@@ -74,10 +74,20 @@ def wanted(cfg: TrainerConfig) -> bool:
 
 
 def ensure_model(cfg: TrainerConfig, report: Report) -> dict[str, Any] | None:
-    """Reconstruct the scene when `cfg.reconstruct` says so; the summary, or None when not."""
-    if not wanted(cfg):
+    """Reconstruct the scene when `cfg.reconstruct` says so; the summary, or None when not.
+
+    A retried pod (same output directory) whose model is in place does not redo it, and reports
+    the numbers of the run that made it (the checkpoints stay valid: same model, same fingerprint)."""
+    if cfg.reconstruct == contract.RECONSTRUCT_NEVER or not cfg.scene_dir.is_dir():
         return None
     images_dir = cfg.scene_dir / contract.IMAGES_DIR
+    target = cfg.scene_dir / contract.COLMAP_DIR
+    earlier = _earlier_summary(cfg, target, images_dir)
+    if earlier is not None:
+        log.info("the model in %s is this training's own reconstruction: not redone", target)
+        return earlier
+    if not wanted(cfg):
+        return None
     names = sorted(scene.list_images(images_dir, cfg.scene_dir))
     if not names:
         raise TrainerError(
@@ -85,11 +95,6 @@ def ensure_model(cfg: TrainerConfig, report: Report) -> dict[str, Any] | None:
             f"{contract.MSG_NO_IMAGES} in {images_dir}. Upload the scene's photos there first; the "
             "trainer reconstructs the cameras (structure-from-motion) when there is no COLMAP model.",
         )
-    target = cfg.scene_dir / contract.COLMAP_DIR
-    earlier = _earlier_summary(cfg, target, images_dir)
-    if earlier is not None:  # Always, and a retried pod: the model there is this training's own
-        log.info("the model in %s is this training's own reconstruction: not redone", target)
-        return earlier
     sizes = scene.check_image_headers(images_dir, names)  # garbage files fail before SfM (InvalidImage)
     recon, summary = run_sfm(cfg, images_dir, names, sizes, report)
     if not publish(recon, target, replace=cfg.reconstruct == contract.RECONSTRUCT_ALWAYS):
@@ -102,9 +107,9 @@ def ensure_model(cfg: TrainerConfig, report: Report) -> dict[str, Any] | None:
 
 
 def _earlier_summary(cfg: TrainerConfig, target: Path, images_dir: Path) -> dict[str, Any] | None:
-    """With Always, a retried pod must not redo SfM (a new model would also void the checkpoints):
-    the summary this output directory wrote, if the model in place is still the one it made."""
-    if cfg.reconstruct != contract.RECONSTRUCT_ALWAYS or not scene.has_model(target):
+    """The summary this output directory wrote, if the model in place is still the one it made.
+    (With Always, redoing it on a retried pod would also void the checkpoints: a new fingerprint.)"""
+    if not scene.has_model(target):
         return None
     try:
         summary = json.loads((cfg.out / SUMMARY_FILE).read_text())
