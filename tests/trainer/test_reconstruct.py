@@ -1,8 +1,9 @@
 """Structure-from-motion in the trainer: photos in (a textured synthetic scene rendered without a
 COLMAP model), `colmap/sparse_initial/` out, then training; the failure path; interruptions.
 
-The trainer runs as a process (as in the pod). SfM on 16 photos of 320x240 takes a few seconds
-on two cores.
+The trainer runs as a process (as in the pod). SfM on 12 photos of 320x240 takes a few seconds
+on two cores;
+the tests that run it three or four times are marked slow (they still run in CI).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from splatops_trainer import reconstruct, scene as scene_mod
 from splatops_trainer.config import TrainerConfig
 from splatops_trainer.synthetic import make_textured_scene
 
-N_VIEWS = 16
+N_VIEWS = 12
 FAST = ("--device", "cpu", "--metrics-port", "0", "--data-factor", "2", "--sh-degree", "0", "--test-every", "4")
 
 
@@ -145,6 +146,7 @@ def test_photos_become_a_model_and_training_starts(photos: Path, trainers) -> No
     assert "Reconstruction | " in (photos / "gsplat" / contract.TRAINING_LOG).read_text()
 
 
+@pytest.mark.slow
 def test_a_scene_with_a_model_is_not_reconstructed(photos: Path, trainers) -> None:
     first = trainers(photos, "--reconstruct-only")
     assert first.finish() == 0, first.stderr()[-3000:]
@@ -189,6 +191,7 @@ def test_unrelated_photos_fail_with_an_actionable_message(tmp_path: Path, traine
     assert "ReconstructionFailed" in (scene / "gsplat" / contract.ERROR_LOG).read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_interrupted_reconstruction_leaves_no_model_and_restarts(photos: Path, trainers, sig: signal.Signals) -> None:
     trainer = trainers(photos, "--reconstruct-only")
@@ -278,3 +281,23 @@ def test_an_empty_scene_reports_no_images(tmp_path: Path, trainers) -> None:
     trainer = trainers(scene)
     assert trainer.finish() == int(contract.ExitCode.INVALID_INPUT)
     assert trainer.result().reason == contract.Reason.NO_IMAGES.value and trainer.stages() == []
+
+
+def test_a_stop_cancels_the_pycolmap_step_and_waits_for_it() -> None:
+    """SIGTERM's Terminated (here: an exception from the progress poll, in the main thread) cancels
+    the running step through its token and joins it before going on: the process never exits
+    with pycolmap still running on the worker thread."""
+    finished: list[bool] = []
+
+    def step(token) -> None:  # noqa: ANN001 - a pycolmap.CancellationToken
+        deadline = time.monotonic() + 30
+        while not token.is_cancelled() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        finished.append(token.is_cancelled())
+
+    def poll() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct.run_cancellable(step, poll)
+    assert finished == [True]

@@ -307,15 +307,16 @@ def run_cancellable(fn: Callable[[pycolmap.CancellationToken], T], poll: Callabl
             box["error"] = exc
 
     worker = threading.Thread(target=work, name="sfm", daemon=True)
-    worker.start()
     try:
+        worker.start()  # inside the try: a SIGTERM right now must still cancel and join it
         while worker.is_alive():
             worker.join(POLL_S)
             if worker.is_alive():
                 poll()
     except BaseException:
         token.cancel()
-        worker.join()
+        if worker.ident is not None:  # started: never exit with pycolmap still running in it
+            worker.join()
         raise
     if "error" in box:
         raise box["error"]
