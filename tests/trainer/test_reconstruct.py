@@ -291,9 +291,9 @@ def test_a_stop_cancels_the_pycolmap_step_and_waits_for_it() -> None:
 
     def step(token) -> None:  # noqa: ANN001 - a pycolmap.CancellationToken
         deadline = time.monotonic() + 30
-        while not token.is_cancelled() and time.monotonic() < deadline:
+        while not token.is_cancelled and time.monotonic() < deadline:
             time.sleep(0.01)
-        finished.append(token.is_cancelled())
+        finished.append(token.is_cancelled)
 
     def poll() -> None:
         raise KeyboardInterrupt
