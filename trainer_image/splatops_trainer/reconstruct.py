@@ -131,7 +131,7 @@ def run_sfm(
     shutil.rmtree(workspace, ignore_errors=True)  # an interrupted run's database: start clean
     workspace.mkdir(parents=True)
     database = workspace / "database.db"
-    threads = os.cpu_count() or 1
+    threads = usable_cpus()
     total, clock = len(names), _Clock()
     mode, mode_name = camera_mode(images_dir, names, sizes)
     log.info("reconstructing %d images on %d CPU threads: %s camera, %s", total, threads, mode_name, CAMERA_MODEL)
@@ -168,6 +168,14 @@ def run_sfm(
         raise _too_few(len(registered), total, unregistered)
     log.info("reconstruction: %s", {k: v for k, v in summary.items() if k != "unregistered"})
     return best, summary
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's cpuset), not all of the node's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def _too_few(registered: int, total: int, unregistered: list[str]) -> TrainerError:
