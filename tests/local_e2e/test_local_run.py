@@ -156,9 +156,15 @@ def test_local_trains_a_plain_folder_of_photos(tmp_path):
     assert sorted(p.name for p in photos.iterdir()) == before
 
 
-def test_link_scene_of_photos_only_links_no_model(tmp_path):
+@pytest.mark.parametrize("partial", [[], ["colmap/sparse_initial/cameras.bin"]])
+def test_link_scene_of_photos_only_links_no_model(tmp_path, partial):
+    """No model (or half of one) in the user's folder: colmap/ is not linked, so the trainer's
+    reconstruction lands in the work scene, never in the user's folder."""
     src = tmp_path / "photos"
     src.mkdir()
+    for rel in partial:
+        (src / rel).parent.mkdir(parents=True)
+        (src / rel).write_bytes(b"")
     (src / "a.jpg").write_bytes(b"\xff\xd8")
     target = tmp_path / "vol" / "scenes" / "photos"
     local_run.link_scene(src, target)
@@ -166,4 +172,4 @@ def test_link_scene_of_photos_only_links_no_model(tmp_path):
     (target / "colmap" / "sparse_initial").mkdir(parents=True)  # what the trainer reconstructs is kept
     local_run.link_scene(src, target)
     assert (target / "colmap" / "sparse_initial").is_dir()
-    assert [p.name for p in src.iterdir()] == ["a.jpg"]
+    assert sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file()) == sorted(["a.jpg", *partial])

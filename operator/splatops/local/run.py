@@ -124,7 +124,11 @@ def scene_inputs(source: pathlib.Path) -> dict[str, pathlib.Path | None]:
     if not images.is_dir() and any(p.suffix.lower() in PHOTO_SUFFIXES for p in source.iterdir() if p.is_file()):
         images = source
     colmap_root = source / contract.COLMAP_DIR.split("/")[0]
-    return {contract.IMAGES_DIR: images, colmap_root.name: colmap_root if (source / contract.COLMAP_DIR).is_dir() else None}
+    model = source / contract.COLMAP_DIR
+    # Linked only when it holds a model: else the trainer would write its reconstruction through
+    # the link into the user's folder.
+    has_model = all(any((model / f"{stem}{ext}").is_file() for ext in (".bin", ".txt")) for stem in ("cameras", "images", "points3D"))
+    return {contract.IMAGES_DIR: images, colmap_root.name: colmap_root if has_model else None}
 
 
 def link_scene(source: pathlib.Path, target: pathlib.Path) -> None:
