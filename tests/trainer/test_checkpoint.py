@@ -107,6 +107,7 @@ def test_every_training_option_is_in_the_resume_key(tmp_path: Path) -> None:
     assert config_mod.NOT_IN_RESUME_KEY == {
         "scene_dir", "output_dir", "scene_id", "device", "eval_every", "checkpoint_every",
         "keep_checkpoints", "progress_every", "metrics_port", "termination_log", "resume",
+        "reconstruct", "reconstruct_only",  # the model they make is in the key: the scene fingerprint
     }
 
 
