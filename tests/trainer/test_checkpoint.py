@@ -108,6 +108,7 @@ def test_every_training_option_is_in_the_resume_key(tmp_path: Path) -> None:
         "scene_dir", "output_dir", "scene_id", "device", "eval_every", "checkpoint_every",
         "keep_checkpoints", "progress_every", "metrics_port", "termination_log", "resume",
         "scene_source", "output_uri",  # where the scene comes from (its content is the fingerprint), where outputs go
+        "reconstruct", "reconstruct_only",  # the model they make is in the key: the scene fingerprint
     }
 
 
