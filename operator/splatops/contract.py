@@ -51,6 +51,7 @@ class Reason(str, enum.Enum):
     SCENE_SOURCE_NOT_FOUND = "SceneSourceNotFound"  # no such bucket, or nothing under the prefix
     OUTPUT_LOCATION_NOT_FOUND = "OutputLocationNotFound"  # the output bucket does not exist
     OBJECT_STORE_ACCESS_DENIED = "ObjectStoreAccessDenied"  # the pod's identity may not read/write there
+    RECONSTRUCTION_FAILED = "ReconstructionFailed"  # structure-from-motion registered too few images
     # Reasons only the operator can observe (the trainer never ran or was killed):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
@@ -84,6 +85,7 @@ EXIT_CODE_FOR_REASON: dict[Reason, ExitCode] = {
     Reason.TRAINER_ERROR: ExitCode.ERROR,
     Reason.TERMINATED: ExitCode.TERMINATED,
     Reason.OUTPUT_NOT_WRITABLE: ExitCode.INVALID_INPUT,
+    Reason.RECONSTRUCTION_FAILED: ExitCode.INVALID_INPUT,
 }
 
 # --- Paths (inside the scene directory; ARCHITECTURE.md "The scene on the PVC") -----------------
@@ -147,6 +149,14 @@ ENV_SCENE_SOURCE = "SPLATOPS_SCENE_SOURCE"  # s3://bucket/prefix/: fetched into 
 ENV_OUTPUT_URI = "SPLATOPS_OUTPUT_URI"  # s3://bucket/prefix/: the outputs are uploaded there on success
 S3_SCHEME = "s3://"
 ENV_FORMATS = "SPLATOPS_FORMATS"  # comma-separated FORMAT_FILES keys
+ENV_RECONSTRUCT = "SPLATOPS_RECONSTRUCT"  # IfMissing | Always | Never (RECONSTRUCT_MODES)
+ENV_RECONSTRUCT_ONLY = "SPLATOPS_RECONSTRUCT_ONLY"
+
+# Structure-from-motion when a scene has images but no COLMAP model (the trainer's reconstruct.py).
+RECONSTRUCT_IF_MISSING = "IfMissing"
+RECONSTRUCT_ALWAYS = "Always"
+RECONSTRUCT_NEVER = "Never"
+RECONSTRUCT_MODES = (RECONSTRUCT_IF_MISSING, RECONSTRUCT_ALWAYS, RECONSTRUCT_NEVER)
 
 # --- Progress events (one JSON object per stdout line) -------------------------------------------
 
@@ -155,6 +165,10 @@ EVENT_EVAL = "eval"
 EVENT_STARTED = "started"
 EVENT_COMPLETE = "complete"
 EVENT_FAILED = "failed"
+# A stage before training (structure-from-motion), with its own words:
+# {"event": "stage", "stage": "Reconstructing", "message": "Extracting features 12/50", "done": 12, "total": 50}
+EVENT_STAGE = "stage"
+STAGE_RECONSTRUCTING = "Reconstructing"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +267,53 @@ def last_progress(log_text: str) -> Progress | None:
     return latest
 
 
+@dataclasses.dataclass(frozen=True)
+class StageReport:
+    """Progress of a stage before training (e.g. structure-from-motion): a phrase, maybe counts."""
+
+    stage: str  # STAGE_RECONSTRUCTING
+    message: str  # "Extracting features 12/50", "Matching (exhaustive) 45/120 pairs", "Registered 47/50 images"
+    done: int | None = None
+    total: int | None = None
+    elapsed_s: float | None = None
+    event: str = EVENT_STAGE
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return json.dumps({"event": data.pop("event"), **data}, separators=(", ", ": "))
+
+
+def parse_stage_line(line: str) -> StageReport | None:
+    """One stdout line as a stage event; None for anything else."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("event") != EVENT_STAGE:
+        return None
+    stage, message = data.get("stage"), data.get("message")
+    if not isinstance(stage, str) or not isinstance(message, str) or not stage:
+        return None
+    counts = [v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None for v in (data.get("done"), data.get("total"))]
+    return StageReport(stage=stage, message=message, done=counts[0], total=counts[1], elapsed_s=_finite(data.get("elapsed_s")))
+
+
+def last_report(log_text: str) -> Progress | StageReport | None:
+    """What the trainer is doing now: the newest training progress (as `last_progress`), unless a
+    stage event came after the last progress line (structure-from-motion runs before training)."""
+    stage: StageReport | None = None
+    for line in log_text.splitlines():
+        parsed = parse_stage_line(line)
+        if parsed is not None:
+            stage = parsed
+        elif parse_progress_line(line) is not None:
+            stage = None
+    return stage if stage is not None else last_progress(log_text)
+
+
 # --- Result (termination message) ----------------------------------------------------------------
 
 STATUS_COMPLETE = "complete"
@@ -281,6 +342,8 @@ class Result:
     gpu_seconds: float | None = None  # seconds the run held its GPU(s), times their number: the cost basis
     peak_gpu_memory_bytes: int | None = None  # torch.cuda.max_memory_allocated
     gpu_memory_estimate_bytes: int | None = None  # the trainer's estimate before the first step
+    # Structure-from-motion's numbers when this run reconstructed the scene (registered, points, ...)
+    reconstruction: dict[str, Any] | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -296,6 +359,9 @@ class Result:
                 for k in ("scene_id", "data_factor", "max_steps", "strategy", "timestamp")
                 if k in data["config"]
             }
+            text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) > TERMINATION_MESSAGE_LIMIT and "reconstruction" in data:
+            data["reconstruction"] = {k: v for k, v in data["reconstruction"].items() if k != "unregistered"}
             text = json.dumps(data, separators=(",", ":"))
         if len(text.encode()) > TERMINATION_MESSAGE_LIMIT and "error" in data:
             overflow = len(text.encode()) - TERMINATION_MESSAGE_LIMIT + 16

@@ -251,14 +251,17 @@ async def test_train_checks_a_local_scene_before_creating(kube, tmp_path, capsys
     volume = tmp_path / "volume"
     (volume / "fox" / "images").mkdir(parents=True)
     dl.write_local_volumes(kube.kubeconfig.parent, {"scenes": str(volume)})
-    assert await run("train", "fox", "--pvc", "scenes", *flags(kube)) == cli.EXIT_FAILED
+    assert await run("train", "fox", "--pvc", "scenes", "--reconstruct", "Never", *flags(kube)) == cli.EXIT_FAILED
     assert "COLMAP reconstruction not found" in capsys.readouterr().err
+    assert await run("train", "fox", "--pvc", "scenes", *flags(kube)) == cli.EXIT_FAILED  # photos are enough, none is not
+    assert "No images found" in capsys.readouterr().err
     assert kube.emulator.list_objects(c.TRAINING_RESOURCE, NS) == []
 
 
 @pytest.mark.parametrize("setup, problem", [
-    ([], "COLMAP reconstruction not found"),
-    (["colmap/sparse_initial/cameras.bin", "images/a.jpg"], "COLMAP reconstruction not found"),
+    ([], "No images found"),
+    (["images/a.jpg"], None),  # photos only: the trainer reconstructs (spec.reconstruct IfMissing)
+    (["colmap/sparse_initial/cameras.bin", "images/a.jpg"], None),
     (["colmap/sparse_initial/cameras.bin", "colmap/sparse_initial/images.bin", "colmap/sparse_initial/points3D.bin"],
      "No images found"),
     (["colmap/sparse_initial/cameras.txt", "colmap/sparse_initial/images.txt", "colmap/sparse_initial/points3D.txt",
@@ -272,6 +275,14 @@ def test_scene_problem(tmp_path, setup, problem):
         (tmp_path / rel).write_bytes(b"")
     found = cli.scene_problem(tmp_path)
     assert (found is None) if problem is None else (problem in found)
+
+
+@pytest.mark.parametrize("setup", [[], ["images/a.jpg"], ["colmap/sparse_initial/cameras.bin", "images/a.jpg"]])
+def test_scene_problem_with_reconstruct_never_needs_a_model(tmp_path, setup):
+    for rel in setup:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    assert "COLMAP reconstruction not found" in cli.scene_problem(tmp_path, need_model=True)
 
 
 async def test_train_download_waits_then_fetches_the_model(kube, tmp_path, capsys):

@@ -65,7 +65,7 @@ def test_local_trains_a_synthetic_scene_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("layout, message", [
-    ([], "COLMAP reconstruction not found"),
+    ([], "No images found"),  # (photos without a model are fine: the trainer reconstructs)
     (["colmap/sparse_initial/cameras.bin", "colmap/sparse_initial/images.bin", "colmap/sparse_initial/points3D.bin"],
      "No images found"),
 ])
@@ -133,3 +133,47 @@ def test_link_scene_links_inputs_and_never_writes_the_source(tmp_path):
     assert (target / "images").resolve() == (src / "images").resolve()
     assert (target / "colmap").is_symlink() and (target / "colmap/sparse_initial/cameras.bin").is_file()
     assert sorted(str(p.relative_to(src)) for p in src.rglob("*")) == before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(E2E_TIMEOUT + 20)
+def test_local_trains_a_plain_folder_of_photos(tmp_path):
+    """Photos in, model out: a folder of JPEGs (no images/, no COLMAP model) is reconstructed by
+    the trainer (status shows it), then trained; the folder itself is never written to."""
+    reason = _missing()
+    if reason:
+        pytest.skip(f"splatops local cannot run yet: {reason}")
+    from splatops_trainer.synthetic import make_textured_scene
+
+    make_textured_scene(tmp_path / "shoot", n_views=12)
+    photos = tmp_path / "shoot" / "images"  # used as a plain folder of photos
+    before = sorted(p.name for p in photos.iterdir())
+    proc = splatops("local", "--scene", str(photos), "--workdir", str(tmp_path / "w"), "--device", "cpu",
+                    "--max-steps", "5", "--data-factor", "2", cwd=tmp_path)
+    out = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "images: phase: Running (Reconstructing the scene from its photos: " in out
+    assert re.search(r"Registered \d+/12 images", out) and "images: phase: Succeeded" in out
+    scene = tmp_path / "w" / "volume" / "scenes" / "images"
+    assert (scene / "colmap" / "sparse_initial" / "points3D.bin").is_file() and not (scene / "colmap").is_symlink()
+    assert (scene / "gsplat" / "images" / "results.ply").is_file()
+    assert sorted(p.name for p in photos.iterdir()) == before
+
+
+@pytest.mark.parametrize("partial", [[], ["colmap/sparse_initial/cameras.bin"]])
+def test_link_scene_of_photos_only_links_no_model(tmp_path, partial):
+    """No model (or half of one) in the user's folder: colmap/ is not linked, so the trainer's
+    reconstruction lands in the work scene, never in the user's folder."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    for rel in partial:
+        (src / rel).parent.mkdir(parents=True)
+        (src / rel).write_bytes(b"")
+    (src / "a.jpg").write_bytes(b"\xff\xd8")
+    target = tmp_path / "vol" / "scenes" / "photos"
+    local_run.link_scene(src, target)
+    assert (target / "images").resolve() == src.resolve() and not (target / "colmap").exists()
+    (target / "colmap" / "sparse_initial").mkdir(parents=True)  # what the trainer reconstructs is kept
+    local_run.link_scene(src, target)
+    assert (target / "colmap" / "sparse_initial").is_dir()
+    assert sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file()) == sorted(["a.jpg", *partial])

@@ -148,7 +148,8 @@ def _garbage_image(s: Path) -> None:
 
 
 BAD = [
-    ("no_colmap", _rm("colmap"), [], contract.Reason.COLMAP_NOT_FOUND, contract.MSG_COLMAP_NOT_FOUND),
+    # (with images and no model the default, --reconstruct IfMissing, runs SfM: test_reconstruct.py)
+    ("no_colmap", _rm("colmap"), ["--reconstruct", "Never"], contract.Reason.COLMAP_NOT_FOUND, contract.MSG_COLMAP_NOT_FOUND),
     ("fisheye", _fisheye_camera, [], contract.Reason.UNSUPPORTED_CAMERA, "Unsupported camera model (camera 1: OPENCV_FISHEYE)"),
     ("garbage_image", _garbage_image, [], contract.Reason.INVALID_IMAGE, "view_001.png cannot be read as an image"),
     ("no_images_dir", _rm("images"), [], contract.Reason.NO_IMAGES, contract.MSG_NO_IMAGES),
@@ -197,7 +198,7 @@ def test_module_entrypoint_exit_code(tmp_path: Path) -> None:
     """`python -m splatops_trainer` in a real process: exit status 2, JSON on stdout, no traceback."""
     term = tmp_path / "term"
     proc = subprocess.run(
-        [sys.executable, "-m", "splatops_trainer", "--scene-dir", str(tmp_path), "--metrics-port", "0"],
+        [sys.executable, "-m", "splatops_trainer", "--scene-dir", str(tmp_path), "--metrics-port", "0", "--reconstruct", "Never"],
         capture_output=True, text=True, timeout=120,
         env={**os.environ, contract.ENV_TERMINATION_LOG: str(term)},
     )

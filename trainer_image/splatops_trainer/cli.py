@@ -210,13 +210,19 @@ def effective_config(cfg: TrainerConfig, device: Any) -> dict[str, Any]:
 
 def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None = None) -> contract.Result:
     """Check, load, train, write outputs. Raises on any failure (main() reports it)."""
+    from . import reconstruct
     from . import scene as scene_mod
 
     if cfg.scene_source:  # s3://: bring the scene (what changed since the last run) onto the claim first
         from . import objectstore
 
         objectstore.fetch_scene(cfg.scene_source, cfg.scene_dir)
-    check = scene_mod.check_scene(cfg)  # exit 2 material is decided here, before any CUDA use
+    # Photos without a COLMAP model: structure-from-motion first, on CPU threads (reconstruct.py).
+    sfm = reconstruct.ensure_model(cfg, reporter.on_stage)
+    model_dir = cfg.scene_dir / contract.COLMAP_DIR if sfm is not None else None  # ours, even beside a user's sparse/0
+    check = scene_mod.check_scene(cfg, model_dir)  # exit 2 material is decided here, before any CUDA use
+    if cfg.reconstruct_only:
+        return reconstruct_only_result(cfg, check.model_dir, sfm)
     disk.check_output(cfg, scene_mod.cached_pixels(cfg, check), check.reconstruction.num_points3D(), scene_mod.cache_dir(cfg))
     # Temp files of writes a SIGKILL cut short (results.ply, config.json, checkpoints, cache):
     # main() holds the output directory's lock, so no other writer is alive in it, and nothing
@@ -234,6 +240,8 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
     from .train import train
 
     reporter.start()
+    if sfm is not None:
+        reporter.log(reconstruct.summary_line(sfm))
     with sigterm.deferred() if sigterm is not None else contextlib.nullcontext():
         outcome = train(cfg, data, reporter, device, should_stop=sigterm.requested if sigterm is not None else None)
     out = cfg.out
@@ -244,6 +252,8 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
     outputs += write_formats(out, outcome.splats, cfg.format_list)
     outputs += listed(out, "preview", contract.PREVIEW_PNG) + listed(out, "metrics", contract.METRICS_JSONL)
     config = effective_config(cfg, device)
+    if sfm is not None:
+        config["reconstruction"] = sfm
     atomic.write_json(out / contract.CONFIG_FILE, config)
     psnr = round(outcome.psnr, 4) if outcome.psnr is not None else None
     ssim = round(outcome.ssim, 4) if outcome.ssim is not None else None
@@ -267,7 +277,17 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
         peak_gpu_memory_bytes=outcome.peak_gpu_memory_bytes,
         gpu_memory_estimate_bytes=outcome.memory_estimate.total_bytes if outcome.memory_estimate else None,
         outputs=outputs,
+        reconstruction=sfm,
     )
+
+
+def reconstruct_only_result(cfg: TrainerConfig, model_dir: Path, sfm: dict[str, Any] | None) -> contract.Result:
+    """`--reconstruct-only` (the REST API's colmap_ba): the COLMAP model is the result; no training."""
+    config = {**effective_config(cfg, "none"), **({"reconstruction": sfm} if sfm is not None else {})}
+    atomic.write_json(cfg.out / contract.CONFIG_FILE, config)
+    log.info("reconstruct-only: the COLMAP model is %s; not training", model_dir)
+    return contract.Result(status=contract.STATUS_COMPLETE, model_path=str(model_dir.resolve()), steps=0,
+                           duration_s=sfm.get("seconds") if sfm else 0.0, config=config, reconstruction=sfm)
 
 
 def remove_stale_error_log(out: Path) -> None:
@@ -287,7 +307,7 @@ def load_native_libraries() -> None:
     order is fixed here: scene (pycolmap, torch), then train (gsplat) and ply; only then
     `SigtermHandler.install`, whose sigaction replaces glog's.
     """
-    from . import ply, scene, train  # noqa: F401
+    from . import ply, reconstruct, scene, train  # noqa: F401
 
 
 class SigtermHandler:

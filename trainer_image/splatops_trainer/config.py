@@ -17,6 +17,8 @@ from .errors import invalid_options
 
 Strategy = Literal["default", "mcmc"]
 Device = Literal["auto", "cuda", "cpu"]
+# Structure-from-motion (reconstruct.py); the same values as contract.RECONSTRUCT_MODES.
+Reconstruct = Literal["IfMissing", "Always", "Never"]
 
 DATA_FACTORS = (1, 2, 4, 8)
 
@@ -50,6 +52,8 @@ class TrainerConfig:
     scene_source: str | None = None  # s3://bucket/prefix/: fetch the scene into scene_dir first
     output_uri: str | None = None  # s3://bucket/prefix/: upload the outputs there on success
     formats: str = ",".join(contract.DEFAULT_FORMATS)  # model files beside results.ply (always written)
+    reconstruct: Reconstruct = "IfMissing"  # SfM when the scene has images but no COLMAP model
+    reconstruct_only: bool = False  # stop after the reconstruction (the REST API's colmap_ba)
 
     def __post_init__(self) -> None:
         self.scene_dir = Path(self.scene_dir)
@@ -102,6 +106,7 @@ NOT_IN_RESUME_KEY = frozenset(
         "scene_dir", "output_dir", "scene_id", "device", "eval_every", "checkpoint_every",
         "keep_checkpoints", "progress_every", "metrics_port", "termination_log", "resume", "formats",
         "scene_source", "output_uri",  # where the scene comes from / outputs go, not what is trained
+        "reconstruct", "reconstruct_only",  # the model they make is in the key (the scene fingerprint)
     }
 )
 
@@ -130,6 +135,7 @@ def validate(cfg: TrainerConfig) -> list[str]:
         (cfg.data_factor in DATA_FACTORS, f"data_factor must be one of {', '.join(map(str, DATA_FACTORS))}, got {cfg.data_factor}"),
         (cfg.max_steps >= 1, f"max_steps must be at least 1, got {cfg.max_steps}"),
         (cfg.strategy in get_args(Strategy), f"strategy must be one of {', '.join(get_args(Strategy))}, got {cfg.strategy!r}"),
+        (cfg.reconstruct in get_args(Reconstruct), f"reconstruct must be one of {', '.join(get_args(Reconstruct))}, got {cfg.reconstruct!r}"),
         (cfg.device in get_args(Device), f"device must be one of {', '.join(get_args(Device))}, got {cfg.device!r}"),
         (0 <= cfg.sh_degree <= 4, f"sh_degree must be between 0 and 4, got {cfg.sh_degree}"),
         (cfg.sh_degree_interval >= 1, f"sh_degree_interval must be at least 1, got {cfg.sh_degree_interval}"),

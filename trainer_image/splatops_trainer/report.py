@@ -216,6 +216,12 @@ class Reporter:
     def on_eval(self, p: contract.Progress) -> None:
         self._report(p, eval_message(p))
 
+    def on_stage(self, report: contract.StageReport) -> None:
+        """A stage before training (structure-from-motion): stdout for the operator, stderr for humans."""
+        with self._lock:
+            self._write_stdout(report.to_json())
+            print(f"{report.stage}: {report.message}", file=sys.stderr, flush=True)
+
     def _report(self, p: contract.Progress, line: str) -> None:
         with self._lock:
             self.last = p

@@ -101,7 +101,8 @@ def find_model_dir(scene_dir: Path) -> Path:
     raise TrainerError(
         contract.Reason.COLMAP_NOT_FOUND,
         f"{contract.MSG_COLMAP_NOT_FOUND}: expected cameras, images and points3D (.bin or .txt) "
-        f"in {initial} or {sparse}. Run the COLMAP conversion for this scene first.",
+        f"in {initial} or {sparse}. Run the COLMAP conversion for this scene first, or let the trainer "
+        "reconstruct it from the photos (--reconstruct IfMissing, the default; spec.reconstruct).",
     )
 
 
@@ -312,8 +313,10 @@ def scene_fingerprint(model_dir: Path, images_dir: Path, names: tuple[str, ...] 
     return h.hexdigest()
 
 
-def check_scene(cfg: TrainerConfig) -> SceneCheck:
-    """Every input check that needs no GPU; raises TrainerError (exit code 2) on bad input."""
+def check_scene(cfg: TrainerConfig, model_dir: Path | None = None) -> SceneCheck:
+    """Every input check that needs no GPU; raises TrainerError (exit code 2) on bad input.
+
+    `model_dir`: read the model there (the one this run just reconstructed), not `find_model_dir`'s."""
     scene_dir = cfg.scene_dir
     if not scene_dir.is_dir():
         raise TrainerError(
@@ -321,7 +324,7 @@ def check_scene(cfg: TrainerConfig) -> SceneCheck:
             f"{contract.MSG_COLMAP_NOT_FOUND}: scene directory {scene_dir} does not exist.",
         )
     ensure_sparse_link(scene_dir)
-    model_dir = find_model_dir(scene_dir)
+    model_dir = model_dir if model_dir is not None else find_model_dir(scene_dir)
     images_dir = scene_dir / contract.IMAGES_DIR
     on_disk = list_images(images_dir, scene_dir)
     if not on_disk:

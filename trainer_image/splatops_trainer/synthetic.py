@@ -333,6 +333,97 @@ def _write_model(
             shutil.rmtree(tmp)
 
 
+# --- A textured scene for structure-from-motion ------------------------------------------------------
+# The Gaussian object above is smooth colour gradients: too little texture for SIFT to match. This
+# one is ray-cast (numpy, no rasterizer): a box standing on a ground plane, every face covered by a
+# random blocky texture (sharp corners at several scales), photographed from an orbit. Images only,
+# no COLMAP model: the trainer's reconstruction stage (reconstruct.py) must recover the cameras.
+
+TEXTURE_SIZE = 256
+_GROUND_HALF = 2.5  # the ground plane spans [-2.5, 2.5]^2 at z = 0
+_BOX = (np.array([-0.6, -0.45, 0.0]), np.array([0.6, 0.45, 0.9]))  # axis-aligned box corners
+
+
+def _texture(rng: np.random.Generator) -> np.ndarray:
+    """[T, T, 3] float texture: random coloured blocks at 3 scales plus fine grain."""
+    tex = np.zeros((TEXTURE_SIZE, TEXTURE_SIZE, 3))
+    for cells, weight in ((8, 0.45), (32, 0.35), (128, 0.2)):
+        block = rng.random((cells, cells, 3))
+        tex += weight * np.repeat(np.repeat(block, TEXTURE_SIZE // cells, axis=0), TEXTURE_SIZE // cells, axis=1)
+    return np.clip(tex, 0.0, 1.0)
+
+
+def _ray_cast(origin: np.ndarray, dirs: np.ndarray, textures: list[np.ndarray]) -> np.ndarray:
+    """Colours [N, 3] of rays from `origin` along `dirs` [N, 3] hitting the box or the ground."""
+    n = len(dirs)
+    best_t, colour = np.full(n, np.inf), np.full((n, 3), 0.55)  # grey sky
+    lo, hi = _BOX
+    faces = [(axis, side) for axis in range(3) for side in (0, 1)]
+    for k, (axis, side) in enumerate(faces):  # the box's 6 faces
+        plane = (lo, hi)[side][axis]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = (plane - origin[axis]) / dirs[:, axis]
+        p = origin + t[:, None] * dirs
+        u_ax, v_ax = [a for a in range(3) if a != axis]
+        on = (t > 1e-6) & (t < best_t)
+        on &= (p[:, u_ax] >= lo[u_ax]) & (p[:, u_ax] <= hi[u_ax]) & (p[:, v_ax] >= lo[v_ax]) & (p[:, v_ax] <= hi[v_ax])
+        u = (p[:, u_ax] - lo[u_ax]) / (hi[u_ax] - lo[u_ax])
+        v = (p[:, v_ax] - lo[v_ax]) / (hi[v_ax] - lo[v_ax])
+        colour[on] = _sample(textures[1 + k % (len(textures) - 1)], u[on], v[on]) * (0.75 + 0.05 * k)
+        best_t[on] = t[on]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = -origin[2] / dirs[:, 2]  # the ground, z = 0
+    p = origin + t[:, None] * dirs
+    on = (t > 1e-6) & (t < best_t) & (np.abs(p[:, 0]) <= _GROUND_HALF) & (np.abs(p[:, 1]) <= _GROUND_HALF)
+    colour[on] = _sample(textures[0], (p[on, 0] / _GROUND_HALF + 1) / 2, (p[on, 1] / _GROUND_HALF + 1) / 2)
+    return colour
+
+
+def _sample(tex: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of texture coordinates u, v in [0, 1]."""
+    x = np.clip(u, 0, 1) * (TEXTURE_SIZE - 1)
+    y = np.clip(v, 0, 1) * (TEXTURE_SIZE - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, TEXTURE_SIZE - 1), np.minimum(y0 + 1, TEXTURE_SIZE - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    top = tex[y0, x0] * (1 - fx) + tex[y0, x1] * fx
+    bottom = tex[y1, x0] * (1 - fx) + tex[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def make_textured_scene(
+    out_dir: Path, *, n_views: int = 16, width: int = 320, height: int = 240, seed: int = 0, arc_deg: float = 150.0
+) -> list[str]:
+    """Render `n_views` JPEG photos of the textured box into `out_dir/images/` (no COLMAP model).
+
+    The cameras sweep `arc_deg` degrees of an orbit (radius 3.2, elevation 25..40 degrees) looking
+    at the box, so neighbouring views overlap as a walk-around capture does. Returns the names.
+    """
+    if n_views < 2 or width < 32 or height < 32:
+        raise ValueError(f"make_textured_scene: need at least 2 views of 32x32, got {n_views} of {width}x{height}")
+    rng = np.random.default_rng(seed)
+    textures = [_texture(rng) for _ in range(4)]
+    focal = 0.9 * width
+    v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    rays_cam = np.stack([(u - width / 2) / focal, (v - height / 2) / focal, np.ones_like(u)], axis=-1).reshape(-1, 3)
+    images_dir = Path(out_dir) / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n_views):
+        az = math.radians(-arc_deg / 2 + arc_deg * i / (n_views - 1)) + 0.3
+        el = math.radians(32.0 + 7.0 * math.sin(3.0 * i / n_views * math.pi))
+        eye = 3.2 * torch.tensor([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
+        m = look_at(eye, torch.tensor([0.0, 0.0, 0.35]), torch.tensor([0.0, 0.0, 1.0])).double().numpy()
+        dirs = rays_cam @ m[:3, :3]  # camera-to-world rotation is R^T: rows of R map back
+        rgb = _ray_cast(eye.double().numpy(), dirs, textures).reshape(height, width, 3)
+        name = f"photo_{i:03d}.jpg"
+        tmp = images_dir / f".{name}.tmp"
+        PILImage.fromarray((rgb * 255).round().clip(0, 255).astype(np.uint8)).save(tmp, format="JPEG", quality=92)
+        os.replace(tmp, images_dir / name)
+        names.append(name)
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m splatops_trainer.synthetic",

@@ -450,6 +450,19 @@ class Spec(_Model):
     )
     suspend: bool = Field(False, description="Pause the training: its pod stops; setting false again resumes from the last checkpoint.")
     outputs: Outputs = Field(default_factory=Outputs, description="Model formats written beside results.ply.")
+    reconstruct: Literal["IfMissing", "Always", "Never"] = Field(
+        "IfMissing",
+        description="Structure-from-motion (COLMAP, on the trainer pod's CPU threads) before training: `IfMissing` "
+        "when the scene has images/ but no COLMAP model, `Always` to redo it (the replaced model is kept as "
+        "colmap/sparse_initial.previous/), `Never` (no model fails with ColmapNotFound). The model goes to "
+        "<scene.path>/colmap/sparse_initial/; its numbers to status.reconstruction.",
+    )
+    reconstruct_only: bool = Field(
+        False,
+        description="Stop after the reconstruction (the REST API's colmap_ba): no training, and the Job requests "
+        "no GPU (nor the GPU-pool affinity); status.modelPath is the COLMAP model's directory. Use with "
+        "reconstruct: Always to redo an existing model.",
+    )
 
 
 class Progress(_Model):
@@ -464,7 +477,12 @@ class Progress(_Model):
     num_gaussians: int | None = Field(None, ge=0, description="Number of Gaussians in the model.")
     steps_per_sec: float | None = Field(None, ge=0, description="Training rate in iterations per second.")
     eta_seconds: float | None = Field(None, ge=0, description="Estimated seconds to completion.")
-    message: str = Field(..., description="Progress in the original pipeline's words, e.g. `Iteration 15234/30000 | Loss: 0.0234`.")
+    message: str = Field(..., description="Progress in the original pipeline's words, e.g. `Iteration 15234/30000 | Loss: 0.0234`, "
+                         "or the stage's, e.g. `Extracting features 12/50`.")
+    stage: str | None = Field(
+        None, description="A stage before training (`Reconstructing`: structure-from-motion); then step and maxSteps "
+        "count that stage's items (images, image pairs). Absent during training."
+    )
     updated_at: str = Field(..., description="When this progress was read (RFC 3339).")
 
 
@@ -510,6 +528,10 @@ class Status(_Model):
     config: dict[str, Any] | None = Field(None, description="The training configuration the trainer used (also in config.json of the output directory).")
     outputs: list[OutputRef] | None = Field(None, description="The outputs of a successful run: name, uri (object storage) "
                                             "and/or path (inside the volume), bytes and sha256.")
+    reconstruction: dict[str, Any] | None = Field(
+        None, description="Structure-from-motion's numbers when the trainer reconstructed the scene: images, registered, "
+        "unregistered (names), points, mean_reprojection_error_px, seconds, matcher, camera_mode."
+    )
     job_name: str | None = Field(None, description="Name of the batch/v1 Job running the training.")
     attempts: int | None = Field(None, ge=0, description="Trainer pods started so far (retries and preemptions included).")
     start_time: str | None = Field(None, description="When the training first started running (RFC 3339).")

@@ -34,12 +34,14 @@ def _has_model(folder: pathlib.Path) -> bool:
     )
 
 
-def scene_problem(scene_dir: pathlib.Path) -> str | None:
+def scene_problem(scene_dir: pathlib.Path, *, need_model: bool = False) -> str | None:
     """The original pipeline's prerequisite checks on a scene directory (None: looks trainable).
 
-    The model may be in colmap/sparse_initial or sparse/0, as the trainer reads either."""
+    The model may be in colmap/sparse_initial or sparse/0, as the trainer reads either. It is
+    needed only with `need_model` (spec.reconstruct Never): by default the trainer reconstructs a
+    scene that has only photos."""
     colmap = scene_dir / contract.COLMAP_DIR
-    if not (_has_model(scene_dir / contract.SPARSE_DIR) or _has_model(colmap)):
+    if need_model and not (_has_model(scene_dir / contract.SPARSE_DIR) or _has_model(colmap)):
         return (f"{contract.MSG_COLMAP_NOT_FOUND} at {colmap} or {scene_dir / contract.SPARSE_DIR} "
                 "(expected cameras/images/points3D .bin or .txt)")
     images = scene_dir / contract.IMAGES_DIR
@@ -75,6 +77,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", help="memory request and limit, e.g. 24Gi (default: the operator's)")
     p.add_argument("--cpu", help="CPU request, e.g. 4 (default: the operator's)")
     p.add_argument("--queue", metavar="LOCALQUEUE", help="Kueue LocalQueue (spec.queueName): Kueue admits the training")
+    p.add_argument("--reconstruct", choices=contract.RECONSTRUCT_MODES,
+                   help="structure-from-motion first: IfMissing (default: when the scene has no COLMAP model), Always, Never")
     p.add_argument("--name", help="resource name (default: SCENE, then SCENE-2, SCENE-3, ...)")
     p.add_argument("--wait", action="store_true", help="wait until done, showing progress")
     p.add_argument("--download", metavar="FILE", help="after success, download results.ply to FILE (implies --wait)")
@@ -173,6 +177,8 @@ def training_manifest(args: argparse.Namespace, name: str, namespace: str | None
     extra: dict[str, Any] = {"resources": resources} if resources else {}
     if args.queue:
         extra["queueName"] = args.queue
+    if args.reconstruct:
+        extra["reconstruct"] = args.reconstruct
     try:
         return original.build_training(
             name, scene_id=args.scene, claim=args.pvc, path=args.path or args.scene, namespace=namespace,
@@ -205,7 +211,8 @@ async def cmd_train(args: argparse.Namespace) -> int:
         if local_dir is not None:
             await _upload(kube, volumes, local_dir, args.pvc, args.path, None)
         elif args.pvc in volumes:  # a local volume: check the scene as the original pipeline did
-            problem = scene_problem(pathlib.Path(volumes[args.pvc]) / (args.path or args.scene))
+            problem = scene_problem(pathlib.Path(volumes[args.pvc]) / (args.path or args.scene),
+                                    need_model=args.reconstruct == contract.RECONSTRUCT_NEVER)
             if problem:
                 raise FileNotFoundError(problem)
         elif not args.skip_pvc_check:

@@ -126,6 +126,42 @@ def original_status(
     }
 
 
+MSG_RECONSTRUCTION_STARTED = "COLMAP reconstruction started in background"
+MSG_RECONSTRUCTION_IN_PROGRESS = "COLMAP reconstruction in progress"
+
+
+def is_reconstruction(resource: Mapping[str, Any]) -> bool:
+    """A reconstruct-only run (the REST API's colmap_ba), not a training."""
+    return bool((resource.get("spec") or {}).get("reconstructOnly"))
+
+
+def reconstruction_run_base(scene_id: str) -> str:
+    """colmap_ba runs are `<scene>-colmap`, `<scene>-colmap-2`, ... (next_run_name of this base)."""
+    return f"{scene_id}-colmap"
+
+
+def reconstruction_status(resource: Mapping[str, Any], *, volume_root: str | None = None,
+                          scene_id: str | None = None) -> dict[str, Any]:
+    """`GET /scene/{id}/colmap_ba/status`: the model's place and numbers once complete."""
+    status = _status(resource)
+    sid = scene_id or scene_id_of(resource)
+    phase = status.get("phase")
+    if phase == "Succeeded":
+        path = posixpath.join(((resource.get("spec") or {}).get("scene") or {}).get("path") or ".", contract.COLMAP_DIR)
+        return {
+            "status": contract.STATUS_COMPLETE,
+            "scene_id": sid,
+            "model_path": posixpath.join(volume_root, path) if volume_root else path,
+            "reconstruction": status.get("reconstruction") or {},
+            "train_at": f"/scene/{sid}/train_gsplat",
+        }
+    if phase == "Failed":
+        return {"status": contract.STATUS_FAILED, "scene_id": sid,
+                "error": status.get("message") or status.get("reason") or "COLMAP reconstruction failed"}
+    return {"status": "processing", "scene_id": sid, "message": MSG_RECONSTRUCTION_IN_PROGRESS,
+            "progress": _progress_text(status)}
+
+
 def started_response(scene_id: str, data_factor: int, max_steps: int) -> dict[str, Any]:
     """The original `POST /scene/{id}/train_gsplat` response."""
     return {

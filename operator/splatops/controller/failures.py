@@ -37,6 +37,7 @@ MESSAGES: dict[str, str] = {
     R.INVALID_OPTIONS.value: "The trainer rejected its options. Check the resource's spec.",
     R.OUTPUT_BUSY.value: "Another trainer holds the output directory's lock. Give this training its own spec.output.path, or re-create it once the other one ends.",
     R.TERMINATED.value: contract.MSG_TERMINATED.capitalize() + "; a retried pod resumes from the last checkpoint.",
+    R.RECONSTRUCTION_FAILED.value: "Structure-from-motion registered too few of the scene's images. Take more photos with more overlap, sharp and of textured surfaces, or upload a COLMAP model to <scene.path>/colmap/sparse_initial/.",
     R.OUTPUT_NOT_WRITABLE.value: "The trainer cannot write its output directory (read-only or full volume). See `kubectl logs` of the pod.",
 }
 

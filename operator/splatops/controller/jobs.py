@@ -112,6 +112,9 @@ def trainer_env(training: Mapping[str, Any], spec: Spec, settings: Settings) -> 
         "HOME": "/tmp",
         "XDG_CACHE_HOME": "/tmp/.cache",
     }
+    env[contract.ENV_RECONSTRUCT] = spec.reconstruct
+    if spec.reconstruct_only:
+        env[contract.ENV_RECONSTRUCT_ONLY] = "true"
     if spec.eval_every is not None:
         env[contract.ENV_EVAL_EVERY] = str(spec.eval_every)
     if spec.checkpoint_every is not None:
@@ -129,7 +132,7 @@ def node_affinity(spec: Spec, settings: Settings) -> dict[str, Any] | None:
     """The spec's affinity replaces the operator's default GPU-pool affinity (both optional)."""
     if spec.affinity:
         return dict(spec.affinity)
-    if not settings.gpu_node_label_key:
+    if not settings.gpu_node_label_key or spec.reconstruct_only:  # SfM only: any node with CPUs
         return None
     term = {"key": settings.gpu_node_label_key, "operator": "In", "values": list(settings.gpu_node_label_values)}
     return {
@@ -155,6 +158,8 @@ def resources(spec: Spec, settings: Settings) -> dict[str, Any]:
     memory = spec.resources.memory or settings.default_memory
     cpu = spec.resources.cpu or settings.default_cpu
     gpus = str(spec.resources.gpus)
+    if spec.reconstruct_only:  # structure-from-motion runs on CPU threads: no GPU held (docs/trainer.md)
+        return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
     return {
         "requests": {"cpu": cpu, "memory": memory, settings.gpu_resource_name: gpus},
         "limits": {"memory": memory, settings.gpu_resource_name: gpus},

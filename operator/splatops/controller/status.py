@@ -22,6 +22,7 @@ REASON_WAITING_KUEUE = "WaitingForKueue"
 REASON_PREEMPTED = "Preempted"
 REASON_SUSPENDED = "SuspendedByUser"
 REASON_RUNNING = "TrainerRunning"
+REASON_RECONSTRUCTING = contract.STAGE_RECONSTRUCTING  # structure-from-motion before training
 REASON_COMPLETE = "TrainingComplete"
 REASON_RETRYING = "Retrying"
 REASON_OUTPUT_BUSY = "OutputBusy"  # another training writes the same output directory
@@ -134,6 +135,9 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
             return Phase.QUEUED, REASON_WAITING_KUEUE, f"Waiting for Kueue to admit the Job (queue {obs.spec['queueName']}){why}"
         return Phase.QUEUED, REASON_WAITING_SLOT, "Waiting for a free training slot (operator cap)."
     if running_pod(obs.pods) is not None:
+        progress = obs.status.get("progress") or {}
+        if progress.get("stage") == contract.STAGE_RECONSTRUCTING:  # written by the progress poll
+            return Phase.RUNNING, REASON_RECONSTRUCTING, f"Reconstructing the scene from its photos: {progress.get('message')}"
         return Phase.RUNNING, REASON_RUNNING, "Training."
     if any((p.get("status") or {}).get("phase") == "Succeeded" for p in obs.pods):
         return Phase.RUNNING, REASON_RUNNING, "Training finished; the Job is completing."
@@ -300,6 +304,8 @@ def result_fields(result: contract.Result | None, default_model_path: str | None
     outputs = output_refs(result.outputs or [], fields.get("modelPath"))
     if outputs:
         fields["outputs"] = outputs
+    if result.reconstruction:
+        fields["reconstruction"] = result.reconstruction
     return fields
 
 
@@ -339,6 +345,26 @@ def progress_status(progress: contract.Progress, now: float) -> dict[str, Any]:
     }
     out.update({k: v for k, v in optional.items() if v is not None})
     return out
+
+
+def stage_status(report: contract.StageReport, now: float) -> dict[str, Any]:
+    """status.progress during a stage before training: its words, its items as step/maxSteps."""
+    total = report.total if report.total else 1
+    done = min(report.done or 0, total) if report.total else 0  # no total: no percent either
+    return {
+        "stage": report.stage,
+        "step": done,
+        "maxSteps": total,
+        "percent": round(100.0 * done / total, 2),
+        "message": report.message,
+        "updatedAt": format_time(now),
+    }
+
+
+def report_status(report: contract.Progress | contract.StageReport, now: float) -> dict[str, Any]:
+    if isinstance(report, contract.StageReport):
+        return stage_status(report, now)
+    return progress_status(report, now)
 
 
 def should_write_status(last_write: float | None, now: float, interval: float) -> bool:

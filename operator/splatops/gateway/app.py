@@ -3,6 +3,8 @@
     POST /scene/{scene_id}/train_gsplat?data_factor=1&max_steps=30000
     GET  /scene/{scene_id}/train_gsplat/status
     GET  /scene/{scene_id}/gsplat/model
+    POST /scene/{scene_id}/colmap_ba           structure-from-motion only (a reconstructOnly training)
+    GET  /scene/{scene_id}/colmap_ba/status
 
 Each POST creates a new resource (`<scene>`, `<scene>-2`, ...) so earlier runs and their status
 stay; status reads the newest run. Prerequisites are checked against the scene volume, which the
@@ -65,10 +67,10 @@ def check_scene_id(scene_id: str) -> None:
         raise HTTPException(status_code=400, detail=f"Invalid scene_id {scene_id!r}: use letters, digits, '.', '_' and '-'")
 
 
-def scene_error(settings: GatewaySettings, scene_id: str) -> tuple[int, str] | None:
+def scene_error(settings: GatewaySettings, scene_id: str, *, need_model: bool = True) -> tuple[int, str] | None:
     """The original's prerequisite errors for a scene directory (None: trainable)."""
     try:
-        problem = files.scene_problem(settings.mount_path, scene_parts(settings, scene_id))
+        problem = files.scene_problem(settings.mount_path, scene_parts(settings, scene_id), need_model=need_model)
     except files.Refused as refused:
         if refused.status == 404:
             return 404, f"Scene {scene_id} not found"
@@ -202,7 +204,42 @@ def create_app(settings: GatewaySettings | None = None, repository: TrainingRepo
             return original.started_response(scene_id, data_factor, max_steps)
         raise HTTPException(status_code=409, detail=f"could not pick a free training name for scene {scene_id}")
 
-    _add_read_routes(app, settings, runs, client)
+    @app.post("/scene/{scene_id}/colmap_ba", summary="COLMAP reconstruction of the scene's images (in the background)")
+    async def colmap_ba(scene_id: str, _client: str = Depends(post_allowed)) -> dict[str, Any]:
+        check_scene_id(scene_id)
+        problem = scene_error(settings, scene_id, need_model=False)  # the model is what it makes
+        if problem:
+            raise HTTPException(status_code=problem[0], detail=problem[1])
+        base = original.reconstruction_run_base(scene_id)
+        names_taken = [r["metadata"]["name"] for r in await runs(scene_id)]
+        for _ in range(CREATE_ATTEMPTS):
+            name = original.next_run_name(base, names_taken)
+            manifest = original.build_training(
+                name, scene_id=scene_id, claim=settings.claim_name, path=scene_path_in_volume(settings, scene_id),
+                created_by="splatops-gateway", extra_spec={"reconstruct": contract.RECONSTRUCT_ALWAYS, "reconstructOnly": True},
+            )
+            try:
+                await api_call(settings, f"create reconstruction {name}", repo().create(manifest))
+            except Conflict:
+                names_taken.append(name)
+                continue
+            return {"status": "processing", "scene_id": scene_id, "message": original.MSG_RECONSTRUCTION_STARTED,
+                    "check_status_at": f"/scene/{scene_id}/colmap_ba/status"}
+        raise HTTPException(status_code=409, detail=f"could not pick a free reconstruction name for scene {scene_id}")
+
+    @app.get("/scene/{scene_id}/colmap_ba/status", summary="COLMAP reconstruction status (newest run)")
+    async def colmap_ba_status(scene_id: str, _client: str = Depends(client)) -> dict[str, Any]:
+        check_scene_id(scene_id)
+        found = [r for r in await runs(scene_id) if original.is_reconstruction(r)]
+        latest = original.newest(found, original.reconstruction_run_base(scene_id))
+        if latest is None:
+            raise HTTPException(status_code=404, detail=f"No COLMAP reconstruction found for scene {scene_id}")
+        return original.reconstruction_status(latest, volume_root=settings.mount_path, scene_id=scene_id)
+
+    async def trainings(scene_id: str) -> list[dict[str, Any]]:  # colmap_ba runs are not trainings
+        return [r for r in await runs(scene_id) if not original.is_reconstruction(r)]
+
+    _add_read_routes(app, settings, trainings, client)
     return app
 
 

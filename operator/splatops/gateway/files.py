@@ -135,12 +135,13 @@ def _present(entry: os.DirEntry[str]) -> bool:
     return entry.is_file(follow_symlinks=False) or entry.is_symlink()
 
 
-def scene_problem(mount: str, parts: Sequence[str]) -> str | None:
+def scene_problem(mount: str, parts: Sequence[str], *, need_model: bool = True) -> str | None:
     """The original pipeline's prerequisite errors for the scene `mount/parts...` (None: trainable),
-    checked without following links. Raises Refused if the scene directory cannot be reached."""
+    checked without following links. Raises Refused if the scene directory cannot be reached.
+    `need_model` False: only the images (colmap_ba makes the model)."""
     with open_dir(mount, parts) as scene_fd:
         colmap = {e.name for e in _entries(scene_fd, pathlib.PurePosixPath(contract.COLMAP_DIR).parts) if _present(e)}
-        if not all(any(f"{stem}{ext}" in colmap for ext in (".bin", ".txt")) for stem in ("cameras", "images", "points3D")):
+        if need_model and not all(any(f"{stem}{ext}" in colmap for ext in (".bin", ".txt")) for stem in ("cameras", "images", "points3D")):
             return contract.MSG_COLMAP_NOT_FOUND
         images = _entries(scene_fd, (contract.IMAGES_DIR,))
         if not any(_present(e) and not e.name.startswith(".") for e in images):

@@ -73,7 +73,8 @@ class Plan:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scene", metavar="DIR", help="a scene directory (images/ + colmap/sparse_initial/); "
+    p.add_argument("--scene", metavar="DIR", help="a scene directory (images/ + colmap/sparse_initial/; without a "
+                   "COLMAP model, or a plain folder of photos, the trainer reconstructs one); "
                    "default: a small synthetic scene generated here")
     p.add_argument("--max-steps", type=int, help="training iterations (default: synthetic 100 on CPU / 300 on GPU; real 2000 on CPU / 7000 on GPU)")
     p.add_argument("--data-factor", type=int, choices=(1, 2, 4, 8), help="image downscale (default: 1 synthetic; real 4 on CPU / 2 on GPU)")
@@ -116,24 +117,47 @@ def plan(args: argparse.Namespace, *, has_gpu: bool) -> Plan:
     )
 
 
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")  # a plain folder of photos (no images/ inside)
+
+
+def scene_inputs(source: pathlib.Path) -> dict[str, pathlib.Path | None]:
+    """What the work scene links to: images/ (the source's, or the source itself when it is a
+    plain folder of photos) and colmap/ (None: no model; the trainer reconstructs one)."""
+    images = source / contract.IMAGES_DIR
+    if not images.is_dir() and any(p.suffix.lower() in PHOTO_SUFFIXES for p in source.iterdir() if p.is_file()):
+        images = source
+    colmap_root = source / contract.COLMAP_DIR.split("/")[0]
+    model = source / contract.COLMAP_DIR
+    # Linked only when it holds a model: else the trainer would write its reconstruction through
+    # the link into the user's folder.
+    has_model = all(any((model / f"{stem}{ext}").is_file() for ext in (".bin", ".txt")) for stem in ("cameras", "images", "points3D"))
+    return {contract.IMAGES_DIR: images, colmap_root.name: colmap_root if has_model else None}
+
+
 def link_scene(source: pathlib.Path, target: pathlib.Path) -> None:
     """Make `target` a writable scene whose inputs are the source's (symlinks: nothing copied,
-    nothing written into the source). Earlier outputs in `target` are kept (the trainer resumes)."""
+    nothing written into the source). Earlier outputs in `target` are kept (the trainer resumes).
+    A source without a COLMAP model gets none linked: the trainer reconstructs into the work
+    scene's own colmap/ (kept, so the next run reuses it), never into the source."""
     from splatops.cli.main import scene_problem
 
-    problem = scene_problem(source)
+    if not source.is_dir():
+        raise LocalRunError(f"scene {source}: not a directory")
+    inputs = scene_inputs(source)
+    problem = scene_problem(source) if inputs[contract.IMAGES_DIR] != source else None
     if problem:
         raise LocalRunError(f"scene {source}: {problem}")
     target.mkdir(parents=True, exist_ok=True)
-    for part in (contract.IMAGES_DIR, contract.COLMAP_DIR.split("/")[0]):
+    for part, origin in inputs.items():
         link = target / part
-        if link.is_symlink() and link.resolve() == (source / part).resolve():
+        if origin is not None and link.is_symlink() and link.resolve() == origin.resolve():
             continue
         if link.is_symlink() or link.is_file():
             link.unlink()
-        elif link.exists():
-            shutil.rmtree(link)
-        link.symlink_to(source / part, target_is_directory=True)
+        elif link.exists() and origin is not None:
+            shutil.rmtree(link)  # (a reconstruction of ours, where the source now has a model)
+        if origin is not None:
+            link.symlink_to(origin, target_is_directory=True)
 
 
 def generate_synthetic(target: pathlib.Path, *, verbose: bool = False) -> None:

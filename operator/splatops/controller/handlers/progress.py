@@ -55,15 +55,23 @@ async def poll(rt: Runtime, idx: Indices, *, body: kopf.Body, namespace: str, na
             logger.debug(f"No log yet for {pod['metadata']['name']}: {exc.reason}")
             return
         raise
-    progress = contract.last_progress(text)
-    if progress is None or rt.last_progress_step.get(key) == progress.step:
+    report = contract.last_report(text)  # training progress, or a stage before it (structure-from-motion)
+    marker = report.step if isinstance(report, contract.Progress) else report.message if report is not None else None
+    if report is None or rt.last_progress_step.get(key) == marker:
         return
-    fields = status.progress_status(progress, now)
+    fields = status.report_status(report, now)
+    # A merge patch merges objects: drop what the other kind of report set (a stage's `stage`, training's loss).
+    previous = rt.current_status(key, training).get("progress") or {}
+    fields = {**{k: None for k in previous if k not in fields}, **fields}
     if not await rt.api().patch_status(namespace, name, {"progress": fields}):
         return  # deleted meanwhile
     rt.remember(key, {"progress": fields})
     rt.last_progress_write[key] = now
-    rt.last_progress_step[key] = progress.step
+    rt.last_progress_step[key] = marker
     metrics.STATUS_WRITES.labels("progress").inc()
-    rt.metrics.record_progress(namespace, name, fields, now)
+    staged = isinstance(report, contract.StageReport)
+    if not staged:  # the training gauges count training steps, not a stage's images
+        rt.metrics.record_progress(namespace, name, fields, now)
+    if staged or desired.get("reason") == status.REASON_RECONSTRUCTING:
+        await reconcile(rt, key, idx)  # reason and message follow the stage now, not a poll later
 

@@ -48,7 +48,7 @@ class Runtime:
     written_at: dict[Key, float] = dataclasses.field(default_factory=dict)  # monotonic time of the last write
     seen: dict[Key, int] = dataclasses.field(default_factory=dict)  # first-seen order (FCFS tie-break)
     last_progress_write: dict[Key, float] = dataclasses.field(default_factory=dict)
-    last_progress_step: dict[Key, int] = dataclasses.field(default_factory=dict)
+    last_progress_step: dict[Key, int | str] = dataclasses.field(default_factory=dict)
     job_owner: dict[Key, str] = dataclasses.field(default_factory=dict)  # (ns, job) -> training
     warned: set[str] = dataclasses.field(default_factory=set)  # once-per-process warnings given
     job_created: set[Key] = dataclasses.field(default_factory=set)  # trainings whose Job we created or adopted
