@@ -149,6 +149,7 @@ class ControlPlane:
             "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
             "--service-account-key-file", str(p("sa.pub")), "--service-account-signing-key-file", str(p("sa.key")),
             "--service-cluster-ip-range", "10.0.0.0/24", "--endpoint-reconciler-type", "none",
+            "--kubelet-preferred-address-types", "InternalIP",
             "--kubelet-client-certificate", str(p("admin.crt")), "--kubelet-client-key", str(p("admin.key")),
             "--cert-dir", str(p("apiserver-certs"))])
         self.admin_kubeconfig = p("admin.kubeconfig")

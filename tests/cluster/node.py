@@ -55,7 +55,7 @@ def node_manifest(kubelet_port: int) -> dict[str, Any]:
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                             "message": "fake kubelet (tests/cluster/node.py)",
                             "lastHeartbeatTime": t, "lastTransitionTime": t}],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": NODE}],
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],  # never a name to resolve
             "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         },
     }

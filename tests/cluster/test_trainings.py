@@ -47,12 +47,12 @@ def test_example_trains_to_succeeded_through_the_job_controller(cluster: Cluster
     """`kubectl apply -f examples/preview.yaml` (on a tiny scene), `kubectl wait`, `kubectl get gst`."""
     example = yaml.safe_load((cpm.ROOT / "examples/preview.yaml").read_text())
     name = example["metadata"]["name"]
-    example["spec"].update(scene={**example["spec"]["scene"], "path": cluster.scene("mijato", synthetic_scene)},
-                           dataFactor=1, maxSteps=STEPS)
+    path = cluster.scene("mijato", synthetic_scene)
+    example["spec"].update(scene={**example["spec"]["scene"], "path": path}, dataFactor=1, maxSteps=STEPS)
     cluster.apply(example)
     cluster.kubectl("wait", f"--for=condition=Succeeded", f"gst/{name}", "--timeout=300s", timeout=320)
     status = cluster.status(name)
-    assert status["phase"] == "Succeeded" and status["modelPath"] == "mijato/gsplat/results.ply", status
+    assert status["phase"] == "Succeeded" and status["modelPath"] == f"{path}/gsplat/results.ply", status
     assert (cluster.volume / status["modelPath"]).read_bytes().startswith(b"ply\n")
     job = job_of(cluster, name)
     assert condition(job, "Complete") and job["status"]["succeeded"] == 1, job["status"]
