@@ -90,10 +90,12 @@ def test_cel_rule_rejects_a_path_outside_the_volume(cluster: Cluster):
 
 def test_job_the_api_server_rejects_ends_as_invalid_spec(cluster: Cluster, synthetic_scene):
     name = "rejected"
-    cluster.apply(training(name, "scenes/none", priorityClassName="no-such-class"))
+    # The CRD takes any string as a node-selector value; the Job's pod template validation does not.
+    cluster.apply(training(name, "scenes/none", nodeSelector={"pool": "not a label value!"}))
     status = cluster.wait_phase(name, "Failed", 60)
     assert status["reason"] == "InvalidSpec", status
-    assert "no-such-class" in status["message"], status
+    assert f'Job.batch "{jobs.job_name(name)}" is invalid' in status["message"], status
+    assert "spec.template.spec.nodeSelector" in status["message"], status
     assert job_of(cluster, name) is None
 
 
