@@ -102,7 +102,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
             print(f"\ncontrol plane ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
             yield cp
     finally:
-        if request.session.testsfailed:
+        if request.session.testsfailed or os.environ.get("SPLATOPS_CLUSTER_KEEP_LOGS"):
             shutil.rmtree(LOG_DIR, ignore_errors=True)
             LOG_DIR.mkdir()
             for log in base.glob("*.log"):
@@ -234,6 +234,9 @@ def cluster(installed: cpm.ControlPlane, tmp_path_factory: pytest.TempPathFactor
     try:
         yield Cluster(cp, node, loop, volume, kubeconfig)
     finally:
+        # What the cluster held at the end, beside the component logs (kept on failure).
+        dump = cp.kubectl("-n", NS, "get", "gst,jobs,pods,events", "-o", "yaml", check=False).stdout
+        cp.path("objects.log").write_text(dump + "\nnode errors: " + json.dumps(node.errors))
         operator.stop()
         loop.call(node.stop())
         loop.close()

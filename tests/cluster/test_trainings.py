@@ -129,7 +129,7 @@ def _running_at(cluster: Cluster, name: str, step: int) -> str:
     return running[0]["metadata"]["name"]
 
 
-LONG = dict(maxSteps=400, checkpointEvery=10)  # long enough to interrupt; checkpoints to resume from
+LONG = dict(maxSteps=80, checkpointEvery=10)  # long enough to interrupt; checkpoints to resume from
 
 
 def test_disruption_is_ignored_and_the_training_resumes(cluster: Cluster, synthetic_scene):

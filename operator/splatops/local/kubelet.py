@@ -21,6 +21,8 @@ from splatops.local.cluster import JOB_RESOURCE, POD_RESOURCE, SplatopsEmulator
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
 DEFAULT_NODE = "sim-a10g-node-1"
+# DisruptionTarget reasons whose pod stays (Failed) rather than being deleted: the kubelet's own.
+KEEPS_DISRUPTED_POD = frozenset({"TerminationByKubelet"})
 UNSCHEDULABLE_MESSAGE = (
     "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: "
     "3 No preemption victims found for incoming pod."
@@ -274,7 +276,11 @@ class SimCluster:
         return await self._react(pod_name)
 
     async def disrupt(self, pod_name: str, reason: str = "PreemptionByScheduler") -> dict[str, Any]:
-        """Node disruption: DisruptionTarget, the container killed; the Job retries (Ignore rule)."""
+        """Node disruption: DisruptionTarget, the container killed; the Job retries (Ignore rule).
+
+        As on a real cluster, the pod is then gone, except for the kubelet's own evictions (node
+        pressure, `TerminationByKubelet`), which leave it Failed: preemption, the Eviction API and
+        taint eviction delete it (tests/cluster saw the evicted pod disappear)."""
         t = now()
         pod = self.pod(pod_name)
         conditions = [c for c in pod.get("status", {}).get("conditions") or [] if c["type"] != "DisruptionTarget"]
@@ -283,7 +289,12 @@ class SimCluster:
                            "lastTransitionTime": t})
         await self._set_pod(pod_name, _terminated(137, "Error", ""), "Failed",
                             extra={"conditions": conditions})
-        return await self._react(pod_name)
+        job_name = self._job_of(pod_name)
+        if reason not in KEEPS_DISRUPTED_POD:
+            await self.emulator.delete(POD_RESOURCE, self.namespace, pod_name)
+        if self.controller_lag > 0:
+            await asyncio.sleep(self.controller_lag)
+        return await self.sync_job(job_name)
 
     async def image_pull_failure(self, pod_name: str, reason: str = "ImagePullBackOff") -> None:
         image = self.pod(pod_name)["spec"]["containers"][0].get("image", "")
