@@ -222,7 +222,7 @@ def cluster(installed: cpm.ControlPlane, tmp_path_factory: pytest.TempPathFactor
         "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": SCENE_CLAIM},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
     loop = BackgroundLoop()
-    node = FakeNode(cp.url, cp.ssl_context(), (cp.path("kubelet.crt"), cp.path("kubelet.key")), NS,
+    node = FakeNode(cp.url, cp.ssl_context("kubelet"), cp.ssl_context(), (cp.path("kubelet.crt"), cp.path("kubelet.key")), NS,
                     {SCENE_CLAIM: volume}, work / "pods", env_overrides={"SPLATOPS_DEVICE": "cpu"},
                     images={OOM_IMAGE: [sys.executable, "-c", OOM_TRAINER]})
     loop.call(node.start())

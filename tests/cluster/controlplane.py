@@ -105,9 +105,10 @@ class ControlPlane:
                 tail = self.log(name).read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
 
-    def ssl_context(self) -> ssl.SSLContext:
+    def ssl_context(self, identity: str = "admin") -> ssl.SSLContext:
+        """A client TLS context as `admin` (system:masters) or `kubelet` (the node)."""
         ctx = ssl.create_default_context(cafile=str(self.path("ca.crt")))
-        ctx.load_cert_chain(str(self.path("admin.crt")), str(self.path("admin.key")))
+        ctx.load_cert_chain(str(self.path(f"{identity}.crt")), str(self.path(f"{identity}.key")))
         return ctx
 
     def get(self, path: str) -> tuple[int, str]:

@@ -1,5 +1,9 @@
 """A fake GPU node for the real control plane: scheduler and kubelet for one namespace.
 
+The kubelet part acts as the node itself (client certificate `system:node:gpu-a10g-0` in
+`system:nodes`), so the API server's Node authorizer decides what it may do; binding is done
+with the admin's identity, as the scheduler's.
+
 It registers a Node (`nvidia.com/gpu` capacity, the A10G labels and taint), binds the namespace's
 pending pods that fit it through `pods/binding`, runs each bound pod's trainer container as a
 local process with the project's executor mapping (`splatops.local.executor.process_spec`: env,
@@ -105,11 +109,12 @@ class FakeNode:
     """Scheduler + kubelet for `namespace`. `images` maps a container image to the argv that
     stands for it (anything else runs the trainer's entrypoint from this environment)."""
 
-    def __init__(self, api_url: str, ssl_ctx: ssl.SSLContext, serving: tuple[pathlib.Path, pathlib.Path],
+    def __init__(self, api_url: str, ssl_ctx: ssl.SSLContext, scheduler_ssl: ssl.SSLContext,
+                 serving: tuple[pathlib.Path, pathlib.Path],
                  namespace: str, claims: Mapping[str, pathlib.Path], workdir: pathlib.Path, *,
                  env_overrides: Mapping[str, str] | None = None, images: Mapping[str, list[str]] | None = None,
                  grace_period: float = 20.0) -> None:
-        self.url, self.ssl, self.serving = api_url, ssl_ctx, serving
+        self.url, self.ssl, self.scheduler_ssl, self.serving = api_url, ssl_ctx, scheduler_ssl, serving
         self.namespace, self.claims, self.workdir = namespace, dict(claims), workdir
         self.env_overrides = dict(env_overrides or {})
         self.images = dict(images or {})
@@ -119,7 +124,8 @@ class FakeNode:
         self.started: set[str] = set()  # pod uids whose container was started (never twice)
         self.unschedulable: set[str] = set()
         self.errors: list[str] = []
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # as the node (the Node authorizer)
+        self._scheduler: aiohttp.ClientSession | None = None  # binding is the scheduler's
         self._runner: aiohttp.web.AppRunner | None = None
         self._watch: asyncio.Task[None] | None = None
 
@@ -128,9 +134,9 @@ class FakeNode:
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ssl))
+        self._scheduler = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.scheduler_ssl))
         port = await self._serve_kubelet()
         node = node_manifest(port)
-        await self.request("DELETE", f"/api/v1/nodes/{NODE}", ok=(200, 404))
         await self.request("POST", "/api/v1/nodes", node)
         await self.request("PATCH", f"/api/v1/nodes/{NODE}/status", {"status": node["status"]}, headers=MERGE)
         self._watch = asyncio.create_task(self._watch_pods(), name="fake-node-watch")
@@ -147,14 +153,16 @@ class FakeNode:
         await asyncio.gather(*(p.task for p in self.procs.values()), return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._scheduler):
+            if session is not None:
+                await session.close()
 
     async def request(self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = (200, 201),
-                      headers: Mapping[str, str] | None = None, params: Mapping[str, str] | None = None) -> dict:
-        assert self._session is not None
-        async with self._session.request(method, self.url + path, json=body, headers=headers,
-                                         params=params) as resp:
+                      headers: Mapping[str, str] | None = None, params: Mapping[str, str] | None = None,
+                      session: aiohttp.ClientSession | None = None) -> dict:
+        session = session or self._session
+        assert session is not None
+        async with session.request(method, self.url + path, json=body, headers=headers, params=params) as resp:
             data = await resp.json(content_type=None) if resp.content_length != 0 else {}
             if resp.status not in ok:
                 raise RuntimeError(f"{method} {path}: {resp.status} {data}")
@@ -199,23 +207,23 @@ class FakeNode:
     # -- watching pods -----------------------------------------------------------------------------
 
     async def _watch_pods(self) -> None:
+        # One watch of the namespace's pods, as the scheduler (a node may only read its own).
         path = f"/api/v1/namespaces/{self.namespace}/pods"
-        assert self._session is not None
+        assert self._scheduler is not None
         while True:
-            listing = await self.request("GET", path)
-            for pod in listing.get("items") or []:
-                await self._on_pod("ADDED", pod)
-            params = {"watch": "1", "resourceVersion": listing["metadata"]["resourceVersion"],
-                      "allowWatchBookmarks": "false"}
             try:
-                async with self._session.get(self.url + path, params=params,
-                                             timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as resp:
+                listing = await self.request("GET", path, session=self._scheduler)
+                for pod in listing.get("items") or []:
+                    await self._on_pod("ADDED", pod)
+                params = {"watch": "1", "resourceVersion": listing["metadata"]["resourceVersion"]}
+                async with self._scheduler.get(self.url + path, params=params,
+                                               timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as resp:
                     async for raw in resp.content:
                         event = json.loads(raw)
                         if event["type"] == "ERROR":
                             break  # e.g. 410 Gone: list again
                         await self._on_pod(event["type"], event["object"])
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - recorded (tests show node errors), then retried
                 self.errors.append(f"watch: {exc!r}")
                 await asyncio.sleep(0.5)
 
@@ -249,7 +257,7 @@ class FakeNode:
         if reason is None:
             await self.request("POST", f"/api/v1/namespaces/{self.namespace}/pods/{name}/binding", {
                 "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": NODE}})
+                "target": {"apiVersion": "v1", "kind": "Node", "name": NODE}}, session=self._scheduler)
         elif pod["metadata"]["uid"] not in self.unschedulable:
             self.unschedulable.add(pod["metadata"]["uid"])
             await self._patch_status(name, {"conditions": [{
