@@ -52,8 +52,9 @@ def test_example_trains_to_succeeded_through_the_job_controller(cluster: Cluster
     cluster.apply(example)
     cluster.kubectl("wait", f"--for=condition=Succeeded", f"gst/{name}", "--timeout=300s", timeout=320)
     status = cluster.status(name)
-    assert status["phase"] == "Succeeded" and status["modelPath"] == f"{path}/gsplat/results.ply", status
-    assert (cluster.volume / status["modelPath"]).read_bytes().startswith(b"ply\n")
+    model = status["modelPath"]
+    assert status["phase"] == "Succeeded" and model.startswith(f"{path}/gsplat/") and model.endswith("results.ply"), status
+    assert (cluster.volume / model).read_bytes().startswith(b"ply\n")
     job = job_of(cluster, name)
     assert condition(job, "Complete") and job["status"]["succeeded"] == 1, job["status"]
     # The printer columns, from the API server's Table.
@@ -180,3 +181,16 @@ def test_kubectl_splat_plugin(cluster: Cluster, synthetic_scene):
     assert status["status"] == "complete", status
     assert "plugin" in splat("list").stdout
     assert f'"step": {STEPS}' in splat("logs", "plugin").stdout  # the pod log, through the API server
+
+
+def test_finished_job_removed_by_its_ttl_leaves_the_outcome(cluster: Cluster, synthetic_scene):
+    """The TTL-after-finished controller deletes the Job (and its pod); the training keeps its
+    terminal status and the operator does not run it again."""
+    name = "short-lived"
+    cluster.apply(training(name, cluster.scene(name, synthetic_scene), image=OOM_IMAGE, ttlSecondsAfterFinished=1))
+    cluster.kubectl("wait", "--for=condition=Failed", f"gst/{name}", "--timeout=120s", timeout=140)
+    cluster.kubectl("wait", "--for=delete", f"job/{jobs.job_name(name)}", "--timeout=60s", timeout=70)
+    eventually(lambda: not pods_of(cluster, name), "the pod's garbage collection", 60)
+    status = cluster.status(name)
+    assert status["phase"] == "Failed" and status["reason"] == contract.Reason.OUT_OF_MEMORY.value, status
+    assert job_of(cluster, name) is None  # not created again
