@@ -153,3 +153,15 @@ def test_pod_failure_action(rule, pod_status, expected):
     pod = {"metadata": {"name": "p", "namespace": NS}, "status": pod_status}
     hit = k.pod_failure_action({"rules": [rule]}, pod)
     assert (hit[0] if hit else None) == expected
+
+
+async def test_resume_restarts_the_jobs_start_time(sim, monkeypatch):
+    """As kube-controller-manager's Job controller: a resumed Job's startTime is the resume time
+    (activeDeadlineSeconds counts continuously active time)."""
+    await sim.emulator.create(c.JOB_RESOURCE, job_body())
+    await sim.start("j")
+    monkeypatch.setattr(k, "now", lambda: "2030-01-01T00:00:00Z")
+    await sim.emulator.patch(c.JOB_RESOURCE, NS, "j", {"spec": {"suspend": True}})
+    assert (await sim.sync_job("j"))["status"]["startTime"] != "2030-01-01T00:00:00Z"
+    await sim.emulator.patch(c.JOB_RESOURCE, NS, "j", {"spec": {"suspend": False}})
+    assert (await sim.sync_job("j"))["status"]["startTime"] == "2030-01-01T00:00:00Z"

@@ -161,6 +161,8 @@ def job_status(job: dict[str, Any], verdict: JobVerdict) -> dict[str, Any]:
         elif not suspended and cond is not None and cond["status"] == "True":
             conditions = [c for c in conditions if c["type"] != "Suspended"]
             conditions.append(_condition("Suspended", "JobResumed", "Job resumed", "False"))
+            # The real controller restarts the clock: activeDeadlineSeconds counts active time.
+            status["startTime"] = now()
     if not suspended and "startTime" not in old and verdict.terminal is None:
         status["startTime"] = now()
     if conditions:
