@@ -52,6 +52,7 @@ OPERATOR_ENV = {
     "SPLATOPS_OPERATOR_METRICS_PORT": "0",
     "SPLATOPS_OPERATOR_LIVENESS_PORT": "0",
     "SPLATOPS_OPERATOR_STANDALONE": "true",
+    "SPLATOPS_OPERATOR_UNSCHEDULABLE_GRACE": "0",  # a pod no node fits fails its training at once
 }
 
 MISSING = cpm.missing_binaries()

@@ -194,3 +194,24 @@ def test_finished_job_removed_by_its_ttl_leaves_the_outcome(cluster: Cluster, sy
     status = cluster.status(name)
     assert status["phase"] == "Failed" and status["reason"] == contract.Reason.OUT_OF_MEMORY.value, status
     assert job_of(cluster, name) is None  # not created again
+
+
+def test_active_deadline_fails_through_the_job_controller(cluster: Cluster, synthetic_scene):
+    """activeDeadlineSeconds (the CRD's minimum, 60 s) is the real Job controller's: it fails the
+    Job (DeadlineExceeded) and deletes the pod, whose trainer the node stops."""
+    name = "late"
+    cluster.apply(training(name, cluster.scene(name, synthetic_scene), maxSteps=100000, activeDeadlineSeconds=60))
+    cluster.kubectl("wait", "--for=condition=Failed", f"gst/{name}", "--timeout=180s", timeout=200)
+    status = cluster.status(name)
+    assert status["reason"] == "DeadlineExceeded", status
+    # FailureTarget at once; Failed only once the pod has terminated (the node's grace period).
+    assert condition(job_of(cluster, name), "FailureTarget")["reason"] == "DeadlineExceeded"
+    eventually(lambda: condition(job_of(cluster, name), "Failed"), "the Job's Failed condition", 60)
+    eventually(lambda: not pods_of(cluster, name), "the pod deleted", 60)
+
+
+def test_pod_no_node_fits_fails_as_unschedulable(cluster: Cluster):
+    name = "nofit"
+    cluster.apply(training(name, "scenes/none", nodeSelector={"node.kubernetes.io/instance-type": "p5.48xlarge"}))
+    status = cluster.wait_phase(name, "Failed", 60)
+    assert status["reason"] == "Unschedulable" and "didn't match Pod's node affinity/selector" in status["message"], status
