@@ -32,7 +32,8 @@ START_TIMEOUT = 90.0
 
 
 def missing_binaries() -> list[str]:
-    return [name for name in BINARIES if not os.access(BIN / name, os.X_OK)]
+    missing = [name for name in BINARIES if not os.access(BIN / name, os.X_OK)]
+    return missing + ([] if shutil.which("openssl") else ["openssl (on PATH)"])
 
 
 def free_port() -> int:
