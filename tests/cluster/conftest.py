@@ -60,6 +60,7 @@ SKIP_REASON = (f"tests/cluster skipped: no {', '.join(MISSING)} under {cpm.BIN} 
                "(built by scripts/build-tools, which needs a Go toolchain)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: every test here is marked `cluster`
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = pathlib.Path(__file__).parent
     for item in items:

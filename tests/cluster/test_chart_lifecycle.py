@@ -13,7 +13,7 @@ from . import controlplane as cpm
 RELEASE, NS = "lifecycle", "splatops-lifecycle"
 CRD = "crd/gaussiansplattrainings.splatops.dev"
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 
 def _env(cp: cpm.ControlPlane) -> dict[str, str]:

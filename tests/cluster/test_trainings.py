@@ -19,7 +19,7 @@ from splatops.controller import jobs
 from . import controlplane as cpm
 from .conftest import NS, OOM_IMAGE, Cluster, eventually
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 
 STEPS = 30  # a tiny CPU training
 
