@@ -94,6 +94,37 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def profile_window(train_mod: object, steps: str, out: Path) -> None:
+    """Profile training steps A..B (counted by calls of the loss's SSIM, one per step): kernel
+    times as JSON, for the kernel-family breakdown in gpu_compare.py."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    start, stop = (int(x) for x in steps.split(":"))
+    real = train_mod.ssim_loss_term  # type: ignore[attr-defined]
+    state: dict[str, object] = {"step": 0, "prof": None}
+
+    def counted(*a: object, **k: object) -> object:
+        step = int(state["step"])  # type: ignore[call-overload]
+        if step == start:
+            torch.cuda.synchronize()
+            state["prof"] = tprofile(activities=[ProfilerActivity.CUDA])
+            state["prof"].__enter__()  # type: ignore[attr-defined]
+        elif step == stop and state["prof"] is not None:
+            torch.cuda.synchronize()
+            prof = state["prof"]
+            prof.__exit__(None, None, None)  # type: ignore[attr-defined]
+            rows = [{"name": e.key, "us": float(getattr(e, "self_device_time_total", 0.0) or 0.0), "calls": int(e.count)}
+                    for e in prof.key_averages()]  # type: ignore[attr-defined]
+            out.write_text(json.dumps({"steps": stop - start, "kernels": sorted((r for r in rows if r["us"] > 0), key=lambda r: -r["us"])}))
+            state["prof"] = None
+        state["step"] = step + 1
+        return real(*a, **k)
+
+    train_mod.ssim_loss_term = counted  # type: ignore[attr-defined]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scene", nargs="?", default=str(REPO.parent / "shared" / "scenes" / "fox"))
@@ -108,6 +139,11 @@ def main() -> int:
                     help="experiment: override default_schedule fields, e.g. reset_every=1000000")
     ap.add_argument("--strategy-opts", default="", metavar="K=V,...",
                     help="experiment: override strategy fields, e.g. absgrad=1,grow_grad2d=0.0008")
+    ap.add_argument("--mem-fraction", type=float, default=0.0, metavar="F",
+                    help="experiment: torch.cuda.set_per_process_memory_fraction(F), to force CUDA out of memory")
+    ap.add_argument("--profile-steps", default="", metavar="A:B",
+                    help="profile training steps A..B (kernel times as JSON in --profile-out)")
+    ap.add_argument("--profile-out", default="profile.json")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more splatops-train flags")
     args = ap.parse_args()
     if args.warm:
@@ -150,6 +186,10 @@ def main() -> int:
         opts = {k: (float(v) if "." in v or "e" in v else int(v)) for k, v in (kv.split("=") for kv in args.strategy_opts.split(","))}
         base_build = strategy_mod.build_strategy
         train_mod.build_strategy = lambda c: dataclasses.replace(base_build(c), **opts)  # type: ignore[attr-defined]
+    if args.mem_fraction:
+        torch.cuda.set_per_process_memory_fraction(args.mem_fraction)
+    if args.profile_steps:
+        profile_window(train_mod, args.profile_steps, Path(args.profile_out))
     from splatops_trainer import cli
 
     cli.train = recording_train  # type: ignore[attr-defined]
@@ -172,7 +212,7 @@ def main() -> int:
     start = process_start_wall()
     if rc not in (0, None) or not ply.exists():
         print(f"bench: CLI failed (rc={rc}, results.ply exists={ply.exists()})", file=sys.stderr)
-        return 1
+        return int(rc or 1)
     outcome = captured.get("outcome")
     to_ply = ply.stat().st_mtime - start
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0

@@ -63,6 +63,7 @@ def test_result_round_trip_and_size_limit():
 
 
 def test_exit_codes_are_the_documented_ones():
-    assert [int(c) for c in ExitCode] == [0, 1, 2, 3]
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 143]
+    assert contract.EXIT_CODE_FOR_REASON[contract.Reason.TERMINATED] == 143 == 128 + 15  # SIGTERM
     assert contract.EXIT_CODE_FOR_REASON[contract.Reason.OUT_OF_MEMORY] == 3
     assert contract.EXIT_CODE_FOR_REASON[contract.Reason.COLMAP_NOT_FOUND] == 2

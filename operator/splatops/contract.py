@@ -22,6 +22,10 @@ class ExitCode(enum.IntEnum):
     ERROR = 1  # anything else: retried by the Job (backoffLimit)
     INVALID_INPUT = 2  # scene, images, COLMAP model, options: retrying cannot help
     OUT_OF_MEMORY = 3  # CUDA OOM: retrying on the same GPU cannot help
+    # SIGTERM (node drain, preemption, pod deletion): 128 + 15, what the signal itself would give.
+    # Not a FailJob code: a drained pod (DisruptionTarget) is retried without counting against
+    # backoffLimit, any other SIGTERM counts like ERROR; the retried pod resumes from a checkpoint.
+    TERMINATED = 143
 
 
 # --- Failure reasons (termination message "reason", status.reason) ------------------------------
@@ -37,9 +41,16 @@ class Reason(str, enum.Enum):
     UNSUPPORTED_CAMERA = "UnsupportedCamera"
     INVALID_IMAGE = "InvalidImage"  # an input image file that cannot be decoded
     INVALID_OPTIONS = "InvalidOptions"
+    OUTPUT_BUSY = "OutputBusy"  # another writer holds the output directory's lock
     OUT_OF_MEMORY = "OutOfMemory"
     TRAINING_DIVERGED = "TrainingDiverged"
     TRAINER_ERROR = "TrainerError"
+    TERMINATED = "Terminated"  # SIGTERM: node drain, preemption, pod deletion
+    OUTPUT_NOT_WRITABLE = "OutputNotWritable"  # read-only or too full output volume
+    # Object storage (spec.scene.source, spec.output.uri): bad input, retrying cannot help.
+    SCENE_SOURCE_NOT_FOUND = "SceneSourceNotFound"  # no such bucket, or nothing under the prefix
+    OUTPUT_LOCATION_NOT_FOUND = "OutputLocationNotFound"  # the output bucket does not exist
+    OBJECT_STORE_ACCESS_DENIED = "ObjectStoreAccessDenied"  # the pod's identity may not read/write there
     # Reasons only the operator can observe (the trainer never ran or was killed):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
@@ -54,6 +65,7 @@ class Reason(str, enum.Enum):
 MSG_COLMAP_NOT_FOUND = "COLMAP reconstruction not found"
 MSG_NO_IMAGES = "No images found"
 MSG_OOM = "CUDA out of memory. Try reducing data_factor or image resolution."
+MSG_TERMINATED = "terminated by SIGTERM (node drain or preemption)"  # + "; resumes from step N"
 
 EXIT_CODE_FOR_REASON: dict[Reason, ExitCode] = {
     Reason.COLMAP_NOT_FOUND: ExitCode.INVALID_INPUT,
@@ -63,9 +75,15 @@ EXIT_CODE_FOR_REASON: dict[Reason, ExitCode] = {
     Reason.UNSUPPORTED_CAMERA: ExitCode.INVALID_INPUT,
     Reason.INVALID_IMAGE: ExitCode.INVALID_INPUT,
     Reason.INVALID_OPTIONS: ExitCode.INVALID_INPUT,
+    Reason.OUTPUT_BUSY: ExitCode.INVALID_INPUT,
     Reason.OUT_OF_MEMORY: ExitCode.OUT_OF_MEMORY,
+    Reason.SCENE_SOURCE_NOT_FOUND: ExitCode.INVALID_INPUT,
+    Reason.OUTPUT_LOCATION_NOT_FOUND: ExitCode.INVALID_INPUT,
+    Reason.OBJECT_STORE_ACCESS_DENIED: ExitCode.INVALID_INPUT,
     Reason.TRAINING_DIVERGED: ExitCode.ERROR,
     Reason.TRAINER_ERROR: ExitCode.ERROR,
+    Reason.TERMINATED: ExitCode.TERMINATED,
+    Reason.OUTPUT_NOT_WRITABLE: ExitCode.INVALID_INPUT,
 }
 
 # --- Paths (inside the scene directory; ARCHITECTURE.md "The scene on the PVC") -----------------
@@ -74,13 +92,19 @@ IMAGES_DIR = "images"
 COLMAP_DIR = "colmap/sparse_initial"
 SPARSE_DIR = "sparse/0"
 SPARSE_LINK_TARGET = "../colmap/sparse_initial"  # relative, so the link survives remounts
+# The seed's output directory, <scene>/gsplat. A training's own is <scene>/gsplat/<training name>
+# or its spec.output.path (splatops.api.layout decides; the trainer gets it as ENV_OUTPUT_DIR).
 OUTPUT_DIR = "gsplat"
-CONFIG_FILE = "config.json"  # under OUTPUT_DIR
-RESULT_PLY = "results.ply"  # under OUTPUT_DIR: the MAIN OUTPUT
-RESULTS_DIR = "results"  # under OUTPUT_DIR
-TRAINING_LOG = "results/training_log.txt"  # under OUTPUT_DIR
-CHECKPOINTS_DIR = "results/checkpoints"  # under OUTPUT_DIR
-ERROR_LOG = "error.log"  # under OUTPUT_DIR
+# Inside an output directory (whichever it is):
+CONFIG_FILE = "config.json"
+RESULT_PLY = "results.ply"  # the MAIN OUTPUT
+RESULTS_DIR = "results"
+TRAINING_LOG = "results/training_log.txt"
+CHECKPOINTS_DIR = "results/checkpoints"
+ERROR_LOG = "error.log"
+# The trainer's exclusive lock on its output directory, held for the whole run (flock; the file
+# also names the holder). Never deleted, so every writer locks the same inode.
+LOCK_FILE = ".splatops.lock"
 
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet truncates beyond this
@@ -91,6 +115,7 @@ DEFAULT_METRICS_PORT = 9090
 # operator's Job builder uses, named once here.
 ENV_PREFIX = "SPLATOPS_"
 ENV_SCENE_DIR = "SPLATOPS_SCENE_DIR"
+ENV_OUTPUT_DIR = "SPLATOPS_OUTPUT_DIR"  # the training's own output directory (see splatops.api.layout)
 ENV_DATA_FACTOR = "SPLATOPS_DATA_FACTOR"
 ENV_MAX_STEPS = "SPLATOPS_MAX_STEPS"
 ENV_STRATEGY = "SPLATOPS_STRATEGY"
@@ -100,11 +125,15 @@ ENV_EVAL_EVERY = "SPLATOPS_EVAL_EVERY"
 ENV_CHECKPOINT_EVERY = "SPLATOPS_CHECKPOINT_EVERY"
 ENV_SEED = "SPLATOPS_SEED"
 ENV_CAP_MAX = "SPLATOPS_CAP_MAX"
+ENV_MAX_GAUSSIANS = "SPLATOPS_MAX_GAUSSIANS"
 ENV_METRICS_PORT = "SPLATOPS_METRICS_PORT"
 ENV_TERMINATION_LOG = "SPLATOPS_TERMINATION_LOG"
 ENV_SCENE_ID = "SPLATOPS_SCENE_ID"
 ENV_DEVICE = "SPLATOPS_DEVICE"
 ENV_PROGRESS_EVERY = "SPLATOPS_PROGRESS_EVERY"
+ENV_SCENE_SOURCE = "SPLATOPS_SCENE_SOURCE"  # s3://bucket/prefix/: fetched into the scene directory first
+ENV_OUTPUT_URI = "SPLATOPS_OUTPUT_URI"  # s3://bucket/prefix/: the outputs are uploaded there on success
+S3_SCHEME = "s3://"
 
 # --- Progress events (one JSON object per stdout line) -------------------------------------------
 
@@ -230,8 +259,14 @@ class Result:
     steps: int | None = None
     duration_s: float | None = None
     config: dict[str, Any] | None = None
+    # The outputs the run produced: [{"name", "path" (in the volume) and/or "uri" (s3://...),
+    # "bytes", "sha256"}].
+    outputs: list[dict[str, Any]] | None = None
     reason: str | None = None
     error: str | None = None
+    gpu_seconds: float | None = None  # seconds the run held its GPU(s), times their number: the cost basis
+    peak_gpu_memory_bytes: int | None = None  # torch.cuda.max_memory_allocated
+    gpu_memory_estimate_bytes: int | None = None  # the trainer's estimate before the first step
 
     @property
     def succeeded(self) -> bool:

@@ -14,12 +14,15 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 
 # Labels and annotations the operator puts on its children (Jobs, pods).
 LABEL_PREFIX = GROUP
-LABEL_TRAINING = f"{GROUP}/training"  # the owning resource's name
+LABEL_TRAINING = f"{GROUP}/training"  # the owning resource's name (hashed above 62 characters)
+LABEL_TRAINING_UID = f"{GROUP}/training-uid"  # the owning resource's uid: select pods by this one
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_NAME = "app.kubernetes.io/name"
 MANAGED_BY = "splatops-operator"
 COMPONENT_TRAINER = "trainer"
+# On a Job made again after its predecessor was lost: the trainer pods the earlier Jobs ran.
+ANNOTATION_ATTEMPTS_BEFORE = f"{GROUP}/attempts-before"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 TRAINER_CONTAINER = "trainer"
@@ -28,3 +31,7 @@ TRAINER_CONTAINER = "trainer"
 IMAGE_UID = 10001
 SCENE_VOLUME = "scene"
 SCENE_MOUNT = "/data"  # the PVC is mounted here in the trainer pod
+SHM_VOLUME = "dshm"
+SHM_MOUNT = "/dev/shm"
+TMP_VOLUME = "tmp"
+TMP_MOUNT = "/tmp"

@@ -84,6 +84,7 @@ def _strip_k8s_extensions(schema):
     [],
     ["--data-factor", "4", "--max-steps", "7000", "--strategy", "mcmc", "--path", "backend_data/reconstructions/fox"],
     ["--name", "fox-final", "-n", "team-a"],
+    ["--output", "fox/gsplat"],
 ])
 async def test_dry_run_prints_yaml_valid_against_the_crd(capsys, extra):
     code = await run("train", "fox", "--pvc", "scenes", "--dry-run", *extra)
@@ -93,9 +94,11 @@ async def test_dry_run_prints_yaml_valid_against_the_crd(capsys, extra):
     assert doc["kind"] == names.KIND and doc["spec"]["scene"]["claimName"] == "scenes"
     if "-n" in extra:
         assert doc["metadata"]["namespace"] == "team-a"
+    assert doc["spec"].get("output") == ({"path": "fox/gsplat"} if "--output" in extra else None)
 
 
-@pytest.mark.parametrize("bad", [["--data-factor", "3"], ["--max-steps", "0"], ["--strategy", "x"], ["--path", "/etc"]])
+@pytest.mark.parametrize("bad", [["--data-factor", "3"], ["--max-steps", "0"], ["--strategy", "x"], ["--path", "/etc"],
+                                 ["--output", "fox/../../etc"]])
 async def test_train_rejects_bad_values_with_usage_exit(capsys, bad):
     assert await run("train", "fox", "--pvc", "scenes", "--dry-run", *bad) == cli.EXIT_USAGE
 
@@ -146,8 +149,10 @@ async def test_namespace_comes_from_the_context_unless_given(kube, capsys):
     assert await run("train", "fox", "--pvc", "scenes", *flags(kube)) == 0
     assert kube.emulator.read(c.TRAINING_RESOURCE, NS, "fox") is not None
     capsys.readouterr()
-    assert await run("list", "-o", "json", *flags(kube)) == 0
+    assert await run("list", "-o", "original", *flags(kube)) == 0
     assert [i["name"] for i in json.loads(capsys.readouterr().out)] == ["fox"]
+    assert await run("list", "-o", "json", *flags(kube)) == 0
+    assert [i["metadata"]["name"] for i in json.loads(capsys.readouterr().out)["items"]] == ["fox"]
     assert await run("status", "fox", "-n", "elsewhere", *flags(kube)) == cli.EXIT_FAILED
 
 
@@ -310,6 +315,24 @@ async def test_logs_finds_the_pods_of_a_training_with_a_name_over_63_characters(
     assert capsys.readouterr().out.splitlines() == ["Iteration 1/2", "long-name log"]
 
 
+async def test_logs_selects_pods_by_the_training_uid_not_its_name(kube, capsys):
+    """A deleted namesake's pod (still being garbage-collected, and newer) carries the same
+    name label: `logs` reads this training's pod, found by its uid."""
+    assert await run("train", "fox", "--pvc", "scenes", *flags(kube)) == 0
+    ours = await _trainer_pod(kube, "fox", ["ours"], suffix="aaaaa")
+    namesake = jobs.build_job({**kube.emulator.read(c.TRAINING_RESOURCE, NS, "fox"),
+                               "metadata": {"name": "fox", "namespace": NS, "uid": "uid-of-the-deleted-fox"}}, Settings())
+    labels = namesake["spec"]["template"]["metadata"]["labels"]
+    assert labels[names.LABEL_TRAINING] == kube.emulator.read(c.POD_RESOURCE, NS, ours)["metadata"]["labels"][names.LABEL_TRAINING]
+    await kube.emulator.create(c.POD_RESOURCE, {"apiVersion": "v1", "kind": "Pod",
+                                                "metadata": {"name": "gst-fox-old", "namespace": NS, "labels": labels},
+                                                "spec": {"containers": [{"name": names.TRAINER_CONTAINER, "image": "t"}]}})
+    await kube.emulator.append_log(NS, "gst-fox-old", "the deleted namesake's")
+    capsys.readouterr()
+    assert await run("logs", "fox", *flags(kube)) == 0
+    assert capsys.readouterr().out == "ours\n"
+
+
 async def test_logs_reads_the_newest_trainer_pod_not_a_download_pod(kube, capsys):
     assert await run("train", "fox", "--pvc", "scenes", *flags(kube)) == 0
     await _trainer_pod(kube, "fox", ["first attempt"], suffix="aaaaa")
@@ -416,3 +439,9 @@ def test_kubectl_splat_is_the_same_cli(monkeypatch, capsys):
     assert plugin.replace("usage: kubectl splat ", "usage: splatops ", 1) == plain  # same parser, other name
     for command in ("train", "status", "wait", "logs", "list", "download"):
         assert command in plugin
+
+
+def test_operator_with_invalid_settings_exits_2_naming_the_variable(monkeypatch, capsys):
+    monkeypatch.setenv("SPLATOPS_OPERATOR_LOG_FORMAT", "xml")
+    assert cli.main(["operator"]) == 2
+    assert "SPLATOPS_OPERATOR_LOG_FORMAT" in capsys.readouterr().err

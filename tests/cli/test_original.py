@@ -71,17 +71,20 @@ def test_scene_id_of(resource, expected):
     assert o.scene_id_of(resource) == expected
 
 
-@pytest.mark.parametrize("status, expected", [
-    ({}, "scenes/fox/gsplat/results.ply"),
-    ({"phase": "Succeeded", "modelPath": "scenes/fox/gsplat/results.ply"}, "scenes/fox/gsplat/results.ply"),
-    ({"phase": "Succeeded", "modelPath": "/data/other/gsplat/results.ply"}, "other/gsplat/results.ply"),
-    # A local run reports a host path: the contract's place inside the volume is used instead.
-    ({"phase": "Succeeded", "modelPath": "/home/u/.local-run/volume/scenes/fox/gsplat/results.ply"},
-     "scenes/fox/gsplat/results.ply"),
+@pytest.mark.parametrize("status, output, expected", [
+    ({}, None, "scenes/fox/gsplat/fox-2/results.ply"),  # the training's own output directory
+    ({}, "scenes/fox/gsplat", "scenes/fox/gsplat/results.ply"),  # the seed layout, named in spec.output.path
+    ({"phase": "Succeeded", "modelPath": "scenes/fox/gsplat/results.ply"}, None, "scenes/fox/gsplat/results.ply"),
+    ({"phase": "Succeeded", "modelPath": "/data/other/gsplat/results.ply"}, None, "other/gsplat/results.ply"),
+    # A local run reports a host path: the layout's place inside the volume is used instead.
+    ({"phase": "Succeeded", "modelPath": "/home/u/.local-run/volume/scenes/fox/gsplat/fox-2/results.ply"}, None,
+     "scenes/fox/gsplat/fox-2/results.ply"),
 ])
-def test_model_path_in_volume(status, expected):
-    resource = res("fox")
+def test_model_path_in_volume(status, output, expected):
+    resource = res("fox-2")
     resource["status"] = status
+    if output is not None:
+        resource["spec"]["output"] = {"path": output}
     assert o.model_path_in_volume(resource) == expected
 
 

@@ -49,7 +49,7 @@ def test_local_trains_a_synthetic_scene_end_to_end(tmp_path):
     out = proc.stdout
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{proc.stderr[-4000:]}"
     workdir = tmp_path / local_run.DEFAULT_WORKDIR  # the default, relative to where it runs
-    ply = workdir / "volume" / "scenes" / "synthetic" / "gsplat" / "results.ply"
+    ply = workdir / "volume" / "scenes" / "synthetic" / "gsplat" / "synthetic" / "results.ply"  # its own output
     # What a cluster user sees: the resource, its phases, the original progress words, the outcome.
     assert "gaussiansplattrainings.splatops.dev/synthetic created" in out
     assert "synthetic: phase: Running" in out and "synthetic: phase: Succeeded" in out

@@ -197,9 +197,21 @@ def cel(rule: str, new: Any, old: Any = None) -> bool:
     [("fox", True), ("scenes/fox", True), (".", True), ("a..b/c", True), ("/fox", False), ("..", False),
      ("../x", False), ("a/../../x", False), ("a/..", False)],
 )
-def test_scene_path_rule(path: str, ok: bool) -> None:
-    rule = SPEC["properties"]["scene"]["properties"]["path"]["x-kubernetes-validations"][0]["rule"]
+@pytest.mark.parametrize("field", ["scene", "output"])
+def test_scene_and_output_path_rule(field: str, path: str, ok: bool) -> None:
+    """spec.output.path is a path inside the volume exactly like spec.scene.path: CEL and the model."""
+    rule = SPEC["properties"][field]["properties"]["path"]["x-kubernetes-validations"][0]["rule"]
     assert cel(rule, path) is ok
+    assert SPEC["properties"][field]["properties"]["path"]["pattern"] == SPEC["properties"]["scene"]["properties"]["path"]["pattern"]
+    spec = {"scene": {"claimName": "c", "path": path if field == "scene" else "fox"}}
+    if field == "output":
+        spec["output"] = {"path": path}
+    try:
+        GaussianSplatTraining.model_validate(resource(**spec))
+        accepted = True
+    except Exception:
+        accepted = False
+    assert accepted is ok
 
 
 def _spec_with_defaults(**spec: Any) -> dict[str, Any]:
@@ -236,6 +248,7 @@ def check_transition(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         ({"image": "other:1"}, False),  # added after creation
         ({"tolerations": [{"key": "a", "operator": "Exists"}]}, False),
         ({"affinity": {"nodeAffinity": {}}}, False),
+        ({"output": {"path": "elsewhere"}}, False),  # added after creation
     ],
 )
 def test_spec_immutable_except_suspend(change: dict[str, Any], allowed: bool) -> None:

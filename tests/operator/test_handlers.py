@@ -13,6 +13,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from op_fixtures import training
 
 from splatops import contract
+from splatops.api import layout
 from splatops.api.models import parse_spec
 from splatops.controller import failures, jobs
 from splatops.controller.handlers import training as training_handlers
@@ -241,14 +242,26 @@ async def test_409_adopts_our_own_job() -> None:
     assert (await training_handlers.create_or_adopt(rt, "default", MANIFEST, "uid-fox", LOG))[1] is True
 
 
-async def test_409_of_another_owner_waits() -> None:
+async def test_409_of_another_owner_is_not_adopted() -> None:
     rt = runtime()
     theirs = jobs.build_job(training(), Settings())
     theirs["metadata"]["ownerReferences"][0]["uid"] = "uid-of-a-deleted-namesake"
     rt.kube = FakeKube(create=api_error(409, "Conflict", "AlreadyExists"), existing=theirs)  # type: ignore[assignment]
-    with pytest.raises(kopf.TemporaryError) as err:
+    with pytest.raises(training_handlers.ForeignJob) as err:
         await training_handlers.create_or_adopt(rt, "default", MANIFEST, "uid-fox", LOG)
-    assert err.value.delay == training_handlers.FOREIGN_JOB_RETRY and "another owner" in str(err.value)
+    assert err.value.job is theirs
+
+
+def test_foreign_job_message_names_the_owner() -> None:
+    theirs = jobs.build_job(training(), Settings())
+    theirs["metadata"]["ownerReferences"][0]["uid"] = "uid-old"
+    namesake = training_handlers.foreign_job_message("gst-fox", training(), theirs)
+    assert "deleted GaussianSplatTraining fox (uid uid-old)" in namesake and "garbage collection" in namesake
+    theirs["metadata"]["ownerReferences"] = [{"kind": "CronJob", "name": "nightly", "uid": "u1"}]
+    other = training_handlers.foreign_job_message("gst-fox", training(), theirs)
+    assert "belongs to CronJob nightly (uid u1)" in other and "delete that Job" in other
+    theirs["metadata"]["ownerReferences"] = []
+    assert "belongs to no owner" in training_handlers.foreign_job_message("gst-fox", training(), theirs)
 
 
 # --- kube: error statuses raise (kubernetes_asyncio returns them as-is without preloading) -------------
@@ -283,12 +296,16 @@ def test_model_path_is_parsed_once_per_generation(monkeypatch: pytest.MonkeyPatc
     rt = runtime()
     spec = training()["spec"]
     parsed: list[Any] = []
-    real = reconcile.parse_spec
-    monkeypatch.setattr(reconcile, "parse_spec", lambda s: parsed.append(s) or real(s))
-    first = reconcile._model_path(rt, KEY, 1, spec)
-    assert first == jobs.model_path(parse_spec(spec)) and first
-    assert reconcile._model_path(rt, KEY, 1, spec) == first and len(parsed) == 1
-    assert reconcile._model_path(rt, KEY, 2, {**spec, "suspend": True}) == first and len(parsed) == 2
-    assert reconcile._model_path(rt, KEY, 3, {"scene": {}}) is None  # invalid: no path, no crash
+    real = layout.parse_spec
+    monkeypatch.setattr(layout, "parse_spec", lambda s: parsed.append(s) or real(s))
+
+    def at(generation: int, spec: dict[str, Any]) -> Any:
+        return rt.location(KEY, {"metadata": {"name": KEY[1], "uid": "u1", "generation": generation}, "spec": spec})
+
+    first = at(1, spec)
+    assert first == layout.output_location(parse_spec(spec), KEY[1]) and first
+    assert at(1, spec) == first and len(parsed) == 1
+    assert at(2, {**spec, "suspend": True}) == first and len(parsed) == 2
+    assert at(3, {"scene": {}}) is None  # invalid: no path, no crash
     rt.forget(KEY)
-    assert KEY not in rt.model_paths
+    assert KEY not in rt.locations

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import random
+import re
 from typing import Any
+
+import posixpath
 
 import kubernetes_validate
 import pytest
@@ -60,13 +64,17 @@ def test_job_properties() -> None:
     assert env[contract.ENV_MAX_STEPS] == "30000" and env[contract.ENV_DATA_FACTOR] == "1"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
-    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-A10G"]}]
+    assert term["matchExpressions"] == [{"key": "node.kubernetes.io/instance-type", "operator": "In",
+                                         "values": list(SETTINGS.gpu_node_label_values)}]
+    assert "g5.xlarge" in term["matchExpressions"][0]["values"]
 
 
 def test_pod_failure_policy() -> None:
     rules = jobs.build_job(training(), SETTINGS)["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3]}}
     assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    # The trainer's SIGTERM exit (143) is retried: ignored after a drain, else counted by backoffLimit.
+    assert contract.ExitCode.TERMINATED not in rules[0]["onExitCodes"]["values"]
 
 
 def test_never_copies_argocd_labels_or_annotations() -> None:
@@ -124,7 +132,7 @@ def test_job_name_deterministic_and_short(name: str) -> None:
     first, second = jobs.job_name(name), jobs.job_name(name)
     assert first == second and len(first) <= 63
     assert first.startswith("gst-") and first[-1].isalnum()
-    if len(name) <= 59:
+    if len(name) <= 58:
         assert first == f"gst-{name}"
 
 
@@ -132,11 +140,84 @@ def test_long_names_do_not_collide() -> None:
     assert jobs.job_name("c" * 100 + "1") != jobs.job_name("c" * 100 + "2")
 
 
-@pytest.mark.parametrize(("path", "model"), [("fox", "fox/gsplat/results.ply"), (".", "gsplat/results.ply"), ("a/b/", "a/b/gsplat/results.ply")])
-def test_model_path(path: str, model: str) -> None:
-    from splatops.api.models import parse_spec
+def test_a_name_spelled_like_a_hashed_one_gets_another_job_and_label() -> None:
+    """The reported collision: a 67-character training's Job is `gst-<head>-<hash>`; a training
+    literally named `<head>-<hash>` must not map to the same Job or pod label."""
+    long = "scene-" + "a" * 61
+    assert len(long) == 67
+    forged = jobs.job_name(long).removeprefix("gst-")
+    assert jobs.job_name(forged) != jobs.job_name(long)
+    label = jobs.child_labels(long)[names.LABEL_TRAINING]
+    assert jobs.child_labels(label)[names.LABEL_TRAINING] != label
 
-    assert jobs.model_path(parse_spec({"scene": {"claimName": "c", "path": path}})) == model
+
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def random_names(rng: random.Random, count: int) -> set[str]:
+    """Valid training names (DNS subdomains up to 253 characters), many near the length limits,
+    plus, for each long one, the names spelled like its hashed Job name and label."""
+    out: set[str] = set()
+    for _ in range(count):
+        length = rng.choice([rng.randint(1, 253), rng.randint(55, 70)])
+        name = "".join(rng.choice("abc.-") for _ in range(length))
+        name = re.sub(r"[.-]{2,}", "-", name).strip(".-") or "a"
+        name = re.sub(r"\.-|-\.", "-", name)
+        if DNS_SUBDOMAIN.match(name):
+            out.add(name)
+            out.add(jobs.job_name(name).removeprefix("gst-"))
+            out.add(jobs.child_labels(name)[names.LABEL_TRAINING])
+    return {n for n in out if DNS_SUBDOMAIN.match(n) and len(n) <= 253}
+
+
+def test_distinct_training_names_give_distinct_job_names_and_labels() -> None:
+    """Property: the map from training name to Job name (and to the pod label value) is one to
+    one, and its values are valid (DNS subdomain / label value, at most 63 characters)."""
+    names_ = random_names(random.Random(11), 3000)
+    assert len(names_) > 3000
+    job_names = {jobs.job_name(n) for n in names_}
+    labels = {jobs.child_labels(n)[names.LABEL_TRAINING] for n in names_}
+    assert len(job_names) == len(names_) and len(labels) == len(names_)
+    assert all(len(j) <= 63 and DNS_SUBDOMAIN.match(j) for j in job_names)
+    assert all(len(v) <= 63 and LABEL_VALUE.match(v) for v in labels)
+
+
+def test_pods_carry_the_training_uid() -> None:
+    job = jobs.build_job(training(), SETTINGS)
+    assert job["spec"]["template"]["metadata"]["labels"][names.LABEL_TRAINING_UID] == "uid-fox"
+    assert job["metadata"]["labels"][names.LABEL_TRAINING_UID] == "uid-fox"
+
+
+def test_a_recreated_job_carries_the_earlier_attempts() -> None:
+    assert "annotations" not in jobs.build_job(training(), SETTINGS)["metadata"]
+    job = jobs.build_job(training(), SETTINGS, attempts_before=2)
+    assert job["metadata"]["annotations"] == {names.ANNOTATION_ATTEMPTS_BEFORE: "2"}
+    kubernetes_validate.validate(job, "1.30", strict=True)
+
+
+@pytest.mark.parametrize(("path", "output", "directory"), [
+    ("fox", None, "fox/gsplat/t1"),
+    (".", None, "gsplat/t1"),
+    ("a/b/", None, "a/b/gsplat/t1"),
+    ("fox", "fox/gsplat", "fox/gsplat"),  # the original REST API's seed layout, named explicitly
+    ("fox", "runs/./fox-v2/", "runs/fox-v2"),
+])
+def test_output_location(path: str, output: str | None, directory: str) -> None:
+    """One place decides where a training writes: the Job's env, status.modelPath and the CLI agree."""
+    from splatops.api import layout
+    from splatops.api.models import parse_spec
+    from splatops.cli import original
+
+    spec: dict[str, Any] = {"scene": {"claimName": "c", "path": path}}
+    if output is not None:
+        spec["output"] = {"path": output}
+    location = layout.output_location(parse_spec(spec), "t1")
+    assert (location.claim, location.directory, location.model_path) == ("c", directory, f"{directory}/results.ply")
+    resource = {"metadata": {"name": "t1", "namespace": "ns", "uid": "u"}, "spec": spec}
+    env = {e["name"]: e["value"] for e in jobs.build_job(resource, Settings())["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[contract.ENV_OUTPUT_DIR] == posixpath.normpath(f"/data/{directory}")
+    assert original.model_path_in_volume(resource) == location.model_path
 
 
 LIFETIME = ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
@@ -167,3 +248,33 @@ def test_owned_by() -> None:
     job = jobs.build_job(training(), SETTINGS)
     assert jobs.owned_by(job, "uid-fox") and not jobs.owned_by(job, "uid-of-a-deleted-namesake")
     assert not jobs.owned_by({"metadata": {}}, "uid-fox")
+
+
+def test_a_training_keeps_the_job_its_status_names() -> None:
+    """After an upgrade from the earlier naming (59+ characters: `gst-<54>-<8 hex>`), a running
+    training's Job is found under the name its status records, not looked for under a new one."""
+    body = training("b" * 60)
+    assert jobs.training_job_name(body) == jobs.job_name("b" * 60)
+    legacy = "gst-" + "b" * 50 + "-0123abcd"
+    body["status"] = {"jobName": legacy}
+    assert jobs.training_job_name(body) == legacy
+    assert jobs.build_job(body, SETTINGS)["metadata"]["name"] == legacy
+
+
+def test_a_trainer_pod_names_its_output_directory() -> None:
+    """The operator knows which output a pod writes even after its training is gone (a pod still
+    terminating keeps the directory busy): from the pod's own claim and SPLATOPS_OUTPUT_DIR."""
+    from splatops.api import layout
+    from splatops.api.models import parse_spec
+
+    resource = {"metadata": {"name": "t1", "namespace": "ns", "uid": "u"},
+                "spec": {"scene": {"claimName": "c", "path": "fox"}, "output": {"path": "runs/fox"}}}
+    template = jobs.build_job(resource, Settings())["spec"]["template"]
+    pod = {"metadata": {"name": "gst-t1-abc", "namespace": "ns"}, "spec": template["spec"]}
+    assert jobs.pod_output(pod) == layout.output_location(parse_spec(resource["spec"]), "t1").key("ns") == ("ns", "c", "runs/fox")
+    assert jobs.pod_output({"metadata": {"namespace": "ns"}, "spec": {"containers": [{"name": "trainer"}]}}) is None
+    # A pod built before SPLATOPS_OUTPUT_DIR existed writes the trainer's default, <scene>/gsplat.
+    container = template["spec"]["containers"][0]
+    old_env = [e for e in container["env"] if e["name"] != contract.ENV_OUTPUT_DIR]
+    old_pod = {**pod, "spec": {**pod["spec"], "containers": [{**container, "env": old_env}]}}
+    assert jobs.pod_output(old_pod) == ("ns", "c", "fox/gsplat")

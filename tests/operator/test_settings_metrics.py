@@ -28,7 +28,7 @@ def test_defaults() -> None:
     s = Settings.from_env()
     assert s.namespaces == [] and s.max_concurrent == 0 and s.progress_interval == 15 and s.status_min_interval == 10
     assert s.metrics_port == 8080 and s.liveness_endpoint == "http://0.0.0.0:8081/healthz"
-    assert s.gpu_node_label_values == ["NVIDIA-A10G"] and s.gpu_resource_name == "nvidia.com/gpu"
+    assert s.gpu_node_label_values[0] == "g5.xlarge" and s.gpu_resource_name == "nvidia.com/gpu"
 
 
 @pytest.mark.parametrize(

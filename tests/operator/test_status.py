@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from op_fixtures import T0, T0_EPOCH, failed_msg, job, pod, result_msg, terminated
 
-from splatops import contract
+from splatops import contract, names
 from splatops.api.models import Phase, Status
 from splatops.controller import failures, queue, status
 
@@ -26,6 +26,8 @@ def observe(job_: dict[str, Any] | None, *pods: dict[str, Any], spec: dict[str, 
 UNSCHED = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes: Insufficient nvidia.com/gpu",
             "lastTransitionTime": T0}]
 DISRUPTED = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]
+
+SIGTERMED = failed_msg(R.TERMINATED, contract.MSG_TERMINATED + "; resumes from step 4000")
 
 PHASE_TABLE = [
     ("no job yet", observe(None), Phase.PENDING, status.REASON_CREATED),
@@ -59,6 +61,13 @@ PHASE_TABLE = [
     ("host OOMKilled", observe(job(("Failed", "BackoffLimitExceeded")), pod("Failed", terminated=terminated(137, "", "OOMKilled"))),
      Phase.FAILED, R.OOM_KILLED.value),
     ("backoff exhausted", observe(job(("Failed", "BackoffLimitExceeded")), pod("Failed", terminated=terminated(1, "boom"))),
+     Phase.FAILED, R.BACKOFF_LIMIT_EXCEEDED.value),
+    ("retrying after SIGTERM without disruption", observe(job(failed=1), pod("Failed", terminated=terminated(143, SIGTERMED))),
+     Phase.PENDING, status.REASON_RETRYING),
+    ("retry after a drain's SIGTERM", observe(job(active=1), pod("Failed", terminated=terminated(143, SIGTERMED), conditions=DISRUPTED),
+                                              pod("Running", running=True, name="p2", created="2026-01-01T00:01:00Z")),
+     Phase.RUNNING, status.REASON_RUNNING),
+    ("backoff exhausted by SIGTERMs", observe(job(("Failed", "BackoffLimitExceeded")), pod("Failed", terminated=terminated(143, SIGTERMED))),
      Phase.FAILED, R.BACKOFF_LIMIT_EXCEEDED.value),
     ("image pull backoff", observe(job(active=1), pod("Pending", waiting=("ImagePullBackOff", "Back-off pulling image"))),
      Phase.FAILED, R.IMAGE_PULL.value),
@@ -97,16 +106,18 @@ def test_failure_messages_are_actionable(case: str, needle: str) -> None:
 def test_succeeded_status_has_result_fields_and_validates() -> None:
     config = {"scene_id": "fox", "data_factor": 1, "max_steps": 100}
     msg = result_msg(status="complete", model_path="/data/fox/gsplat/results.ply", model_size_mb=12.5, num_gaussians=1000,
-                     psnr=28.1, ssim=0.9, steps=100, duration_s=42.0, config=config)
+                     psnr=28.1, ssim=0.9, steps=100, duration_s=42.0, config=config, gpu_seconds=47.5,
+                     peak_gpu_memory_bytes=700_000_000, gpu_memory_estimate_bytes=750_000_000)
     prev = {"phase": "Running", "startTime": T0, "progress": {"step": 90, "maxSteps": 100, "percent": 90.0, "loss": 0.02,
                                                                "message": "Iteration 90/100 | Loss: 0.0200", "updatedAt": T0}}
     out = status.desired_status(observe(job(("Complete", "Completed"), succeeded=1), pod("Succeeded", terminated=terminated(0, msg)), prev=prev))
     assert out["phase"] == "Succeeded" and out["modelPath"] == "fox/gsplat/results.ply" and out["modelSizeMB"] == 12.5
-    assert out["metrics"] == {"psnr": 28.1, "ssim": 0.9, "numGaussians": 1000, "steps": 100, "durationSeconds": 42.0}
+    assert out["metrics"] == {"psnr": 28.1, "ssim": 0.9, "numGaussians": 1000, "steps": 100, "durationSeconds": 42.0,
+                              "gpuSeconds": 47.5, "peakGpuMemoryBytes": 700_000_000, "gpuMemoryEstimateBytes": 750_000_000}
     assert out["config"] == config and out["completionTime"] and out["startTime"] == T0
     assert out["progress"]["percent"] == 100.0 and out["progress"]["message"] == "Iteration 100/100 | Loss: 0.0200"
     conds = {c["type"]: c["status"] for c in out["conditions"]}
-    assert conds == {"Queued": "False", "Running": "False", "Suspended": "False", "Succeeded": "True", "Failed": "False"}
+    assert conds == {"Pending": "False", "Queued": "False", "Running": "False", "Suspended": "False", "Succeeded": "True", "Failed": "False"}
     Status.model_validate(out)  # the written status fits the CRD's status schema models
 
 
@@ -195,6 +206,45 @@ def test_same_second_is_first_seen_first_not_alphabetical() -> None:
     assert [w.name for w in queue.admit(0, waiting, 3)] == ["z", "c", "b"]
 
 
+# --- one writer per output directory ----------------------------------------------------------------
+
+ME = queue.Waiting("2026-01-01T00:00:05Z", 50, "default", "me")
+OLDER = queue.Waiting("2026-01-01T00:00:01Z", 10, "default", "older")
+OLDEST = queue.Waiting("2026-01-01T00:00:00Z", 11, "default", "oldest")
+NEWER = queue.Waiting("2026-01-01T00:00:09Z", 60, "default", "newer")
+SAME_SECOND_SEEN_FIRST = queue.Waiting("2026-01-01T00:00:05Z", 49, "default", "twin")
+
+
+@pytest.mark.parametrize(
+    ("others", "holder"),
+    [
+        ([], None),  # nobody else writes it: start
+        ([queue.Writer("newer", holds=False, waiting=NEWER)], None),  # later in line: I go first
+        ([queue.Writer("running", holds=True)], "running"),  # it holds the directory
+        ([queue.Writer("newer", holds=False, waiting=NEWER), queue.Writer("running", holds=True)], "running"),
+        ([queue.Writer("older", holds=False, waiting=OLDER)], "older"),  # first come, first served
+        ([queue.Writer("older", holds=False, waiting=OLDER), queue.Writer("oldest", holds=False, waiting=OLDEST)], "oldest"),
+        ([queue.Writer("twin", holds=False, waiting=SAME_SECOND_SEEN_FIRST)], "twin"),  # same second: first seen
+        ([queue.Writer("older", holds=False, waiting=OLDER), queue.Writer("x (its pod p is still running)", holds=True)],
+         "x (its pod p is still running)"),  # a holder wins over one in line
+        ([queue.Writer("suspended", holds=False, waiting=None)], None),  # not in line: does not block
+    ],
+)
+def test_output_holder(others: list[queue.Writer], holder: str | None) -> None:
+    found = queue.output_holder(ME, others)
+    assert (found.name if found is not None else None) == holder
+
+
+def test_output_busy_is_queued_without_a_job() -> None:
+    message = "Waiting for training a, which writes the same output directory fox/gsplat on claim c; ..."
+    obs = status.Observed(spec={}, status={}, generation=1, job=None, output_busy=message)
+    assert status.desired_phase(obs) == (Phase.QUEUED, status.REASON_OUTPUT_BUSY, message)
+    with_job = status.Observed(spec={}, status={}, generation=1, job=job(), output_busy=message)
+    assert status.desired_phase(with_job)[1] != status.REASON_OUTPUT_BUSY  # a Job: it passed the gate
+    suspended = status.Observed(spec={"suspend": True}, status={}, generation=1, job=None, output_busy=message)
+    assert status.desired_phase(suspended)[0] == Phase.SUSPENDED  # not in line while suspended
+
+
 # --- status once the Job is gone (ttlSecondsAfterFinished) ------------------------------------------
 
 
@@ -226,6 +276,16 @@ def test_failed_status_before_any_job() -> None:
 def test_unknown_termination_message_falls_back_to_exit_code() -> None:
     failure = failures.from_terminated(pod("Failed", terminated=terminated(1, "Traceback: KeyError")))
     assert failure is not None and failure.reason == R.TRAINER_ERROR.value and "exit" in failure.message
+
+
+@pytest.mark.parametrize("message", [SIGTERMED, ""], ids=["with_message", "killed_before_writing_it"])
+def test_sigterm_exit_code_is_terminated(message: str) -> None:
+    """Exit 143 (the trainer's SIGTERM code): reason Terminated, with the trainer's resume step when it said so."""
+    failure = failures.from_terminated(pod("Failed", terminated=terminated(143, message)))
+    assert failure is not None and failure.reason == R.TERMINATED.value
+    assert ("resumes from step 4000" if message else "resumes from the last checkpoint") in failure.message
+    exhausted = failures.classify_job_failure(job(("Failed", "BackoffLimitExceeded")), [pod("Failed", terminated=terminated(143, message))])
+    assert exhausted.reason == R.BACKOFF_LIMIT_EXCEEDED.value and "Last error: " + failure.message in exhausted.message
 
 
 def test_successful_container_is_no_failure() -> None:
@@ -266,4 +326,62 @@ def test_trainer_reason_without_words_gets_an_actionable_message(message: str, r
      ("/elsewhere/results.ply", "fallback.ply")],
 )
 def test_model_path_is_volume_relative(reported: str, expected: str) -> None:
-    assert status.volume_relative(reported, "fallback.ply") == expected
+    result = contract.Result(status=contract.STATUS_COMPLETE, model_path=reported)
+    assert status.result_fields(result, "fallback.ply")["modelPath"] == expected
+
+
+def _recreated(active: int = 0, failed: int = 0, before: str = "2") -> dict[str, Any]:
+    j = job(active=active, failed=failed)
+    j["metadata"].update(uid="job-2", annotations={names.ANNOTATION_ATTEMPTS_BEFORE: before})
+    return j
+
+
+def _pod_of(job_uid: str, name: str) -> dict[str, Any]:
+    p = pod()
+    p["metadata"].update(name=name, uid=name, ownerReferences=[{"kind": "Job", "uid": job_uid}])
+    return p
+
+
+@pytest.mark.parametrize(("job_", "pods", "previous", "expected"), [
+    (_recreated(active=1), (), 2, 3),  # the lost Job ran 2 pods; the new one's first is the 3rd
+    (_recreated(active=1, failed=1), (), 3, 4),  # and its retry the 4th
+    (_recreated(), (_pod_of("job-1", "old-a"), _pod_of("job-1", "old-b"), _pod_of("job-2", "new")), 2, 3),
+    (_recreated(before="junk"), (), 1, 1),
+])
+def test_attempts_count_on_across_recreated_jobs(job_: Any, pods: tuple[Any, ...], previous: int, expected: int) -> None:
+    assert status.attempts(job_, pods, previous) == expected
+
+
+def test_blocked_creation_is_pending_with_its_reason_in_a_condition() -> None:
+    obs = observe(None, prev={"phase": "Pending"})
+    obs = status.Observed(**{**obs.__dict__, "blocked": ("JobCreateRetrying", "Creating Job gst-fox failed: etcd timeout; retrying.")})
+    out = status.desired_status(obs)
+    assert (out["phase"], out["reason"]) == ("Pending", "JobCreateRetrying")
+    cond = next(c for c in out["conditions"] if c["type"] == "Pending")
+    assert cond["status"] == "True" and cond["reason"] == "JobCreateRetrying" and "etcd timeout" in cond["message"]
+
+
+OOM = {"phase": "Failed", "reason": "OutOfMemory"}
+RETRY_TABLE = [
+    # (spec, current status, desired status, the factor to retry at)
+    ({"dataFactor": 1, "oom": {"policy": "Downscale"}}, {"phase": "Running"}, OOM, 2),
+    ({"dataFactor": 1, "oom": {"policy": "Downscale"}}, {"phase": "Running", "dataFactor": 4}, OOM, 8),
+    ({"dataFactor": 8, "oom": {"policy": "Downscale"}}, {"phase": "Running"}, OOM, None),  # nothing lower left
+    ({"dataFactor": 2, "oom": {"policy": "Downscale"}}, {"phase": "Running", "dataFactor": 8}, OOM, None),
+    ({"dataFactor": 1, "oom": {"policy": "Fail"}}, {"phase": "Running"}, OOM, None),
+    ({"dataFactor": 1}, {"phase": "Running"}, OOM, None),  # Fail is the default
+    ({"dataFactor": 1, "oom": {"policy": "Downscale"}}, {"phase": "Running"}, {"phase": "Failed", "reason": "TrainerError"}, None),
+    ({"dataFactor": 1, "oom": {"policy": "Downscale"}}, {"phase": "Failed", "reason": "OutOfMemory"}, OOM, None),  # final
+]
+
+
+@pytest.mark.parametrize(("spec", "current", "desired", "factor"), RETRY_TABLE)
+def test_oom_retry_factor(spec: dict, current: dict, desired: dict, factor: int | None) -> None:
+    assert status.oom_retry_factor(spec, current, desired) == factor
+
+
+def test_downscaled_status_is_pending_at_the_new_factor_and_validates() -> None:
+    out = status.downscaled_status({"phase": "Running"}, {"dataFactor": 2}, 4, T0_EPOCH, 1)
+    assert (out["phase"], out["reason"], out["dataFactor"]) == ("Pending", "DownscaledAfterOOM", 4)
+    assert "dataFactor 2" in out["message"] and "not resumed" in out["message"]
+    Status.model_validate(out)

@@ -72,6 +72,9 @@ class Emulator(c.SplatopsEmulator):
         self.reject_jobs: str | None = None  # the 422's message
         self.calls: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
         self.peering_lost: set[str] = set()  # callers whose peering writes are answered 404, not applied
+        # Scripted failures: (method, resource, whether the request names an object) -> the next
+        # answers (code, reason, message), one used per matching request, then served normally.
+        self.fail_next: dict[tuple[str, str, bool], list[tuple[int, str, str]]] = {}
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         who, key = caller(request), self._key(request.resource)
@@ -79,6 +82,10 @@ class Emulator(c.SplatopsEmulator):
         self.calls[(who, method, key, request.subresource or "")] += 1
         if who in self.peering_lost and key.startswith("kopf.dev/") and method != "GET":
             return await self._render_error(kmock.KubernetesError(404, "NotFound", f"{key} unreachable"))
+        script = self.fail_next.get((method, key, request.name is not None))
+        if script and not request.subresource:
+            code, reason, message = script.pop(0)
+            return await self._render_error(kmock.KubernetesError(code, reason, message))
         return await super()._handle(request)
 
     def writes(self, who: str, *resources: str) -> dict[tuple[str, str, str], int]:

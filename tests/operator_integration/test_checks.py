@@ -58,6 +58,29 @@ async def test_job_rejected_by_the_api_server_fails_as_invalid_spec(kube: Harnes
     assert_no_job(kube, "rejected")
 
 
+@pytest.mark.parametrize(("spec", "words"), [
+    ({"image": "docker.io/evil/miner:1"}, "policy allowedImagePrefixes: spec.image 'docker.io/evil/miner:1' is not allowed"),
+    ({"priorityClassName": "system-node-critical"}, "policy allowedPriorityClasses: spec.priorityClassName 'system-node-critical'"),
+    ({"tolerations": [{"operator": "Exists"}]}, "policy blanketTolerations: spec.tolerations[0] has no key"),
+    ({"nodeSelector": {"node-role.kubernetes.io/control-plane": ""}}, "policy deniedNodeLabelKeys: node label 'node-role.kubernetes.io/control-plane'"),
+], ids=["image", "priority", "toleration", "node-selector"])
+async def test_spec_against_the_policy_fails_as_invalid_spec(kube: Harness, spec: dict, words: str):
+    """Creating a training is not "run any pod": the chart's policy (default: only the trainer's
+    repository, no priority class, no blanket or node-condition tolerations) is enforced."""
+    await kube.start_operator()
+    await kube.create("hostile", **spec)
+    status = await kube.wait_phase("hostile", "Failed")
+    assert status["reason"] == "InvalidSpec" and words in status["message"], status
+    assert_no_job(kube, "hostile")
+
+
+async def test_image_allowed_by_the_policy_runs(kube: Harness):
+    await kube.start_operator(policy_allowed_image_prefixes="registry.example/team/")
+    await kube.create("custom", image="registry.example/team/trainer:9")
+    job = await kube.wait_job("custom")
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/team/trainer:9"
+
+
 async def test_affinity_that_is_not_a_core_v1_affinity_fails_as_invalid_spec(kube: Harness):
     await kube.start_operator()
     await kube.create("typo", affinity={"nodeAfinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}})

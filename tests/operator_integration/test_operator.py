@@ -344,6 +344,41 @@ async def test_kueue_admission_and_preemption(kube: Harness):
     assert kube.sim.pods(job_name) == [] and status["reason"], status
 
 
+async def test_kueue_pending_reason_in_the_status_message(kube: Harness):
+    """While Kueue holds the Job suspended, status.message carries Kueue's own words from the
+    Job's Workload (read by the periodic reconcile), and loses them once admitted."""
+    words = "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor a10g, 1 more needed"
+    await kube.start_operator(progress_interval="0.2")
+    await kube.create("kw", queueName="gpu-a10g")
+    job = await kube.wait_job("kw")
+    await kube.wait_phase("kw", "Queued")
+    await kube.sim.kueue_pending(job["metadata"]["name"], words)
+    await eventually(lambda: words in (kube.status("kw").get("message") or ""), lambda: f"Kueue's words; status {kube.status('kw')}")
+    status = kube.status("kw")
+    assert status["reason"] == "WaitingForKueue" and "(queue gpu-a10g)" in status["message"], status
+    await kube.emulator.patch(c.JOB_RESOURCE, NS, job["metadata"]["name"], {"spec": {"suspend": False}})  # admitted
+    pod = await kube.sim.start(job["metadata"]["name"])
+    await kube.sim.run(pod, progress(20))
+    assert words not in (await kube.wait_phase("kw", "Running"))["message"]
+
+
+async def test_object_storage_locations_reach_the_trainer_and_outputs_the_status(kube: Harness):
+    await kube.start_operator()
+    await kube.create("s3", scene={"claimName": "scenes", "path": "scenes/s3", "source": "s3://team-scenes/fox/"},
+                      output={"uri": "s3://team-results/runs/fox/"})
+    job = await kube.wait_job("s3")
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env[contract.ENV_SCENE_SOURCE], env[contract.ENV_OUTPUT_URI]) == ("s3://team-scenes/fox/", "s3://team-results/runs/fox/")
+    pod = await kube.sim.start(job["metadata"]["name"])
+    await kube.sim.run(pod, progress(300))
+    outputs = [{"name": "results.ply", "path": "/data/scenes/s3/gsplat/results.ply", "uri": "s3://team-results/runs/fox/results.ply",
+                "bytes": 13107200, "sha256": "0f" * 32}]
+    await kube.sim.terminate(pod, 0, complete(outputs=outputs))
+    status = await kube.wait_phase("s3", "Succeeded")
+    assert status["outputs"] == [{"name": "results.ply", "uri": "s3://team-results/runs/fox/results.ply",
+                                  "path": "scenes/s3/gsplat/results.ply", "bytes": 13107200, "sha256": "0f" * 32}]
+
+
 async def test_job_lost_while_the_operator_was_down_is_created_again_with_a_warning(kube: Harness):
     """A Job deleted before its outcome was recorded (by hand, or by its TTL while the operator was
     down) is created again, once: the trainer resumes from its checkpoint. A Warning says why."""
@@ -366,3 +401,75 @@ async def test_job_lost_while_the_operator_was_down_is_created_again_with_a_warn
     await kube.sim.terminate(pod, 0, complete())
     await kube.wait_phase("lost", "Succeeded")
     assert len(kube.sim.jobs("lost")) == 1
+
+
+def events_with_reason(kube: Harness, name: str, reason: str) -> list[dict]:
+    return [e for e in kube.emulator.list_objects(c.EVENT_RESOURCE, NS)
+            if e.get("reason") == reason and (e.get("involvedObject") or {}).get("name") == name]
+
+
+def env_of(job: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+async def oom(kube: Harness, job: dict) -> None:
+    """The trainer of `job` starts, then runs out of GPU memory (exit code 3)."""
+    pod = await kube.sim.start(job["metadata"]["name"])
+    await kube.sim.run(pod, progress(10))
+    await kube.sim.terminate(pod, 3, failed(contract.Reason.OUT_OF_MEMORY, contract.MSG_OOM))
+
+
+async def test_oom_downscale_trains_again_at_twice_the_factor_up_to_8(kube: Harness):
+    """spec.oom.policy Downscale: exit code 3 at dataFactor 4 gives a new Job at 8, a Warning and
+    status.dataFactor 8; out of memory again at 8, the training fails as under Fail."""
+    await kube.start_operator()
+    await kube.create("big", dataFactor=4, maxGaussians=2_000_000, oom={"policy": "Downscale"})
+    first = await kube.wait_job("big")
+    assert env_of(first)[contract.ENV_DATA_FACTOR] == "4" and env_of(first)[contract.ENV_MAX_GAUSSIANS] == "2000000"
+    await oom(kube, first)
+    await eventually(lambda: [j["metadata"]["uid"] for j in kube.sim.jobs("big")] not in ([], [first["metadata"]["uid"]]),
+                     lambda: f"a second Job; jobs {[j['metadata']['uid'] for j in kube.sim.jobs('big')]}")
+    second = kube.job_of("big")
+    assert env_of(second)[contract.ENV_DATA_FACTOR] == "8"
+    status = kube.status("big")
+    assert status["dataFactor"] == 8 and status["phase"] != "Failed", status
+    await eventually(lambda: len(events_with_reason(kube, "big", "DownscaledAfterOOM")) == 1, "one DownscaledAfterOOM Event")
+    event = events_with_reason(kube, "big", "DownscaledAfterOOM")[0]
+    assert event["type"] == "Warning" and "dataFactor 4" in event["message"] and "dataFactor 8" in event["message"]
+    assert events_with_reason(kube, "big", "JobRecreated") == []
+    await oom(kube, second)
+    status = await kube.wait_phase("big", "Failed")
+    assert status["reason"] == "OutOfMemory" and status["dataFactor"] == 8
+    assert [j["metadata"]["uid"] for j in kube.sim.jobs("big")] == [second["metadata"]["uid"]]
+
+
+async def test_oom_fail_policy_fails_at_once(kube: Harness):
+    await kube.start_operator()
+    await kube.create("small", dataFactor=4)
+    job = await kube.wait_job("small")
+    await oom(kube, job)
+    status = await kube.wait_phase("small", "Failed")
+    assert status["reason"] == "OutOfMemory" and "dataFactor" not in status
+    assert [j["metadata"]["uid"] for j in kube.sim.jobs("small")] == [job["metadata"]["uid"]]
+
+
+async def test_oom_downscale_waits_for_the_old_job_to_go(kube: Harness):
+    """A real API server keeps a Job deleted with propagation Foreground until its pods are gone:
+    meanwhile the operator neither downscales twice (the deleting Job still shows Failed) nor
+    creates the next Job; once the old Job is gone, the next one trains at twice the factor."""
+    await kube.start_operator()
+    await kube.create("held", oom={"policy": "Downscale"})
+    first = await kube.wait_job("held")
+    jname = first["metadata"]["name"]
+    await kube.emulator.patch(c.JOB_RESOURCE, NS, jname, {"metadata": {"finalizers": ["test.splatops.dev/hold"]}})
+    await oom(kube, first)
+    await eventually(lambda: bool(((kube.emulator.read(c.JOB_RESOURCE, NS, jname) or {}).get("metadata") or {})
+                                  .get("deletionTimestamp")), "the old Job marked deleting")
+    await eventually(lambda: len(events_with_reason(kube, "held", "DownscaledAfterOOM")) == 1, "the Warning")
+    assert [j["metadata"]["uid"] for j in kube.sim.jobs("held")] == [first["metadata"]["uid"]]
+    await kube.emulator.patch(c.JOB_RESOURCE, NS, jname, {"metadata": {"finalizers": []}})
+    await eventually(lambda: [j["metadata"]["uid"] for j in kube.sim.jobs("held")] not in ([], [first["metadata"]["uid"]]),
+                     "the next Job")
+    assert env_of(kube.job_of("held"))[contract.ENV_DATA_FACTOR] == "2"
+    assert kube.status("held")["dataFactor"] == 2
+    assert len(events_with_reason(kube, "held", "DownscaledAfterOOM")) == 1

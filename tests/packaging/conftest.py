@@ -13,14 +13,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import helm_env  # noqa: E402
 from helm_env import SCENARIOS  # noqa: E402
 
-def helm_available() -> bool:
-    return helm_env.HELM_PYTHON.exists()
-
-
-requires_helm = pytest.mark.skipif(
-    not helm_available(),
-    reason=f"{helm_env.HELM_PYTHON} missing: `bash scripts/setup` creates it (needs python3.12 from pyenv)",
-)
+helm_available = helm_env.helm_available
+requires_helm = pytest.mark.skipif(not helm_available(), reason=helm_env.UNAVAILABLE)
 
 
 class Renders:
@@ -46,5 +40,5 @@ class Renders:
 @pytest.fixture(scope="session")
 def renders(tmp_path_factory: pytest.TempPathFactory) -> Renders:
     if not helm_available():
-        pytest.skip(f"{helm_env.HELM_PYTHON} missing: run `bash scripts/setup` (needs python3.12)")
+        pytest.skip(helm_env.UNAVAILABLE)
     return Renders(tmp_path_factory.mktemp("helm"))

@@ -1,11 +1,14 @@
-"""Helpers for the chart tests: a Kubernetes emulator (kmock) for Helm to install into, and
-subprocess calls into the Python 3.12 venv that has helm-sdkpy (see helm_tool.py)."""
+"""Helpers for the chart tests: a Kubernetes emulator (kmock) for Helm to install into, and the
+real `helm` binary that scripts/build-tools builds from Helm's Go module. Where that binary is
+missing but a Python 3.12 venv with helm-sdkpy exists (.venv-helm, see helm_tool.py), that is
+used instead: the same Helm library, driven through its Python binding."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
 import pathlib
 import subprocess
 import threading
@@ -18,8 +21,17 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "splatops"
-HELM_PYTHON = ROOT / ".venv-helm" / "bin" / "python"
+TOOLS = pathlib.Path(os.environ.get("SPLATOPS_TOOLS") or pathlib.Path.home() / ".cache" / "splatops" / "tools")
+HELM_BIN = TOOLS / "bin" / "helm"
+HELM_PYTHON = ROOT / ".venv-helm" / "bin" / "python"  # the fallback: helm-sdkpy
 TOOL = pathlib.Path(__file__).with_name("helm_tool.py")
+
+
+def helm_available() -> bool:
+    return HELM_BIN.exists() or HELM_PYTHON.exists()
+
+
+UNAVAILABLE = f"no real Helm: {HELM_BIN} missing (`bash scripts/setup` builds it; needs Go)"
 
 _VERBS = ["get", "list", "watch", "create", "update", "patch", "delete"]
 # Kinds the chart renders whose CRDs it does not ship (the Prometheus Operator's): registered up
@@ -39,8 +51,8 @@ class _Emulator(kmock.KubernetesEmulator):
 
     kmock serves /api/v1 with groupVersion "/v1"; client-go then finds no core kinds.
     A created CustomResourceDefinition registers its kind (as the API server starts serving it).
-    With skip_crds, the chart's crds/ directory is not installed, as `helm install --skip-crds`:
-    helm-sdkpy has no such option, so the emulator answers those creations (CRDs without Helm's
+    With skip_crds (only for the helm-sdkpy fallback, which has no `--skip-crds`), the chart's
+    crds/ directory is not installed: the emulator answers those creations (CRDs without Helm's
     release annotation) with 409 AlreadyExists, which Helm skips, and stores nothing.
     """
 
@@ -100,6 +112,11 @@ class _Emulator(kmock.KubernetesEmulator):
                 status=409, reason="AlreadyExists", message=f"customresourcedefinitions {name!r} already exists",
                 details={"name": name, "group": "apiextensions.k8s.io", "kind": "customresourcedefinitions"},
             ))
+        if creating_crd:
+            # The API server marks a served CRD Established; `helm install` waits for that.
+            names = request.data.get("spec", {}).get("names", {})
+            request.data["status"] = {"acceptedNames": names, "conditions": [
+                {"type": t, "status": "True", "reason": t} for t in ("NamesAccepted", "Established")]}
         response = await super()._handle(request)
         if creating_crd and response.status < 300:
             serve_crd(self, request.data)
@@ -183,7 +200,30 @@ def kubeconfig(url: str, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def _run(args: list[str], timeout: float = 60) -> dict[str, Any]:
+class HelmFailed(RuntimeError):
+    """Helm refused the chart or the values (the message is Helm's)."""
+
+
+def _last_line(proc: subprocess.CompletedProcess[str]) -> str:
+    text = proc.stderr.strip() or proc.stdout.strip()
+    return text.splitlines()[-1] if text else f"exit {proc.returncode}"
+
+
+def _helm(args: list[str], kubeconfig: pathlib.Path | None = None, timeout: float = 60) -> str:
+    """Run the real helm binary; releases live in memory (HELM_DRIVER=memory, starting from none)."""
+    no_releases = pathlib.Path("/tmp/splatops-helm-no-releases.yaml")
+    no_releases.write_text("[]\n")
+    env = {"HELM_DRIVER": "memory", "HELM_MEMORY_DRIVER_DATA": str(no_releases), "PATH": "/usr/bin:/bin", "HOME": "/tmp", "HELM_CACHE_HOME": "/tmp/helm-cache",
+           "HELM_CONFIG_HOME": "/tmp/helm-config", "HELM_DATA_HOME": "/tmp/helm-data"}
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
+    proc = subprocess.run([str(HELM_BIN), *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise HelmFailed(_last_line(proc))
+    return proc.stdout
+
+
+def _sdkpy(args: list[str], timeout: float = 60) -> dict[str, Any]:
     proc = subprocess.run(
         [str(HELM_PYTHON), str(TOOL), *args],
         capture_output=True,
@@ -192,12 +232,22 @@ def _run(args: list[str], timeout: float = 60) -> dict[str, Any]:
         env={"HELM_DRIVER": "memory", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},
     )
     if proc.returncode != 0:
-        raise HelmFailed(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
+        raise HelmFailed(_last_line(proc))
     return json.loads(proc.stdout)
 
 
-class HelmFailed(RuntimeError):
-    """Helm refused the chart or the values (the message is Helm's)."""
+def _install(config: pathlib.Path, chart: pathlib.Path, values: dict[str, Any], namespace: str, release: str,
+             skip_crds: bool) -> tuple[str, list[dict[str, Any]]]:
+    """`helm install` into the emulator; the release's manifest and its hooks in Helm's order."""
+    if not HELM_BIN.exists():
+        out = _sdkpy(["render", str(config), str(chart), json.dumps(values), namespace, release])
+        return out["manifest"], out["hooks"]
+    values_file = config.with_name("values.json")
+    values_file.write_text(json.dumps(values))
+    args = ["install", release, str(chart), "-n", namespace, "-f", str(values_file), "--take-ownership", "-o", "json"]
+    release_json = json.loads(_helm([*args, *(["--skip-crds"] if skip_crds else [])], config))
+    hooks = sorted(release_json.get("hooks") or [], key=lambda h: (int(h.get("weight") or 0), h.get("name", "")))
+    return release_json.get("manifest", ""), hooks
 
 
 def render_manifest(
@@ -215,19 +265,30 @@ def render_manifest(
     """
     if skip_crds is None:
         skip_crds = bool(((values or {}).get("crds") or {}).get("templated"))
-    with emulator(skip_crds=skip_crds) as url:
+    with emulator(skip_crds=skip_crds and not HELM_BIN.exists()) as url:
         config = kubeconfig(url, tmp / "kubeconfig.yaml")
-        out = _run(["render", str(config), str(chart), json.dumps(values or {}), namespace, release])
-    return out["manifest"] + "".join(f"---\n# Source: {h['path']}\n{h['manifest'].strip()}\n" for h in out["hooks"])
+        manifest, hooks = _install(config, chart, values or {}, namespace, release, skip_crds)
+    return manifest + "".join(f"---\n# Source: {h['path']}\n{h['manifest'].strip()}\n" for h in hooks)
 
 
 def render(tmp: pathlib.Path, values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(render_manifest(tmp, values, **kwargs)) if doc]
 
 
-def lint(chart: pathlib.Path = CHART) -> dict[str, Any]:
-    return _run(["lint", str(chart)])
+def lint_problems(chart: pathlib.Path = CHART) -> list[str]:
+    """Helm lint's warnings and errors for the chart (empty when clean)."""
+    if not HELM_BIN.exists():
+        result = _sdkpy(["lint", str(chart)])
+        return [f"{m['Severity']}: {m}" for m in result["Messages"] if m["Severity"] >= 2] + list(result["Errors"] or [])
+    try:
+        out = _helm(["lint", "--strict", str(chart)])
+    except HelmFailed as failed:
+        return [str(failed)]
+    return [line for line in out.splitlines() if line.startswith(("[WARNING]", "[ERROR]"))]
 
+
+# The values files of docs/eks.md's three setups (`helm install -f examples/eks/<name>.yaml`).
+EKS_VALUES = ("managed-node-group", "karpenter", "auto-mode")
 
 # Named value sets the chart is rendered with (each test picks the ones it checks).
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -235,6 +296,18 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "namespaced": {"watch": {"namespaces": ["team-a", "team-b"]}},
     "single-replica": {"operator": {"replicas": 1}, "podDisruptionBudget": {"enabled": False}},
     "gateway": {"gateway": {"enabled": True, "sceneClaimName": "scenes", "trainingNamespace": "splats"}},
+    # Everything the gateway's security offers, with its NetworkPolicies and the operator's.
+    "gateway-secured": {
+        "gateway": {"enabled": True, "sceneClaimName": "scenes", "trainingNamespace": "splats",
+                    "auth": {"token": "s3cret", "proxyHeader": "X-Auth-Request-User"},
+                    "rateLimit": {"postsPerMinute": 2, "burst": 4}},
+        "networkPolicy": {
+            "enabled": True,
+            "gateway": {"allowedNamespaces": ["ingress-nginx"], "allowedPods": [{"app": "oauth2-proxy"}]},
+            "metrics": {"allowedNamespaces": ["monitoring"]},
+            "egress": {"apiServerCIDRs": ["10.0.0.10/32"], "apiServerPorts": [443]},
+        },
+    },
     "monitoring": {
         "monitoring": {
             "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
@@ -243,13 +316,24 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "dashboard": {"enabled": True},
         }
     },
+    # kube-prometheus-stack out of the box: its release label on all three objects, one value.
+    "monitoring-kps": {"monitoring": {"additionalLabels": {"release": "kube-prometheus-stack"},
+                                      "serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+                                      "prometheusRule": {"enabled": True}}},
+    "rules-only": {"monitoring": {"prometheusRule": {"enabled": True}}},
     # Installed with --skip-crds, as the chart's docs ask (see render_manifest).
     "templated-crds": {"crds": {"templated": True}},
     "templated-crds-namespaced": {"crds": {"templated": True}, "watch": {"namespaces": ["team-a"]}},
     "trainer-defaults": {"trainer": {"backoffLimit": 0, "activeDeadlineSeconds": 0, "ttlSecondsAfterFinished": 1000000}},
+    "pod-template": {"trainer": {"podTemplate": {
+        "serviceAccountName": "splat-s3", "imagePullSecrets": [{"name": "registry"}],
+        "env": [{"name": "AWS_REGION", "value": "us-east-1"}],
+        "volumes": [{"name": "cache", "emptyDir": {"sizeLimit": "20Gi"}}],
+        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}}},
+    **{f"eks-{name}": yaml.safe_load((ROOT / "examples" / "eks" / f"{name}.yaml").read_text()) for name in EKS_VALUES},
     **{
         f"preset-{name}": {"gpu": {"preset": name}}
-        for name in ("gfd", "eks-managed", "karpenter", "eks-auto", "gke-l4", "aks-a10")
+        for name in ("eks", "gfd", "eks-managed", "karpenter", "eks-auto", "gke-l4", "aks-a10")
     },
 }
 

@@ -71,11 +71,9 @@ def test_renders_are_byte_identical(renders, tmp_path: pathlib.Path, scenario: s
 
 
 def test_lint_is_clean() -> None:
-    if not helm_env.HELM_PYTHON.exists():
-        pytest.skip("no .venv-helm")
-    result = helm_env.lint()
-    serious = [m for m in result["Messages"] if m["Severity"] >= 2]  # 2 warning, 3 error
-    assert result["Errors"] in (None, []) and not serious, result
+    if not helm_env.helm_available():
+        pytest.skip(helm_env.UNAVAILABLE)
+    assert helm_env.lint_problems() == []
 
 
 def _env(sts: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +95,8 @@ def _settings(sts: dict[str, Any], ordinal: int = 1) -> Settings:
 @pytest.mark.parametrize(
     ("preset", "key", "values", "taint_key"),
     [
+        ("eks", "node.kubernetes.io/instance-type", ["g5.xlarge", "g5.2xlarge", "g5.4xlarge", "g5.8xlarge", "g5.12xlarge",
+                                                     "g5.16xlarge", "g5.24xlarge", "g5.48xlarge"], "nvidia.com/gpu"),
         ("gfd", "nvidia.com/gpu.product", ["NVIDIA-A10G"], "nvidia.com/gpu"),
         ("eks-managed", "node.kubernetes.io/instance-type", ["g5.xlarge", "g5.2xlarge", "g5.4xlarge", "g5.8xlarge", "g5.16xlarge"], "nvidia.com/gpu"),
         ("karpenter", "karpenter.k8s.aws/instance-gpu-name", ["a10g"], "nvidia.com/gpu"),
@@ -118,6 +118,9 @@ def test_default_preset_is_the_operators_default(renders) -> None:
     defaults = Settings()
     assert (settings.gpu_node_label_key, settings.gpu_node_label_values) == (defaults.gpu_node_label_key, defaults.gpu_node_label_values)
     assert settings.tolerations == defaults.tolerations
+    assert settings.gpu_node_label_key == "node.kubernetes.io/instance-type"  # no GPU Feature Discovery needed
+    assert (settings.default_cpu, settings.default_memory, settings.shm_size) == (defaults.default_cpu, defaults.default_memory, defaults.shm_size)
+    assert (settings.unschedulable_grace, settings.provisioning_grace) == (defaults.unschedulable_grace, defaults.provisioning_grace)
     assert settings.trainer_image == "ghcr.io/splatops/trainer:0.1.0"
     assert settings.namespaces == [] and not settings.standalone  # cluster-wide: kopf uses ClusterKopfPeering
 
@@ -235,11 +238,14 @@ OPERATOR_RULES = {
     ("batch", "jobs", "watch"),
     ("batch", "jobs", "create"),  # kube.create_job
     ("batch", "jobs", "patch"),  # kube.patch_job (suspend, admit)
+    ("batch", "jobs", "delete"),  # kube.delete_job (an OOM retry under spec.oom.policy Downscale)
     ("", "pods", "list"),  # kube.job_pods, kopf's pod index
     ("", "pods", "watch"),
     ("", "pods/log", "get"),  # kube.log_tail
     ("", "persistentvolumeclaims", "get"),  # a training's scene PVC exists
     ("", "events", "create"),  # kopf's posted Events
+    ("", "events", "list"),  # kube.pod_events: Karpenter's Nominated on a long-Unschedulable pod
+    ("kueue.x-k8s.io", "workloads", "list"),  # kube.kueue_workloads: Kueue's pending reason
 }
 DISCOVERY_RULES = {  # kopf watches CRDs in any mode; namespaces only when not cluster-wide
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
@@ -305,7 +311,7 @@ def test_gateway(renders) -> None:
     assert (settings.namespace, settings.claim_name, settings.mount_path) == ("splats", "scenes", mount["mountPath"])
     role = one(objects, "Role", "-gateway")
     assert role["metadata"]["namespace"] == "splats"
-    assert _rules(role) == {(names.GROUP, names.PLURAL, v) for v in ("create", "get", "list", "watch")}
+    assert _rules(role) == {(names.GROUP, names.PLURAL, v) for v in ("create", "list")}  # test_gateway_rbac_runtime
     binding = one(objects, "RoleBinding", "-gateway")
     assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
     assert one(objects, "Service", "-gateway")["spec"]["selector"].items() <= pod_labels(deployment).items()
@@ -391,7 +397,7 @@ def test_schema_accepts_the_default_values() -> None:
     assert set(schema["properties"]["gpu"]["properties"]) == {"preset", "presets"}
 
 
-@pytest.mark.parametrize("preset", ["gfd", "eks-managed", "karpenter", "eks-auto", "gke-l4", "aks-a10"])
+@pytest.mark.parametrize("preset", ["eks", "gfd", "eks-managed", "karpenter", "eks-auto", "gke-l4", "aks-a10"])
 def test_trainer_jobs_built_with_each_preset_are_valid(renders, preset: str) -> None:
     """End to end: chart values -> operator env -> Settings -> the operator's real Job builder."""
     from splatops.controller import jobs
@@ -407,3 +413,63 @@ def test_trainer_jobs_built_with_each_preset_are_valid(renders, preset: str) -> 
     assert all(t in pod["tolerations"] for t in settings.tolerations)
     labels = job["spec"]["template"]["metadata"]["labels"]
     assert labels[names.LABEL_COMPONENT] == names.COMPONENT_TRAINER and labels[names.LABEL_MANAGED_BY] == names.MANAGED_BY
+
+
+def test_trainer_pod_template_reaches_the_jobs(renders) -> None:
+    """trainer.podTemplate -> the operator's env -> Settings -> the Job: the default
+    karpenter.sh/do-not-disrupt annotation kept under user values, a training's own template merged."""
+    from splatops.controller import jobs
+
+    example = yaml.safe_load((helm_env.ROOT / "examples" / "production.yaml").read_text())
+    training = {**example, "metadata": {**example["metadata"], "namespace": "splats", "uid": "0f0e0d0c-0000-4000-8000-000000000000", "generation": 1}}
+    training["spec"] = {**training["spec"], "podTemplate": {"env": [{"name": "AWS_REGION", "value": "eu-west-1"}]}}
+    for scenario in ("default", "pod-template"):
+        job = jobs.build_job(training, _settings(one(renders.objects(scenario), "StatefulSet")))
+        kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+        pod = job["spec"]["template"]
+        assert pod["metadata"]["annotations"] == {"karpenter.sh/do-not-disrupt": "true"}
+        assert {"name": "AWS_REGION", "value": "eu-west-1"} in pod["spec"]["containers"][0]["env"]
+    assert pod["spec"]["serviceAccountName"] == "splat-s3" and pod["spec"]["imagePullSecrets"] == [{"name": "registry"}]
+    assert {"name": "cache", "mountPath": "/cache"} in pod["spec"]["containers"][0]["volumeMounts"]
+    assert [e["value"] for e in pod["spec"]["containers"][0]["env"] if e["name"] == "AWS_REGION"] == ["eu-west-1"]
+
+
+@pytest.mark.parametrize("setup", helm_env.EKS_VALUES)
+def test_eks_values_files_give_jobs_that_fit_a_stock_eks_cluster(renders, setup: str) -> None:
+    """docs/eks.md's values files, through real Helm, the operator's env and its Job builder: g5
+    by instance type (no GFD label), the GPU taint tolerated, requests that fit g5.xlarge, the
+    do-not-disrupt annotation, and a NodePool (where one ships) that launches what the Job asks."""
+    from splatops.controller import jobs
+
+    settings = _settings(one(renders.objects(f"eks-{setup}"), "StatefulSet"))
+    example = yaml.safe_load((helm_env.ROOT / "examples" / "preview.yaml").read_text())
+    training = {**example, "metadata": {**example["metadata"], "namespace": "splats", "uid": "0f0e0d0c-0000-4000-8000-000000000000", "generation": 1}}
+    training["spec"] = {k: v for k, v in training["spec"].items() if k != "resources"}
+    job = jobs.build_job(training, settings)
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    pod = job["spec"]["template"]
+    (term,) = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    (expr,) = term["matchExpressions"]
+    assert expr["key"] == "node.kubernetes.io/instance-type" and "g5.xlarge" in expr["values"]
+    assert all(v.startswith("g5.") for v in expr["values"])
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+    assert pod["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    requests = pod["spec"]["containers"][0]["resources"]["requests"]
+    assert (requests["cpu"], requests["memory"]) == ("3", "12Gi")  # fits g5.xlarge: test_eks_defaults.py
+    assert settings.unschedulable_grace >= 900
+    nodepool_file = helm_env.ROOT / "examples" / "eks" / f"{setup}-nodepool.yaml"
+    if nodepool_file.exists():
+        (nodepool,) = [d for d in yaml.safe_load_all(nodepool_file.read_text()) if d["kind"] == "NodePool"]
+        template = nodepool["spec"]["template"]["spec"]
+        families = {r["key"]: r["values"] for r in template["requirements"] if r["operator"] == "In"}
+        assert [f for k, f in families.items() if k.endswith("/instance-family")] == [["g5"]]
+        assert all(any(t["key"] == tol["key"] for tol in pod["spec"]["tolerations"]) for t in template["taints"])
+        assert settings.provisioning_grace > settings.unschedulable_grace
+
+
+def test_eks_storage_classes_are_valid() -> None:
+    docs = list(yaml.safe_load_all((helm_env.ROOT / "examples" / "eks" / "storage.yaml").read_text()))
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    efs = next(d for d in docs if d["provisioner"] == "efs.csi.aws.com")
+    assert efs["parameters"]["uid"] == efs["parameters"]["gid"] == str(names.IMAGE_UID)

@@ -86,7 +86,7 @@ def test_alerts_query_only_exported_metrics(renders) -> None:
     used = set().union(*(promql_metric_names(e) for e in exprs.values()))
     assert used - exported() == set(), f"alerts query metrics nobody exports: {used - exported()}"
     assert metric_names.LAST_PROGRESS in promql_metric_names(exprs["SplatopsTrainingNoProgress"])
-    assert metric_names.FAILED in promql_metric_names(exprs["SplatopsTrainingFailed"])
+    assert metric_names.TRAINING_PHASE in promql_metric_names(exprs["SplatopsTrainingFailed"])
 
 
 def _alerts(renders) -> dict[str, dict]:
@@ -218,3 +218,64 @@ def test_active_operator_alert_counts_the_replicas_acting(renders) -> None:
     selector = re.search(r"\{(job=[^}]*)\}", alerts["SplatopsOperatorDown"]["expr"]).group(1)
     assert expr == f"sum({metric_names.OPERATOR_ACTIVE}{{{selector}}}) != 1", expr
     assert alerts["SplatopsActiveOperatorNotOne"]["labels"]["severity"] == "critical"
+
+
+def test_failed_alert_names_each_failed_training(renders) -> None:
+    """From the per-training phase (not a counter's increase(), which misses the first failure of
+    each new series): one alert per failed training, named in its summary."""
+    alert = _alerts(renders)["SplatopsTrainingFailed"]
+    expr = _flat(alert["expr"])
+    assert expr == f'max by (namespace, name) ({metric_names.TRAINING_PHASE}{{phase="Failed"}}) == 1', expr
+    assert "$labels.name" in alert["annotations"]["summary"] and "$labels.namespace" in alert["annotations"]["summary"]
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    return {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.*)$", markdown, flags=re.M)}
+
+
+@pytest.mark.parametrize("scenario", ["monitoring", "monitoring-kps"])
+def test_every_alert_has_a_runbook_section(renders, scenario: str) -> None:
+    rule = next(o for o in renders.objects(scenario) if o["kind"] == "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    anchors = _anchors((ROOT / "docs" / "runbooks.md").read_text())
+    for alert in alerts:
+        url = alert["annotations"]["runbook_url"]
+        base, _, anchor = url.partition("#")
+        assert base.endswith("/docs/runbooks.md") and anchor == alert["alert"].lower(), url
+        assert anchor in anchors, f"docs/runbooks.md has no section for {alert['alert']}"
+
+
+def test_operator_down_only_when_the_operator_is_scraped(renders) -> None:
+    """absent(up{...}) with no ServiceMonitor would fire for ever: the rule needs the ServiceMonitor."""
+    only_rules = next(o for o in renders.objects("rules-only") if o["kind"] == "PrometheusRule")
+    alerts = {r["alert"] for g in only_rules["spec"]["groups"] for r in g["rules"]}
+    assert "SplatopsOperatorDown" not in alerts and "SplatopsTrainingFailed" in alerts
+    assert "SplatopsOperatorDown" in _alerts(renders)
+
+
+def test_additional_labels_reach_all_three_monitoring_objects(renders) -> None:
+    objects = renders.objects("monitoring-kps")
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+        (obj,) = [o for o in objects if o["kind"] == kind]
+        assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack", kind
+
+
+def test_outcome_counters_start_at_zero_for_known_labels() -> None:
+    """A namespace's failure counter exists at 0 for every reason once it has a training, so
+    increase() sees its first failure; likewise the duration histogram and the handlers' errors."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    view = metrics.OperatorMetrics(active=True)
+    view.set_phase("zero-ns", "fox", "Pending")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(generate_latest(metrics.serving_registry(view)).decode())
+               for s in f.samples}
+    for reason in contract.Reason:
+        assert samples[(metric_names.FAILED, (("namespace", "zero-ns"), ("reason", reason.value)))] == 0
+    assert samples[(metric_names.SUCCEEDED, (("namespace", "zero-ns"),))] == 0
+    assert samples[(metric_names.STARTED, (("namespace", "zero-ns"),))] == 0
+    # Process-wide series (other tests in this process may have counted): present from import on.
+    assert (metric_names.DURATION + "_count", (("outcome", "failed"),)) in samples

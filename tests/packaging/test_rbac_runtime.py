@@ -33,6 +33,12 @@ NOT_EXERCISED: dict[Rule, str] = {
     # kube.read_job: only when creating the Job finds one there already (a Job kopf's index has
     # not seen yet), a race this scenario does not provoke.
     ("batch", "jobs", "get"): "create conflict",
+    # kube.kueue_workloads: only for trainings with spec.queueName, which this scenario has not
+    # (test_operator.py::test_kueue_pending_reason_in_the_status_message covers it).
+    ("kueue.x-k8s.io", "workloads", "list"): "Kueue",
+    # kube.delete_job: only when a training under spec.oom.policy Downscale ran out of GPU memory
+    # (test_operator.py::test_oom_downscale_trains_again_at_twice_the_factor_up_to_8 covers it).
+    ("batch", "jobs", "delete"): "OOM downscale",
 }
 
 
@@ -116,7 +122,7 @@ def complete() -> str:
 
 async def run_a_training_life(settings: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> set[Call]:
     """Trainings in the first watched namespace (or "splats" cluster-wide): created, one queued
-    (maxConcurrent 1), progress, an operator restart, success, the queued one admitted,
+    (maxConcurrent 1), waiting for a node Karpenter launches, progress, an operator restart, success, the queued one admitted,
     suspended, deleted. Returns the calls the operator made."""
     from splatops.controller import main
 
@@ -167,6 +173,11 @@ async def run_a_training_life(settings: Any, tmp_path: Any, monkeypatch: pytest.
             await eventually(lambda: len(jobs_of("a")) == 1, "a's Job")
             job_a = jobs_of("a")[0]["metadata"]["name"]
             pod = await sim.start(job_a)
+            # Unschedulable past the grace (0 here) while Karpenter launches a node: the operator
+            # lists the pod's Events, sees Nominated, and waits.
+            await sim.karpenter_nominates(pod)
+            await sim.unschedulable(pod)
+            await eventually(lambda: status("a").get("reason") == "NodeProvisioning", "a waiting for Karpenter's node")
             await sim.run(pod, progress(100))
             await eventually(lambda: status("a").get("progress", {}).get("step") == 100, "a's progress")
             # A restart: the operator adopts the existing Job (reads it) instead of creating one.
@@ -188,7 +199,8 @@ async def run_a_training_life(settings: Any, tmp_path: Any, monkeypatch: pytest.
 @pytest.mark.parametrize("scenario", ["default", "namespaced"])  # ClusterRole / a Role per namespace
 async def test_the_chart_grants_exactly_what_the_operator_calls(renders, tmp_path, monkeypatch, scenario: str) -> None:
     objects = renders.objects(scenario)
-    settings = chart_settings(objects, metrics_port=0, liveness_port=0, progress_interval=0.2, status_min_interval=0, max_concurrent=1)
+    settings = chart_settings(objects, metrics_port=0, liveness_port=0, progress_interval=0.2, status_min_interval=0, max_concurrent=1,
+                              unschedulable_grace=0)
     assert not settings.standalone and settings.peering_mandatory
     assert {p["metadata"]["name"] for p in objects if p["apiVersion"].startswith("kopf.dev/")} == {settings.peering_name}
     calls = await run_a_training_life(settings, tmp_path, monkeypatch)

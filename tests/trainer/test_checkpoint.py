@@ -80,7 +80,7 @@ def test_corrupt_newest_falls_back_to_previous(tmp_path: Path, caplog: pytest.Lo
 
 
 TRAINING_CHANGES = [
-    {"max_steps": 999}, {"strategy": "mcmc"}, {"seed": 7}, {"data_factor": 2}, {"sh_degree": 1},
+    {"max_steps": 999}, {"strategy": "mcmc"}, {"seed": 7}, {"data_factor": 2}, {"sh_degree": 1}, {"max_gaussians": 1000},
     {"sh_degree_interval": 500}, {"test_every": 4}, {"ssim_lambda": 0.3}, {"init_opacity": 0.2},
     {"init_scale": 2.0}, {"random_background": True}, {"cap_max": 5000},
 ]
@@ -107,6 +107,7 @@ def test_every_training_option_is_in_the_resume_key(tmp_path: Path) -> None:
     assert config_mod.NOT_IN_RESUME_KEY == {
         "scene_dir", "output_dir", "scene_id", "device", "eval_every", "checkpoint_every",
         "keep_checkpoints", "progress_every", "metrics_port", "termination_log", "resume",
+        "scene_source", "output_uri",  # where the scene comes from (its content is the fingerprint), where outputs go
     }
 
 

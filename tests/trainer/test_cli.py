@@ -20,6 +20,7 @@ import torch
 from splatops import contract
 from splatops_trainer import cli, ply
 from splatops_trainer.config import TrainerConfig
+from splatops_trainer.errors import Terminated
 
 EARLIER_PLY = b"ply\nformat binary_little_endian 1.0\nelement vertex 0\nend_header\n-- an earlier result --"
 
@@ -257,7 +258,7 @@ def test_stale_temp_files_are_removed_at_start(scene: Path, monkeypatch: pytest.
         p.write_bytes(b"half")
     seen: dict[str, list[Path]] = {}
 
-    def fake_train(cfg, data, hooks, device):
+    def fake_train(cfg, data, hooks, device, **_):
         seen["left"] = [p for p in stale if p.exists()]
         raise KeyError("stop here")
 
@@ -276,17 +277,20 @@ _Diverged.__name__ = "TrainingDivergedError"
 
 
 def _raise(exc: BaseException):
-    def fake_train(cfg, scene, hooks, device):
+    def fake_train(cfg, scene, hooks, device, **_):
         hooks.on_progress(contract.Progress(step=1, max_steps=cfg.max_steps, loss=0.5))
         raise exc
 
     return fake_train
 
 
-def _sigterm(cfg, scene, hooks, device):
+def _sigterm(cfg, scene, hooks, device, should_stop):
+    """train()'s side of SIGTERM: the handler only notes it; the loop sees it between steps."""
     hooks.on_progress(contract.Progress(step=1, max_steps=cfg.max_steps, loss=0.5))
     os.kill(os.getpid(), signal.SIGTERM)
-    for step in range(2, 10**9):  # the handler interrupts this loop
+    for step in range(2, 10**9):
+        if should_stop():
+            raise Terminated(resume_step=7)
         hooks.on_progress(contract.Progress(step=step, max_steps=cfg.max_steps, loss=0.5))
 
 
@@ -295,7 +299,7 @@ RUNTIME_FAILURES = [
     ("oom_runtime", _raise(RuntimeError("CUDA error: out of memory")), 3, contract.Reason.OUT_OF_MEMORY, contract.MSG_OOM),
     ("diverged", _raise(_Diverged("Training diverged: the loss became nan")), 1, contract.Reason.TRAINING_DIVERGED, "Training diverged"),
     ("bug", _raise(KeyError("means")), 1, contract.Reason.TRAINER_ERROR, "KeyError: 'means'"),
-    ("sigterm", _sigterm, 1, contract.Reason.TRAINER_ERROR, "Terminated by SIGTERM"),
+    ("sigterm", _sigterm, 143, contract.Reason.TERMINATED, "terminated by SIGTERM (node drain or preemption); resumes from step 7"),
 ]
 
 
@@ -311,7 +315,7 @@ def test_training_failures(scene: Path, monkeypatch: pytest.MonkeyPatch, fake, c
     assert not (out / contract.CONFIG_FILE).exists()
     log = (out / contract.TRAINING_LOG).read_text()
     assert "Iteration 1/30000 | Loss: 0.5000" in log and f"Training failed: {words}" in log
-    assert signal.getsignal(signal.SIGTERM) is not cli._on_sigterm  # restored
+    assert not isinstance(signal.getsignal(signal.SIGTERM), cli.SigtermHandler)  # restored
 
 
 # --- a real run ------------------------------------------------------------------------------------

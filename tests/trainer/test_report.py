@@ -189,3 +189,23 @@ def test_error_log(tmp_path: Path) -> None:
     text = path.read_text()
     assert path == tmp_path / "gsplat" / "error.log"
     assert "TrainerError: it broke" in text.splitlines()[0] and "RuntimeError: boom" in text
+
+
+def test_gauges_have_no_sample_before_their_first_value(tmp_path: Path) -> None:
+    """Over HTTP, as Prometheus scrapes: before the first evaluation there is no PSNR/SSIM sample
+    (not a 0 that reads as a terrible model); after a progress report, only what it carried."""
+    port = free_port()
+    with report.Reporter(cfg_for(tmp_path, port), stdout=io.StringIO()) as rep:
+        def samples() -> set[str]:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            return {line.split("{")[0] for line in body.splitlines() if line and not line.startswith("#")}
+
+        trainer = {contract.METRIC_TRAINER_STEP, contract.METRIC_TRAINER_LOSS, contract.METRIC_TRAINER_PSNR,
+                   contract.METRIC_TRAINER_SSIM, contract.METRIC_TRAINER_GAUSSIANS}
+        assert samples() & trainer == set()
+        rep.on_progress(PROGRESS)
+        got = samples()
+        assert {contract.METRIC_TRAINER_STEP, contract.METRIC_TRAINER_LOSS} <= got
+        assert contract.METRIC_TRAINER_PSNR not in got and contract.METRIC_TRAINER_SSIM not in got
+        rep.on_eval(EVAL)
+        assert contract.METRIC_TRAINER_PSNR in samples()

@@ -136,6 +136,41 @@ def test_refine_grows_high_gradient_gaussians() -> None:
     assert opts["means"].param_groups[0]["params"][0] is params["means"]
 
 
+def _grow_once(strategy: FixedDefaultStrategy, n: int, grads: torch.Tensor) -> torch.nn.ParameterDict:
+    """One refine window (steps 1..5) whose per-Gaussian screen gradient is `grads` [n]."""
+    params = _params(n)
+    opts = make_optimizers(params, scene_scale=1.0)
+    state = strategy.initialize_state(scene_scale=1.0)
+    for step in range(1, 6):
+        info = _info(n, step)
+        info["means2d"].grad = grads.reshape(1, n, 1).expand(1, n, 2).clone()
+        info["radii"] = torch.full((1, n, 2), 3, dtype=torch.int32)
+        strategy.step_post_backward(params, opts, state, step, info)
+    return params
+
+
+@pytest.mark.parametrize(("cap", "expected"), [(0, 80), (1000, 80), (55, 55), (40, 40), (10, 40)])
+def test_max_gaussians_caps_growth(cap: int, expected: int) -> None:
+    """Growth stops at the cap (never below what exists: the cap does not prune), and the
+    Gaussians that do grow are the ones with the largest gradients."""
+    n = 40
+    grads = torch.linspace(1.0, 2.0, n)  # all far above grow_grad2d; the last ones highest
+    strategy = FixedDefaultStrategy(refine_start_iter=0, refine_every=5, refine_stop_iter=100, reset_every=1000,
+                                    max_gaussians=cap)
+    params = _grow_once(strategy, n, grads)
+    assert params["means"].shape[0] == expected
+    if n < cap < 2 * n:  # these are split: the grown leave their place; the rest keep theirs, in order
+        kept = n - (cap - n)
+        torch.testing.assert_close(params["means"][:kept], _params(n)["means"][:kept])
+
+
+def test_max_gaussians_reaches_the_strategies(tmp_path) -> None:
+    default = build_strategy(TrainerConfig(scene_dir=tmp_path, max_gaussians=500_000))
+    mcmc = build_strategy(TrainerConfig(scene_dir=tmp_path, strategy="mcmc", max_gaussians=500_000))
+    mcmc_uncapped = build_strategy(TrainerConfig(scene_dir=tmp_path, strategy="mcmc"))
+    assert (default.max_gaussians, mcmc.cap_max, mcmc_uncapped.cap_max) == (500_000, 500_000, 1_000_000)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_relocation_torch_matches_reference_formula(seed: int) -> None:
     import math

@@ -312,3 +312,31 @@ def test_training_with_images_kept_on_the_host_matches(scene_dir: Path, scene: S
     b = train(_cfg(scene_dir, tmp_path / "b", max_steps=20), scene, Recorder(), CPU)
     assert uploads == [False, False]
     assert b.final_loss == pytest.approx(a.final_loss) and b.num_gaussians == a.num_gaussians
+
+
+@pytest.mark.parametrize("strategy", ["default", "mcmc"])
+def test_without_max_gaussians_densification_stops_where_the_gpu_memory_ends(
+    scene: SceneData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
+    """A GPU whose free memory the expected model would fill gets an automatic cap (memory.auto_cap);
+    the run never grows past it. Played on the CPU by reporting a small 'free GPU memory'."""
+    from splatops_trainer import memory
+    from splatops_trainer import train as train_mod
+
+    cfg = TrainerConfig(scene_dir=tmp_path, output_dir=tmp_path / "out", max_steps=120, strategy=strategy,  # type: ignore[arg-type]
+                        checkpoint_every=0, eval_every=0, progress_every=0, test_every=5, metrics_port=0)
+    est = train_mod._Trainer(cfg, scene, Recorder(), CPU).memory_estimate  # on the CPU: no free GPU memory, no cap
+    cap = int(scene.points.shape[0]) + 40
+    per = est.gaussian_bytes / est.gaussians
+    free = int((est.total_bytes - est.gaussian_bytes + cap * per) / memory.AUTO_CAP_SHARE) + 1
+    monkeypatch.setattr(train_mod, "_free_gpu_bytes", lambda device: free)
+    trainer = train_mod._Trainer(cfg, scene, Recorder(), CPU)
+    limit = trainer.strategy.cap_max if strategy == "mcmc" else trainer.strategy.max_gaussians
+    assert limit == memory.auto_cap(trainer.memory_estimate, free) == cap
+    outcome = trainer.run()
+    assert int(scene.points.shape[0]) < outcome.num_gaussians <= cap
+
+    capped = TrainerConfig(scene_dir=tmp_path, output_dir=tmp_path / "out2", max_steps=10, max_gaussians=5000,
+                           strategy=strategy)  # type: ignore[arg-type]
+    own = train_mod._Trainer(capped, scene, Recorder(), CPU).strategy
+    assert (own.cap_max if strategy == "mcmc" else own.max_gaussians) == 5000  # a set cap is never overridden

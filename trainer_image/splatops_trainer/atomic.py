@@ -7,7 +7,8 @@ The temporary file is created with mode 0o666 minus the umask, like any file `op
 (not mkstemp's owner-only 0600): results.ply, config.json and checkpoints end up 0644 under the
 usual umask 022, readable by a gateway or viewer that mounts the volume under another uid.
 Temporary names are `.<target name>.<8 characters>.tmp`; `remove_stale_temps` removes exactly
-those, left behind by a writer that was killed (SIGKILL, node loss) before its rename.
+those, left behind by a writer that was killed (SIGKILL, node loss) before its rename, and only
+in the output directory the caller holds the lock of (see outlock.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from splatops.contract import LOCK_FILE
 
 FILE_MODE = 0o666  # before the umask, as open() does
 # `.results.ply.1a2b3c4d.tmp`; [a-z0-9_] also matches the names an older, mkstemp-based writer made.
@@ -88,15 +91,19 @@ def write_json(path: str | os.PathLike[str], data: Any, *, indent: int | None = 
 def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
     """Delete this writer's leftover temporary files under `directory` (recursively).
 
-    Only regular files named like `atomic_open`'s temporaries are touched; call it before anything
-    in `directory` is written, so no live write of this process can be hit. Missing or unreadable
-    directories are fine (nothing to clean).
+    Only regular files named like `atomic_open`'s temporaries are touched. Call it holding the
+    directory's output lock and before anything in it is written, so no live write (of this
+    process or another) can be hit. Subdirectories that are another training's output directory
+    (they hold its lock file, e.g. `<scene>/gsplat/<name>/` under the seed's `<scene>/gsplat/`)
+    are not entered: their temporaries are their writer's. Missing or unreadable directories are
+    fine (nothing to clean).
     """
     removed: list[Path] = []
     root = Path(directory)
     if not root.is_dir():
         return removed
-    for dirpath, _dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d / LOCK_FILE).exists()]
         for name in filenames:
             if TEMP_NAME.match(name):
                 p = Path(dirpath) / name

@@ -9,6 +9,7 @@ is only ever replaced atomically by a new complete one, never deleted or truncat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,28 +19,21 @@ import sys
 import time
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from splatops import contract
 
-from . import atomic
+from . import atomic, disk, outlock
 from .config import TrainerConfig
-from .errors import TrainerError, invalid_options
+from .errors import Terminated, TrainerError, invalid_options
 from .report import Reporter, write_error_log, write_termination_message
 
 log = logging.getLogger("splatops_trainer")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-
-
-class Terminated(BaseException):
-    """SIGTERM (pod eviction or deletion): stop now; the retried pod resumes from a checkpoint.
-
-    A BaseException (like KeyboardInterrupt) so that no `except Exception` on the way swallows it.
-    """
 
 
 # --- Options -------------------------------------------------------------------------------------
@@ -203,7 +197,7 @@ def classify(exc: BaseException) -> tuple[contract.Reason, str]:
     if type(exc).__name__ == "TrainingDivergedError":  # train.py's; matched by name to stay decoupled
         return contract.Reason.TRAINING_DIVERGED, str(exc)
     if isinstance(exc, Terminated):
-        return contract.Reason.TRAINER_ERROR, str(exc)
+        return contract.Reason.TERMINATED, str(exc)
     return contract.Reason.TRAINER_ERROR, f"{type(exc).__name__}: {exc}"
 
 
@@ -214,15 +208,23 @@ def effective_config(cfg: TrainerConfig, device: Any) -> dict[str, Any]:
     return {**head, "timestamp": time.time(), **data, "resolved_device": str(device)}
 
 
-def run(cfg: TrainerConfig, reporter: Reporter) -> contract.Result:
+def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None = None) -> contract.Result:
     """Check, load, train, write outputs. Raises on any failure (main() reports it)."""
     from . import scene as scene_mod
 
+    if cfg.scene_source:  # s3://: bring the scene (what changed since the last run) onto the claim first
+        from . import objectstore
+
+        objectstore.fetch_scene(cfg.scene_source, cfg.scene_dir)
     check = scene_mod.check_scene(cfg)  # exit 2 material is decided here, before any CUDA use
+    disk.check_output(cfg, scene_mod.cached_pixels(cfg, check), check.reconstruction.num_points3D(), scene_mod.cache_dir(cfg))
     # Temp files of writes a SIGKILL cut short (results.ply, config.json, checkpoints, cache):
-    # nothing of this run is being written yet, so every one of them is stale.
+    # main() holds the output directory's lock, so no other writer is alive in it, and nothing
+    # of this run is being written yet: every one of them is stale. Other trainings' output
+    # directories nested inside (their own lock file) are left alone.
     for stale in atomic.remove_stale_temps(cfg.out):
         log.info("removed a stale temporary file %s", stale)
+    remove_stale_error_log(cfg.out)
     device = resolve_device(cfg.device)
     data = scene_mod.load_scene(cfg, check)
     log.info("scene %s: %d train / %d test views, %d points", cfg.scene_id, len(data.train), len(data.test), len(data.points))
@@ -231,14 +233,14 @@ def run(cfg: TrainerConfig, reporter: Reporter) -> contract.Result:
     from .train import train
 
     reporter.start()
-    outcome = train(cfg, data, reporter, device)
+    with sigterm.deferred() if sigterm is not None else contextlib.nullcontext():
+        outcome = train(cfg, data, reporter, device, should_stop=sigterm.requested if sigterm is not None else None)
     out = cfg.out
     stats = write_ply(out / contract.RESULT_PLY, outcome.splats)
     if stats.dropped:
         log.warning("dropped %d Gaussians with non-finite values from results.ply", stats.dropped)
     config = effective_config(cfg, device)
     atomic.write_json(out / contract.CONFIG_FILE, config)
-    (out / contract.ERROR_LOG).unlink(missing_ok=True)  # a previous failure's, now misleading
     psnr = round(outcome.psnr, 4) if outcome.psnr is not None else None
     ssim = round(outcome.ssim, 4) if outcome.ssim is not None else None
     reporter.log(
@@ -257,15 +259,91 @@ def run(cfg: TrainerConfig, reporter: Reporter) -> contract.Result:
         steps=outcome.steps,
         duration_s=round(outcome.duration_s, 2),
         config=config,
+        gpu_seconds=outcome.gpu_seconds,
+        peak_gpu_memory_bytes=outcome.peak_gpu_memory_bytes,
+        gpu_memory_estimate_bytes=outcome.memory_estimate.total_bytes if outcome.memory_estimate else None,
     )
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: let the failure report finish
-    raise Terminated(
-        "Terminated by SIGTERM (pod eviction or deletion); a retried pod resumes from the last "
-        "checkpoint in gsplat/results/checkpoints."
-    )
+def remove_stale_error_log(out: Path) -> None:
+    """An earlier run's error.log would describe this run until it ends: remove it (one unlink,
+    atomic) once this run owns the output directory and its input passed the checks."""
+    try:
+        (out / contract.ERROR_LOG).unlink(missing_ok=True)
+    except OSError as exc:  # e.g. a read-only volume: the disk check reports that, not this
+        log.warning("could not remove the earlier %s: %s", out / contract.ERROR_LOG, exc)
+
+
+def load_native_libraries() -> None:
+    """Import the modules that load native code, before our SIGTERM handler is installed.
+
+    pycolmap's glog installs a C-level "failure signal handler" for SIGTERM when it is imported,
+    over Python's: a SIGTERM then dumps a C++ stack and exits 143 without a word from us. So the
+    order is fixed here: scene (pycolmap, torch), then train (gsplat) and ply; only then
+    `SigtermHandler.install`, whose sigaction replaces glog's.
+    """
+    from . import ply, scene, train  # noqa: F401
+
+
+class SigtermHandler:
+    """Our SIGTERM handler: raise `Terminated` at once, or, while the training loop runs
+    (`deferred()`), only note the request: the loop checks `requested()` between steps, writes a
+    checkpoint of a consistent state and raises `Terminated` itself with the step to resume from.
+    """
+
+    def __init__(self) -> None:
+        self._requested = False
+        self._deferred = False
+        self._previous: Any = None
+        self.installed = False
+
+    def install(self) -> None:
+        self._previous = signal.signal(signal.SIGTERM, self)
+        self.installed = True
+
+    def restore(self) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+            self.installed = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: let the failure report finish
+        self._requested = True
+        log.warning("SIGTERM received (node drain, preemption or pod deletion): stopping")
+        if not self._deferred:
+            raise Terminated()
+
+    def requested(self) -> bool:
+        return self._requested
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferred = True
+        try:
+            yield
+        finally:
+            self._deferred = False
+
+
+def _newest_checkpoint_step(cfg: TrainerConfig) -> int:
+    """The step a retried pod resumes from when SIGTERM came outside the training loop."""
+    from .checkpoint import checkpoint_dir, list_checkpoints
+
+    found = list_checkpoints(checkpoint_dir(cfg))
+    return found[0][0] if found else 0
+
+
+OUTPUTS = (contract.RESULT_PLY, contract.CONFIG_FILE, contract.TRAINING_LOG)
+
+
+def publish(cfg: TrainerConfig, result: contract.Result) -> contract.Result:
+    """The result with its outputs (path, bytes, sha256), uploaded first when cfg.output_uri is set."""
+    from . import objectstore
+
+    outputs = objectstore.describe(cfg.out, OUTPUTS)
+    if cfg.output_uri:
+        outputs = objectstore.upload_outputs(cfg.output_uri, cfg.out, outputs)
+    return dataclasses.replace(result, outputs=outputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,7 +371,10 @@ def _fallback(argv: Sequence[str] | None, env: Mapping[str, str]) -> _Fallback:
     )
 
 
-def _fail(cfg: TrainerConfig | None, fallback: _Fallback, exc: BaseException, reporter: Reporter | None) -> int:
+def _fail(cfg: TrainerConfig | None, fallback: _Fallback, exc: BaseException, reporter: Reporter | None,
+          lock: outlock.OutputLock | None) -> int:
+    if isinstance(exc, Terminated) and exc.resume_step is None and cfg is not None:
+        exc = Terminated(_newest_checkpoint_step(cfg))
     reason, message = classify(exc)
     code = exc.exit_code if isinstance(exc, TrainerError) else int(contract.EXIT_CODE_FOR_REASON.get(reason, contract.ExitCode.ERROR))
     print(f"error: {message}", file=sys.stderr, flush=True)
@@ -302,10 +383,14 @@ def _fail(cfg: TrainerConfig | None, fallback: _Fallback, exc: BaseException, re
     print(json.dumps({"event": contract.EVENT_FAILED, "reason": reason.value, "error": message}), flush=True)
     if reporter is not None:
         reporter.log(f"Training failed: {message}")
-    # error.log only where the scene exists: never create a scene directory for a wrong path.
+    # error.log only where the scene exists (never create a scene directory for a wrong path),
+    # and only by the output directory's lock holder: never over another writer's.
     out_dir = (cfg.out if cfg.scene_dir.is_dir() else None) if cfg is not None else fallback.out_dir
-    if out_dir is not None:
-        write_error_log(out_dir, reason.value, message, None if isinstance(exc, TrainerError) else exc)
+    held = lock if lock is not None or out_dir is None else outlock.try_acquire(out_dir, outlock.holder_info(None))
+    if out_dir is not None and held is not None:
+        write_error_log(out_dir, reason.value, message, None if isinstance(exc, (TrainerError, Terminated)) else exc)
+    if held is not None and held is not lock:
+        held.release()
     write_termination_message(
         cfg.termination_log if cfg is not None else fallback.termination_log,
         contract.Result(status=contract.STATUS_FAILED, reason=reason.value, error=message),
@@ -317,23 +402,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg: TrainerConfig | None = None
     reporter: Reporter | None = None
+    lock: outlock.OutputLock | None = None
     # Signal handlers can only be installed from the main thread (tests may call main() elsewhere).
-    installed = _main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if installed else None
+    sigterm = SigtermHandler() if _main_thread() else None
     try:
+        load_native_libraries()  # first: pycolmap's glog would replace a handler installed before
+        if sigterm is not None:
+            sigterm.install()
         cfg = build_config(argv)
         reporter = Reporter(cfg)
-        result = run(cfg, reporter)
+        if cfg.scene_dir.is_dir() or cfg.scene_source:  # else the scene check fails; no directory for a wrong path
+            # Before anything in the output directory is written; held until the process ends.
+            lock = outlock.acquire(cfg.out, outlock.holder_info(cfg.scene_id))
+        result = run(cfg, reporter, sigterm)
+        reporter.close()  # training_log.txt written whole before it is described and uploaded
+        result = publish(cfg, result)
         print(json.dumps({"event": contract.EVENT_COMPLETE, "model_path": result.model_path}), flush=True)
         write_termination_message(cfg.termination_log, result)
         return int(contract.ExitCode.COMPLETE)
     except (Exception, Terminated) as exc:  # noqa: BLE001 - every failure is reported, then exits non-zero
-        return _fail(cfg, _fallback(argv, os.environ), exc, reporter)
+        return _fail(cfg, _fallback(argv, os.environ), exc, reporter, lock)
     finally:
         if reporter is not None:
             reporter.close()
-        if installed:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        if lock is not None:
+            lock.release()
+        if sigterm is not None:
+            sigterm.restore()
 
 
 def _main_thread() -> bool:

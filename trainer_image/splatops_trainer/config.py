@@ -41,9 +41,12 @@ class TrainerConfig:
     init_scale: float = 1.0
     random_background: bool = False
     cap_max: int = 1_000_000  # MCMC: the most Gaussians
+    max_gaussians: int = 0  # densification never grows past this many Gaussians (either strategy); 0 = no cap
     metrics_port: int = 9090  # 0 disables the Prometheus endpoint
     termination_log: Path = Path("/dev/termination-log")
     resume: bool = True  # continue from the newest compatible checkpoint
+    scene_source: str | None = None  # s3://bucket/prefix/: fetch the scene into scene_dir first
+    output_uri: str | None = None  # s3://bucket/prefix/: upload the outputs there on success
 
     def __post_init__(self) -> None:
         self.scene_dir = Path(self.scene_dir)
@@ -89,6 +92,7 @@ NOT_IN_RESUME_KEY = frozenset(
     {
         "scene_dir", "output_dir", "scene_id", "device", "eval_every", "checkpoint_every",
         "keep_checkpoints", "progress_every", "metrics_port", "termination_log", "resume",
+        "scene_source", "output_uri",  # where the scene comes from / outputs go, not what is trained
     }
 )
 
@@ -101,6 +105,14 @@ def key_differences(old: dict[str, object], new: dict[str, object]) -> list[str]
         if a != b:
             words.append("the scene's images or COLMAP model changed" if name == "scene" else f"{name} {a} -> {b}")
     return words
+
+
+def _s3_ok(uri: str | None) -> bool:
+    """Unset, or s3://<bucket>[/<prefix>] with a valid bucket name."""
+    if uri is None:
+        return True
+    bucket = uri.removeprefix("s3://").split("/", 1)[0] if uri.startswith("s3://") else ""
+    return 3 <= len(bucket) <= 63 and all(c.islower() or c.isdigit() or c in ".-" for c in bucket)
 
 
 def validate(cfg: TrainerConfig) -> list[str]:
@@ -121,7 +133,10 @@ def validate(cfg: TrainerConfig) -> list[str]:
         (0.0 < cfg.init_opacity < 1.0, f"init_opacity must be between 0 and 1 (exclusive), got {cfg.init_opacity}"),
         (cfg.init_scale > 0.0, f"init_scale must be positive, got {cfg.init_scale}"),
         (cfg.cap_max >= 1, f"cap_max must be at least 1, got {cfg.cap_max}"),
+        (cfg.max_gaussians >= 0, f"max_gaussians must be 0 (no cap) or more, got {cfg.max_gaussians}"),
         (0 <= cfg.metrics_port <= 65535, f"metrics_port must be 0 (off) or a TCP port, got {cfg.metrics_port}"),
         (bool(str(cfg.scene_id).strip()), "scene_id must not be empty"),
+        (_s3_ok(cfg.scene_source), f"scene_source must be s3://bucket/prefix/, got {cfg.scene_source!r}"),
+        (_s3_ok(cfg.output_uri), f"output_uri must be s3://bucket/prefix/, got {cfg.output_uri!r}"),
     ]
     return [message for ok, message in checks if not ok]

@@ -25,3 +25,16 @@ class TrainerError(Exception):
 
 def invalid_options(message: str) -> TrainerError:
     return TrainerError(contract.Reason.INVALID_OPTIONS, message)
+
+
+class Terminated(BaseException):
+    """SIGTERM (node drain, preemption, pod deletion): stop now; the retried pod resumes.
+
+    A BaseException (like KeyboardInterrupt) so that no `except Exception` on the way swallows it.
+    `resume_step`: the step of the newest checkpoint a retried pod resumes from (None: unknown).
+    """
+
+    def __init__(self, resume_step: int | None = None) -> None:
+        self.resume_step = resume_step
+        where = f"resumes from step {resume_step}" if resume_step is not None else "resumes from the last checkpoint"
+        super().__init__(f"{contract.MSG_TERMINATED}; {where}")

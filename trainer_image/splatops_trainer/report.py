@@ -31,6 +31,17 @@ def eval_message(p: contract.Progress) -> str:
     return f"Eval at iteration {p.step}/{p.max_steps} | PSNR: {p.psnr:.2f} dB{ssim}"
 
 
+class _Series:
+    """One labelled series of a gauge, created by its first value: before that the family has
+    no sample (a PSNR of 0 before the first evaluation would read as a real value)."""
+
+    def __init__(self, family: Gauge, **labels: str) -> None:
+        self._family, self._labels = family, labels
+
+    def set(self, value: float) -> None:
+        self._family.labels(**self._labels).set(value)
+
+
 class Metrics:
     """The trainer's gauges (names from the contract) on their own registry and HTTP port."""
 
@@ -39,7 +50,7 @@ class Metrics:
         labels = list(contract.METRIC_TRAINER_LABELS)
 
         def gauge(name: str, doc: str) -> Any:
-            return Gauge(name, doc, labels, registry=self.registry).labels(scene_id=scene_id)
+            return _Series(Gauge(name, doc, labels, registry=self.registry), scene_id=scene_id)
 
         self.step = gauge(contract.METRIC_TRAINER_STEP, "Training steps completed")
         self.max_steps = gauge(contract.METRIC_TRAINER_MAX_STEPS, "Training steps planned")

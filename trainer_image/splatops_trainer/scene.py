@@ -18,8 +18,9 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image  # before pycolmap: its bundled zlib symbols can break Pillow's PNG encoder
@@ -35,12 +36,14 @@ from .dataset import SceneData, View
 from .errors import TrainerError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 PINHOLE_MODELS = frozenset({"SIMPLE_PINHOLE", "PINHOLE"})
 UNDISTORTED_MODELS = frozenset({"SIMPLE_RADIAL", "RADIAL", "OPENCV"})
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: 16-bit greyscale scaled, not clipped white (version 1 entries are rebuilt)
 _LISTED_MISSING = 5  # how many missing image names an error message lists
+QUAT_NORM_TOLERANCE = 1e-3  # COLMAP writes unit quaternions; an all-zero one would read as identity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,7 @@ class SceneCheck:
     image_names: tuple[str, ...]  # registered images, sorted by name
     camera_models: dict[int, str]
     fingerprint: str = ""  # scene_fingerprint(): the model files' content + the images' stats
+    image_sizes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # (width, height)
 
 
 # --- Checks --------------------------------------------------------------------------------------
@@ -101,14 +105,50 @@ def find_model_dir(scene_dir: Path) -> Path:
     )
 
 
-def list_images(images_dir: Path) -> set[str]:
+def _escaping_link(link: Path, scene_dir: Path) -> TrainerError:
+    return TrainerError(
+        contract.Reason.INVALID_IMAGE,
+        f"{link} is a symbolic link to {link.resolve()}, outside the scene directory {scene_dir}. Links "
+        "in images/ are followed only when they stay inside the scene: copy the file (or folder) "
+        "into the scene instead.",
+    )
+
+
+def allowed_roots(scene_dir: Path, images_dir: Path) -> tuple[Path, ...]:
+    """Where links under images/ may lead: the scene directory, and the folder images/ itself
+    resolves to (`splatops local` links a scene's images/ folder in from elsewhere)."""
+    return scene_dir.resolve(), images_dir.resolve()
+
+
+def inside(path: Path, roots: tuple[Path, ...]) -> bool:
+    """Whether `path`, with every symbolic link resolved, lies inside one of `roots` (resolved)."""
+    real = path.resolve()
+    return any(real.is_relative_to(root) for root in roots)
+
+
+def list_images(images_dir: Path, scene_dir: Path | None = None) -> set[str]:
+    """Image files under images/ (names relative to it), following symbolic links (files and
+    folders) only while they resolve inside the scene (`allowed_roots`); a link that leads
+    elsewhere is refused (InvalidImage, naming the link), so nothing outside is read or cached."""
+    scene_dir = scene_dir if scene_dir is not None else images_dir.parent
     if not images_dir.is_dir():
         return set()
-    return {
-        p.relative_to(images_dir).as_posix()
-        for p in images_dir.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    }
+    roots = allowed_roots(scene_dir, images_dir)
+    found: set[str] = set()
+    pending, visited = [images_dir], {images_dir.resolve()}
+    while pending:
+        for entry in sorted(os.scandir(pending.pop()), key=lambda e: e.name):
+            path = Path(entry.path)
+            if entry.is_symlink() and not inside(path, roots):
+                raise _escaping_link(path, scene_dir)
+            if entry.is_dir():
+                real = path.resolve()
+                if real not in visited:  # a link back up the tree is listed once, not forever
+                    visited.add(real)
+                    pending.append(path)
+            elif entry.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                found.add(path.relative_to(images_dir).as_posix())
+    return found
 
 
 def read_model(model_dir: Path) -> pycolmap.Reconstruction:
@@ -148,6 +188,70 @@ def check_cameras(recon: pycolmap.Reconstruction) -> dict[int, str]:
     return models
 
 
+def _invalid_model(model_dir: Path, problem: str) -> TrainerError:
+    return TrainerError(
+        contract.Reason.INVALID_MODEL,
+        f"COLMAP model in {model_dir}: {problem}. Fix the model or re-run the COLMAP conversion.",
+    )
+
+
+def check_intrinsics(recon: pycolmap.Reconstruction, model_dir: Path) -> None:
+    """Every camera's size, focal lengths and principal point must be usable numbers."""
+    for cid, cam in sorted(recon.cameras.items()):
+        name = f"camera {cid} ({cam.model.name}, {cam.width}x{cam.height})"
+        if cam.width <= 0 or cam.height <= 0:
+            raise _invalid_model(model_dir, f"{name} has no size")
+        focals = [float(cam.params[i]) for i in cam.focal_length_idxs()]
+        if not all(np.isfinite(f) and f > 0 for f in focals):
+            raise _invalid_model(model_dir, f"{name} has focal length {', '.join(f'{f:g}' for f in focals)}; it must be positive")
+        if not np.all(np.isfinite(np.asarray(cam.params, dtype=np.float64))):
+            raise _invalid_model(model_dir, f"{name} has non-finite parameters {list(cam.params)}")
+
+
+def check_images_in_model(recon: pycolmap.Reconstruction, model_dir: Path) -> None:
+    """Registered images: unique names, unit rotation quaternions, finite translations."""
+    seen: dict[str, int] = {}
+    for iid, image in sorted(recon.images.items()):
+        if not image.has_pose:
+            continue
+        if image.name in seen:
+            raise _invalid_model(model_dir, f"image {image.name} is registered twice (image ids {seen[image.name]} and {iid})")
+        seen[image.name] = iid
+        pose = image.cam_from_world()
+        quat = np.asarray(pose.rotation.quat, dtype=np.float64)
+        if not np.all(np.isfinite(quat)) or abs(float(np.linalg.norm(quat)) - 1.0) > QUAT_NORM_TOLERANCE:
+            raise _invalid_model(
+                model_dir, f"image {image.name} (id {iid}) has rotation quaternion {quat.tolist()}, not a unit quaternion"
+            )
+        if not np.all(np.isfinite(np.asarray(pose.translation, dtype=np.float64))):
+            raise _invalid_model(model_dir, f"image {image.name} (id {iid}) has a non-finite translation")
+
+
+def check_image_sizes(
+    recon: pycolmap.Reconstruction, images_dir: Path, sizes: dict[str, tuple[int, int]]
+) -> None:
+    """An image may be stored smaller or larger than its camera (a pre-downscaled upload: the
+    intrinsics are scaled to match), but only uniformly: another aspect ratio (a rotated photo,
+    the wrong camera) would stretch the intrinsics, so it is refused."""
+    for image in sorted(recon.images.values(), key=lambda i: i.name):
+        if not image.has_pose:
+            continue
+        cam = recon.cameras[image.camera_id]
+        w, h = sizes[image.name]
+        if (w, h) == (cam.width, cam.height):
+            continue
+        # Uniform scale, up to rounding of either side to whole pixels.
+        if abs(h - cam.height * w / cam.width) <= 1.0 or abs(w - cam.width * h / cam.height) <= 1.0:
+            continue
+        hint = " (rotated by 90 degrees?)" if (w, h) == (cam.height, cam.width) else ""
+        raise TrainerError(
+            contract.Reason.INVALID_IMAGE,
+            f"Image {images_dir / image.name} is {w}x{h}{hint}, but its camera {image.camera_id} is "
+            f"{cam.width}x{cam.height}: another aspect ratio, so its intrinsics do not fit it. Store the "
+            "image as COLMAP saw it (no rotation or crop), or re-run the COLMAP conversion on these images.",
+        )
+
+
 def _invalid_image(images_dir: Path, name: str, problem: object) -> TrainerError:
     return TrainerError(
         contract.Reason.INVALID_IMAGE,
@@ -156,23 +260,35 @@ def _invalid_image(images_dir: Path, name: str, problem: object) -> TrainerError
     )
 
 
-def check_image_headers(images_dir: Path, names: tuple[str, ...] | list[str]) -> None:
+def check_image_headers(images_dir: Path, names: tuple[str, ...] | list[str]) -> dict[str, tuple[int, int]]:
     """Open each image's header (format, size; a few KiB read, not the pixels): garbage, empty or
     foreign files fail here, before the GPU is touched. A file damaged past its header is caught
-    when the pixels are decoded (load_scene), with the same reason."""
+    when the pixels are decoded (load_scene), with the same reason. Returns each (width, height)."""
 
-    def one(name: str) -> None:
+    def one(name: str) -> tuple[int, int]:
         try:
             with Image.open(images_dir / name) as img:
-                width, height = img.size
+                (width, height), mode = img.size, img.mode
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise _invalid_image(images_dir, name, exc) from exc
         if width <= 0 or height <= 0:
             raise _invalid_image(images_dir, name, f"size {width}x{height}")
+        if mode == "F":  # floating-point samples have no defined range to map to colours
+            raise _invalid_image(images_dir, name, "32-bit floating-point pixels; save it as an 8- or 16-bit image")
+        return width, height
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for _ in pool.map(one, names):  # re-raises the first failure, in name order
-            pass
+    return dict(zip(names, map_in_threads(one, names)))
+
+
+def map_in_threads(fn: Callable[[str], T], names: Sequence[str]) -> list[T]:
+    """fn over names on a few threads, results in order; re-raises the first failure in name
+    order. On any exception (also SIGTERM's Terminated, raised in this thread) the images not yet
+    started are cancelled, not all read first: a stopping pod must report within its grace period."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        return list(pool.map(fn, names))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 MODEL_FILES = ("cameras", "images", "points3D", "rigs", "frames")
@@ -207,7 +323,7 @@ def check_scene(cfg: TrainerConfig) -> SceneCheck:
     ensure_sparse_link(scene_dir)
     model_dir = find_model_dir(scene_dir)
     images_dir = scene_dir / contract.IMAGES_DIR
-    on_disk = list_images(images_dir)
+    on_disk = list_images(images_dir, scene_dir)
     if not on_disk:
         raise TrainerError(
             contract.Reason.NO_IMAGES,
@@ -215,6 +331,8 @@ def check_scene(cfg: TrainerConfig) -> SceneCheck:
         )
     recon = read_model(model_dir)
     models = check_cameras(recon)
+    check_intrinsics(recon, model_dir)
+    check_images_in_model(recon, model_dir)
     names = sorted(i.name for i in recon.images.values() if i.has_pose)
     missing = [n for n in names if n not in on_disk]
     if missing:
@@ -224,7 +342,8 @@ def check_scene(cfg: TrainerConfig) -> SceneCheck:
             f"{len(missing)} of {len(names)} images named in the COLMAP model are missing from "
             f"{images_dir}: {shown}. Upload them or re-run the COLMAP conversion.",
         )
-    check_image_headers(images_dir, names)
+    sizes = check_image_headers(images_dir, names)
+    check_image_sizes(recon, images_dir, sizes)
     return SceneCheck(
         scene_dir=scene_dir,
         model_dir=model_dir,
@@ -233,6 +352,7 @@ def check_scene(cfg: TrainerConfig) -> SceneCheck:
         image_names=tuple(names),
         camera_models=models,
         fingerprint=scene_fingerprint(model_dir, images_dir, names),
+        image_sizes=sizes,
     )
 
 
@@ -262,10 +382,21 @@ def _scaled_size(width: int, height: int, factor: int) -> tuple[int, int]:
     return max(1, round(width / factor)), max(1, round(height / factor))
 
 
+def to_rgb8(img: Image.Image) -> np.ndarray:
+    """uint8 HxWx3 of any image Pillow reads. 16-bit greyscale ("I;16", or "I" holding 16-bit
+    values) is scaled to 8 bits (x 255/65535); Pillow's own convert("RGB") clips it to white.
+    16-bit RGB PNGs already arrive as 8-bit "RGB" (Pillow keeps the high byte)."""
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        grey = np.asarray(img, dtype=np.float64)
+        grey = np.rint(np.clip(grey, 0, 65535) * (255.0 / 65535.0)).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(img.convert("RGB"))
+
+
 def process_image(path: Path, cam: pycolmap.Camera, factor: int) -> tuple[np.ndarray, np.ndarray]:
     """Read one image; undistort if its camera needs it; downscale. Returns (uint8 HxWx3, K)."""
     with Image.open(path) as img:
-        rgb = np.asarray(img.convert("RGB"))
+        rgb = to_rgb8(img)
     cam = pycolmap.Camera(model=cam.model.name, width=cam.width, height=cam.height, params=cam.params)
     h, w = rgb.shape[:2]
     if (w, h) != (cam.width, cam.height):
@@ -357,6 +488,21 @@ def cache_dir(cfg: TrainerConfig) -> Path:
     return cfg.out / "cache" / f"images_{cfg.data_factor}"
 
 
+def uses_cache(cfg: TrainerConfig, check: SceneCheck) -> bool:
+    """Images are cached when they are downscaled or undistorted (else read as they are)."""
+    recon = check.reconstruction
+    by_name = {i.name: i for i in recon.images.values() if i.has_pose}
+    return cfg.data_factor > 1 or any(_needs_undistortion(recon.cameras[by_name[n].camera_id]) for n in check.image_names)
+
+
+def cached_pixels(cfg: TrainerConfig, check: SceneCheck) -> int:
+    """Pixels the image cache will hold (0 when there is none): for the disk-space estimate."""
+    if not uses_cache(cfg, check):
+        return 0
+    sizes = (_scaled_size(w, h, cfg.data_factor) for w, h in check.image_sizes.values())
+    return sum(w * h for w, h in sizes)
+
+
 def split_names(names: list[str] | tuple[str, ...], test_every: int) -> tuple[list[str], list[str]]:
     """Every `test_every`-th image (sorted by name, starting with the first) is held out.
 
@@ -393,11 +539,14 @@ def load_scene(cfg: TrainerConfig, check: SceneCheck | None = None) -> SceneData
     recon = check.reconstruction
     by_name = {i.name: i for i in recon.images.values() if i.has_pose}
     cams = {n: recon.cameras[by_name[n].camera_id] for n in check.image_names}
-    use_cache = cfg.data_factor > 1 or any(_needs_undistortion(c) for c in cams.values())
-    cache = ImageCache(cache_dir(cfg)) if use_cache else None
+    cache = ImageCache(cache_dir(cfg)) if uses_cache(cfg, check) else None
+
+    roots = allowed_roots(check.scene_dir, check.images_dir)
 
     def one(name: str) -> View:
         src = check.images_dir / name
+        if not inside(src, roots):  # a link changed since check_scene: still nothing from outside
+            raise _escaping_link(src, check.scene_dir)
         try:
             if cache is not None:
                 rgb, k = cache.get(name, src, cams[name], cfg.data_factor)
@@ -418,8 +567,7 @@ def load_scene(cfg: TrainerConfig, check: SceneCheck | None = None) -> SceneData
         )
 
     try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            views = {v.name: v for v in pool.map(one, check.image_names)}
+        views = {v.name: v for v in map_in_threads(one, check.image_names)}
     finally:
         if cache is not None:
             cache.save()

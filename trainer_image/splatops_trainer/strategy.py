@@ -80,7 +80,36 @@ def mcmc_schedule(max_steps: int) -> Schedule:
 
 @dataclasses.dataclass
 class FixedDefaultStrategy(DefaultStrategy):
-    """DefaultStrategy whose opacity reset fires and whose per-step bookkeeping never syncs."""
+    """DefaultStrategy whose opacity reset fires, whose per-step bookkeeping never syncs, and
+    whose growth stops at `max_gaussians` (0: no cap)."""
+
+    max_gaussians: int = 0
+
+    def _grow_gs(self, params: Any, optimizers: Any, state: dict[str, Any], step: int) -> tuple[int, int]:  # type: ignore[override]
+        if self.max_gaussians > 0:
+            self._limit_growth(params, state)
+        return super()._grow_gs(params, optimizers, state, step)
+
+    @torch.no_grad()
+    def _limit_growth(self, params: Any, state: dict[str, Any]) -> None:
+        """Let only the highest-gradient candidates grow, as many as the cap leaves room for.
+
+        Each grown Gaussian (duplicated or split) adds one, so at most `max_gaussians - n` may
+        grow; the others' accumulated gradients are zeroed for this refine step (they are zeroed
+        after it anyway), which keeps them under the growth threshold. Refine steps already sync.
+        """
+        n = int(params["means"].shape[0])
+        room = max(0, self.max_gaussians - n)
+        grads = state["grad2d"] / state["count"].clamp_min(1)
+        high = grads > self.grow_grad2d
+        if int(high.sum()) <= room:
+            return
+        keep = torch.zeros_like(high)
+        if room > 0:
+            keep[torch.topk(torch.where(high, grads, -1.0), room).indices] = True
+        state["grad2d"].masked_fill_(~keep, 0.0)
+        if state.get("radii") is not None:
+            state["radii"].masked_fill_(~keep, 0.0)
 
     def should_reset(self, step: int) -> bool:
         return self.reset_every > 0 and step > 0 and step % self.reset_every == 0
@@ -191,11 +220,12 @@ def build_strategy(cfg: TrainerConfig) -> DefaultStrategy | MCMCStrategy:
             refine_stop_iter=s.refine_stop,
             refine_every=s.refine_every,
             reset_every=s.reset_every,
+            max_gaussians=cfg.max_gaussians,
         )
     if cfg.strategy == "mcmc":
         s = mcmc_schedule(cfg.max_steps)
         return MCMCStrategy(
-            cap_max=cfg.cap_max,
+            cap_max=min(cfg.cap_max, cfg.max_gaussians) if cfg.max_gaussians > 0 else cfg.cap_max,
             refine_start_iter=s.refine_start,
             refine_stop_iter=s.refine_stop,
             refine_every=s.refine_every,

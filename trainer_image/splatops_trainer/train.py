@@ -16,18 +16,20 @@ import logging
 import math
 import random
 import time
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 import torch
 from gsplat.strategy import MCMCStrategy
 
-from splatops.contract import EVENT_EVAL, EVENT_PROGRESS, Progress, Reason
+from splatops.contract import EVENT_EVAL, EVENT_PROGRESS, MSG_OOM, Progress, Reason
 
 from . import checkpoint as ckpt_mod
+from . import memory
 from .config import TrainerConfig
 from .dataset import SceneData, View
-from .errors import TrainerError
+from .errors import Terminated, TrainerError
 from .image_metrics import SSIM_SIGMA, SSIM_WINDOW
 from .image_metrics import psnr as psnr_fn
 from .image_metrics import ssim as ssim_fn
@@ -39,6 +41,12 @@ log = logging.getLogger(__name__)
 
 MCMC_OPACITY_REG = 0.01
 MCMC_SCALE_REG = 0.01
+
+# On SIGTERM the loop writes a checkpoint of the current step only when that is expected to take
+# at most this long (the previous checkpoint write's time, else the state's size at the assumed
+# rate below): Kubernetes' default grace period is 30 s, and the failure report comes after it.
+STOP_CHECKPOINT_BUDGET_S = 10.0
+ASSUMED_CHECKPOINT_BYTES_PER_S = 100e6
 
 
 class TrainHooks(Protocol):
@@ -68,6 +76,8 @@ class TrainOutcome:
     final_loss: float
     resumed_from: int | None = None  # checkpoint step this call continued from
     peak_gpu_memory_bytes: int | None = None
+    gpu_seconds: float | None = None  # seconds this call held the GPU (its cost basis); None on the CPU
+    memory_estimate: memory.MemoryEstimate | None = None  # what train() expected before the first step
 
 
 # Images live on the GPU (one upload; the loop never waits for a copy) unless all of them would
@@ -293,7 +303,10 @@ def fused_adam_step(optimizers: dict[str, torch.optim.Optimizer]) -> None:
 
 
 class _Trainer:
-    def __init__(self, cfg: TrainerConfig, scene: SceneData, hooks: TrainHooks, device: torch.device):
+    def __init__(
+        self, cfg: TrainerConfig, scene: SceneData, hooks: TrainHooks, device: torch.device,
+        should_stop: Callable[[], bool] | None = None,
+    ):
         if cfg.max_steps <= 0:
             raise ValueError(f"max_steps must be positive, got {cfg.max_steps}")
         if not scene.train:
@@ -305,6 +318,9 @@ class _Trainer:
         image_bytes = sum(v.image.numel() * v.image.element_size() for v in (*scene.train, *scene.test))
         device_bytes = _device_bytes(device)
         on_device = images_fit_on_device(image_bytes, device_bytes)
+        self.memory_estimate = memory_estimate(cfg, scene, image_bytes if on_device else 0)
+        self.gpu_free_bytes = _free_gpu_bytes(device)
+        _check_memory(cfg, self.memory_estimate, self.gpu_free_bytes)
         if not on_device:
             log.info(
                 "Keeping the %d images (%.1f GiB) in host memory, more than %d%% of the GPU's %.1f GiB; "
@@ -314,6 +330,7 @@ class _Trainer:
         self.train_views = _DeviceViews.upload(scene.train, device, images_on_device=on_device)
         self.test_views = _DeviceViews.upload(scene.test, device, images_on_device=on_device)
         self.strategy = build_strategy(cfg)
+        self._apply_auto_cap()
         self.is_mcmc = isinstance(self.strategy, MCMCStrategy)
         self.start_step = 0
         self.resumed_from: int | None = None
@@ -342,6 +359,26 @@ class _Trainer:
         self.direct_adam = device.type == "cuda"
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt")
         self._pending: concurrent.futures.Future[Any] | None = None
+        self._pending_step = 0
+        self.saved_step = self.resumed_from  # the newest checkpoint of this state on disk
+        self._last_save_s: float | None = None  # how long the last checkpoint write took
+        self.should_stop = should_stop
+
+    def _apply_auto_cap(self) -> None:
+        """No maxGaussians set and a GPU that the expected model would fill: stop densification
+        where it still fits (a safety limit from this GPU's free memory, so not in the resume key)."""
+        if self.cfg.max_gaussians > 0:
+            return
+        cap = memory.auto_cap(self.memory_estimate, self.gpu_free_bytes)
+        if cap <= 0:
+            return
+        if isinstance(self.strategy, MCMCStrategy):
+            self.strategy.cap_max = min(self.strategy.cap_max, cap)
+        else:
+            self.strategy.max_gaussians = cap
+        log.warning("GPU memory: no maxGaussians set; densification stops at %d Gaussians, where the "
+                    "estimate reaches %d%% of the %.2f GiB free", cap, round(memory.AUTO_CAP_SHARE * 100),
+                    (self.gpu_free_bytes or 0) / memory.GIB)
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -362,6 +399,7 @@ class _Trainer:
     def _save(self, done: int) -> None:
         """Snapshot to CPU now (consistent state); serialise + fsync on the writer thread."""
         self._wait_pending()
+        t0 = time.perf_counter()
         snap = ckpt_mod.Checkpoint(
             step=done,
             splats={k: _to_cpu(v) for k, v in self.splats.items()},
@@ -371,12 +409,35 @@ class _Trainer:
             resume_key=self.resume_key,
         )
         retire, self._retire = self._retire, []
-        self._pending = self._writer.submit(ckpt_mod.save_checkpoint, self.cfg, snap, retire)
+        self._pending_step = done
+        self._pending = self._writer.submit(_timed_save, self.cfg, snap, retire, t0)
 
     def _wait_pending(self) -> None:
-        if self._pending is not None:
-            self._pending.result()  # re-raises a failed write
-            self._pending = None
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._last_save_s = pending.result()  # re-raises a failed write
+            self.saved_step = self._pending_step
+
+    def _checkpoint_is_quick(self) -> bool:
+        if self._last_save_s is not None:
+            return self._last_save_s <= STOP_CHECKPOINT_BUDGET_S
+        state_bytes = 3 * sum(v.numel() * v.element_size() for v in self.splats.values())  # + Adam moments
+        return state_bytes / ASSUMED_CHECKPOINT_BYTES_PER_S <= STOP_CHECKPOINT_BUDGET_S
+
+    def _stop(self, done: int) -> NoReturn:
+        """SIGTERM, seen between steps (a consistent state): checkpoint step `done` if that is
+        quick, then raise Terminated with the step a retried pod resumes from."""
+        self._wait_pending()
+        if done > (self.saved_step or 0) and self._checkpoint_is_quick():
+            log.warning("stopping on SIGTERM: writing a checkpoint at step %d", done)
+            try:
+                self._save(done)
+                self._wait_pending()
+            except OSError as exc:
+                log.warning("stopping on SIGTERM: the checkpoint at step %d was not written: %s", done, exc)
+        elif done > (self.saved_step or 0):
+            log.warning("stopping on SIGTERM: no time to write a checkpoint (the last write took %.1f s)", self._last_save_s or 0.0)
+        raise Terminated(self.saved_step or 0)
 
     # --- rendering / evaluation ---------------------------------------------------------------
 
@@ -429,6 +490,8 @@ class _Trainer:
         loop_t0 = time.perf_counter()
         try:
             for step in range(self.start_step, cfg.max_steps):
+                if self.should_stop is not None and self.should_stop():
+                    self._stop(step)
                 done = step + 1
                 sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
                 i = self.view_order(step)
@@ -530,10 +593,78 @@ class _Trainer:
             final_loss=last_loss,
             resumed_from=self.resumed_from,
             peak_gpu_memory_bytes=peak,
+            memory_estimate=self.memory_estimate,
         )
 
 
-def train(cfg: TrainerConfig, scene: SceneData, hooks: TrainHooks, device: torch.device) -> TrainOutcome:
-    """Train (or resume) to cfg.max_steps; raise TrainingDivergedError on a non-finite loss."""
+def _timed_save(cfg: TrainerConfig, snap: ckpt_mod.Checkpoint, retire: list[Any], since: float) -> float:
+    """save_checkpoint on the writer thread; the seconds since the snapshot began."""
+    ckpt_mod.save_checkpoint(cfg, snap, retire)
+    return time.perf_counter() - since
+
+
+def memory_estimate(cfg: TrainerConfig, scene: SceneData, images_on_device_bytes: int) -> memory.MemoryEstimate:
+    """The run's peak GPU memory as expected before it starts (memory.py says how)."""
+    views = [*scene.train, *scene.test]
+    largest = max(views, key=lambda v: v.width * v.height)
+    cap = cfg.max_gaussians if cfg.max_gaussians > 0 else 0
+    if cfg.strategy == "mcmc":
+        cap = min(cfg.cap_max, cap) if cap else cfg.cap_max
+    expected = memory.expected_gaussians(
+        train_pixels=sum(v.width * v.height for v in scene.train), max_steps=cfg.max_steps,
+        initial=int(scene.points.shape[0]), cap=cap,
+    )
+    one_view = largest.image.numel() * largest.image.element_size()
+    return memory.estimate(width=largest.width, height=largest.height, image_bytes=images_on_device_bytes or one_view,
+                           gaussians=expected, sh_degree=cfg.sh_degree)
+
+
+def _free_gpu_bytes(device: torch.device) -> int | None:
+    return int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
+
+
+def _check_memory(cfg: TrainerConfig, est: memory.MemoryEstimate, free: int | None) -> None:
+    """Log the estimate against the GPU's free memory, as a warning with advice when it will not
+    fit (training still starts: the estimate is rough, and a cap or downscale may follow)."""
+    if free is None:
+        return
+    tip = memory.advice(est, free, cfg.data_factor)
+    if tip is None:
+        log.info("GPU memory: %s", memory.describe(est, free))
+    else:
+        log.warning("GPU memory: %s", tip)
+
+
+def oom_message(est: memory.MemoryEstimate | None, free: int | None, data_factor: int) -> str:
+    """The original words plus what the estimate says would have fit."""
+    if est is None or free is None:
+        return MSG_OOM
+    tip = memory.advice(est, free, data_factor)
+    return f"{MSG_OOM} {tip or 'Before training, ' + memory.describe(est, free) + '; the estimate was too low.'}"
+
+
+def train(
+    cfg: TrainerConfig, scene: SceneData, hooks: TrainHooks, device: torch.device,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainOutcome:
+    """Train (or resume) to cfg.max_steps; raise TrainingDivergedError on a non-finite loss and a
+    TrainerError OutOfMemory (exit code 3) that names the memory estimate on CUDA out of memory.
+
+    `should_stop` is checked before every step: when it says so (SIGTERM), a checkpoint is written
+    if it is quick and `errors.Terminated` is raised with the step to resume from.
+    """
+    t0 = time.perf_counter()
     _configure_backends(device)
-    return _Trainer(cfg, scene, hooks, device).run()
+    trainer: _Trainer | None = None
+    try:
+        trainer = _Trainer(cfg, scene, hooks, device, should_stop)
+        outcome = trainer.run()
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+        if not (isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()):
+            raise
+        est = trainer.memory_estimate if trainer is not None else None
+        free = trainer.gpu_free_bytes if trainer is not None else None
+        raise TrainerError(Reason.OUT_OF_MEMORY, oom_message(est, free, cfg.data_factor)) from exc
+    if device.type == "cuda":
+        outcome.gpu_seconds = round(time.perf_counter() - t0, 2)
+    return outcome

@@ -37,6 +37,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: gateway
 {{- end -}}
 
+{{/* Where the gateway runs and creates trainings: with its scene claim (gateway.yaml). */}}
+{{- define "splatops.gatewayNamespace" -}}
+{{- default .Release.Namespace .Values.gateway.trainingNamespace -}}
+{{- end -}}
+
 {{- define "splatops.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "splatops.fullname" .) .Values.serviceAccount.name -}}
@@ -51,6 +56,11 @@ app.kubernetes.io/component: gateway
 
 {{- define "splatops.trainerImage" -}}
 {{- printf "%s:%s" .Values.trainer.image.repository (default .Chart.AppVersion .Values.trainer.image.tag) -}}
+{{- end -}}
+
+{{/* The images spec.image may name (policy.allowedImagePrefixes, default: the trainer's repository), as JSON. */}}
+{{- define "splatops.policyImages" -}}
+{{- .Values.policy.allowedImagePrefixes | default (list .Values.trainer.image.repository) | toJson -}}
 {{- end -}}
 
 {{/* The selected GPU node preset; fails the render with the known names if it does not exist. */}}
@@ -87,11 +97,12 @@ app.kubernetes.io/component: gateway
   resources: ["gaussiansplattrainings/finalizers"]
   verbs: ["update"]
 # The trainer Jobs: kopf's index and event handler list/watch them; kube.create_job,
-# read_job (the Job a create found already there) and patch_job (suspend/admit). Never deleted
-# by the operator: the garbage collector removes them with their training (ownerReference).
+# read_job (the Job a create found already there), patch_job (suspend/admit) and delete_job
+# (only a Job that ran out of GPU memory under spec.oom.policy Downscale, to train it again at
+# a lower resolution); otherwise the garbage collector removes them with their training.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Trainer pods: kopf's index and event handler list/watch them, kube.job_pods lists them.
 - apiGroups: [""]
   resources: ["pods"]
@@ -104,8 +115,48 @@ app.kubernetes.io/component: gateway
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get"]
-# kopf posts its handler outcomes as core v1 Events (POST /api/v1/namespaces/<ns>/events).
+# kopf posts its handler outcomes as core v1 Events (POST /api/v1/namespaces/<ns>/events);
+# kube.pod_events lists a long-Unschedulable trainer pod's Events (Karpenter's Nominated).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
+# kube.kueue_workloads: why Kueue has not admitted a queued training's Job (its Workload's
+# conditions, for status.message); a cluster without Kueue answers 404, which is fine.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list"]
 {{- end -}}
+
+{{/* Ingress peers from a peers block: namespaces by name, pods of the policy's namespace by
+  labels, raw peers; none given: every pod of the policy's own namespace. */}}
+{{- define "splatops.npPeers" -}}
+{{- $peers := list }}
+{{- range .allowedNamespaces }}
+{{- $peers = append $peers (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .))) }}
+{{- end }}
+{{- range .allowedPods }}
+{{- $peers = append $peers (dict "podSelector" (dict "matchLabels" .)) }}
+{{- end }}
+{{- $peers = concat $peers .extraFrom }}
+{{- if not $peers }}
+{{- $peers = list (dict "podSelector" dict) }}
+{{- end }}
+{{- toYaml $peers }}
+{{- end }}
+
+{{/* Egress: DNS anywhere, and the API server's endpoints (kubelet probes are not affected). */}}
+{{- define "splatops.npEgress" -}}
+- ports:
+    - {protocol: UDP, port: 53}
+    - {protocol: TCP, port: 53}
+- ports:
+    {{- range .apiServerPorts }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+  {{- with .apiServerCIDRs }}
+  to:
+    {{- range . }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
+  {{- end }}
+{{- end }}

@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from splatops import names
-from splatops.api.models import Spec, Status
+from splatops import contract
+from splatops.api.models import RESERVED_ENV, RESERVED_MOUNTS, RESERVED_VOLUMES, Spec, Status
 
 
 # Spec fields users may change after creation. Everything else is immutable (CEL transition rules).
@@ -85,12 +86,39 @@ def _model_schema(model: type) -> dict[str, Any]:
     return _structural(_resolve(raw, defs))
 
 
+def _cel_list(values: Any) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in sorted(values)) + "]"
+
+
+def _mount_rule(reserved: str) -> str:
+    """mountPath is not `reserved`, not under it, and not a parent of it (which would shadow it)."""
+    parent = "(self.mountPath.endsWith('/') ? self.mountPath : self.mountPath + '/')"
+    return f"self.mountPath != '{reserved}' && !self.mountPath.startsWith('{reserved}/') && !'{reserved}'.startsWith({parent})"
+
+
+def pod_template_rules(template: dict[str, Any]) -> None:
+    """CEL rules refusing at `kubectl apply` what would replace the trainer's own pod parts (the
+    operator checks the same, and labels too, in api.models.pod_template_problems)."""
+    props = template["properties"]
+    props["volumes"]["items"]["x-kubernetes-validations"] = [{
+        "rule": f"!(self.name in {_cel_list(RESERVED_VOLUMES)})",
+        "message": f"podTemplate.volumes: the names {', '.join(sorted(RESERVED_VOLUMES))} are the trainer's own"}]
+    props["env"]["items"]["x-kubernetes-validations"] = [{
+        "rule": f"!self.name.startsWith('{contract.ENV_PREFIX}') && !(self.name in {_cel_list(RESERVED_ENV)})",
+        "message": f"podTemplate.env: {contract.ENV_PREFIX}*, {', '.join(sorted(RESERVED_ENV))} are set by the operator"}]
+    props["volumeMounts"]["items"]["x-kubernetes-validations"] = [{
+        "rule": " && ".join(_mount_rule(r) for r in RESERVED_MOUNTS),
+        "message": f"podTemplate.volumeMounts: mountPath must not be, contain or lie under {', '.join(RESERVED_MOUNTS)}"}]
+
+
 def spec_schema() -> dict[str, Any]:
     schema = _model_schema(Spec)
     props = schema["properties"]
-    props["scene"]["properties"]["path"]["x-kubernetes-validations"] = [
-        {"rule": SCENE_PATH_RULE, "message": "scene.path must stay inside the volume: no leading '/' and no '..' segments"}
-    ]
+    for field in ("scene", "output"):  # both are paths inside the volume, checked alike
+        props[field]["properties"]["path"]["x-kubernetes-validations"] = [
+            {"rule": SCENE_PATH_RULE, "message": f"{field}.path must stay inside the volume: no leading '/' and no '..' segments"}
+        ]
+    pod_template_rules(props["podTemplate"])
     # Nested defaults only apply when the parent exists: default resources to {} so gpus=1 lands.
     props["resources"]["default"] = {}
     optional = []

@@ -177,7 +177,8 @@ def reader_pod(training: str, claim: str, image: str = DOWNLOAD_IMAGE) -> dict[s
     }
 
 
-async def _wait_running(kube: Kube, name: str, timeout: float = 300.0, interval: float = 1.0) -> None:
+async def _wait_running(kube: Kube, name: str, timeout: float = 300.0, interval: float = 1.0,
+                        what: str = "download") -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -186,11 +187,11 @@ async def _wait_running(kube: Kube, name: str, timeout: float = 300.0, interval:
         if phase == "Running":
             return
         if phase in ("Failed", "Succeeded"):
-            raise DownloadError(f"download pod {name} ended ({phase}) before the copy started")
+            raise DownloadError(f"{what} pod {name} ended ({phase}) before the copy started")
         if loop.time() > deadline:
             waiting = [((cs.get("state") or {}).get("waiting") or {}).get("reason")
                        for cs in (pod.get("status") or {}).get("containerStatuses") or []]
-            raise DownloadError(f"download pod {name} did not start within {timeout:.0f}s ({', '.join(filter(None, waiting)) or phase})")
+            raise DownloadError(f"{what} pod {name} did not start within {timeout:.0f}s ({', '.join(filter(None, waiting)) or phase})")
         await asyncio.sleep(interval)
 
 
@@ -247,11 +248,14 @@ async def receive(frames: AsyncIterable[bytes], dest: pathlib.Path, *, what: str
     return done
 
 
-async def exec_frames(kube: Kube, pod: str, command: Sequence[str]) -> AsyncIterator[bytes]:
-    """Run `command` in the pod through the exec API (websocket) and yield its raw frames.
+async def exec_frames(kube: Kube, pod: str, command: Sequence[str],
+                      stdin: AsyncIterable[bytes] | None = None) -> AsyncIterator[bytes]:
+    """Run `command` in the pod through the exec API (websocket) and yield its raw frames; `stdin`
+    (if any) is sent on channel 0 meanwhile (the command must know when its input ends: the v4
+    protocol cannot close stdin).
 
-    The only part of a download that needs a real cluster (the emulator has no exec): everything
-    it feeds is handled, and tested, in `receive` and `download_via_pod`.
+    The only part of a transfer that needs a real cluster (the emulator has no exec): everything
+    it feeds is handled, and tested, in `receive`, `download_via_pod` and `splatops.cli.upload`.
     """
     import aiohttp
     from kubernetes_asyncio import client
@@ -261,22 +265,39 @@ async def exec_frames(kube: Kube, pod: str, command: Sequence[str]) -> AsyncIter
         core = client.CoreV1Api(ws_api)
         try:
             connecting = await core.connect_get_namespaced_pod_exec(
-                pod, kube.namespace, command=list(command), stderr=True, stdin=False, stdout=True,
+                pod, kube.namespace, command=list(command), stderr=True, stdin=stdin is not None, stdout=True,
                 tty=False, _preload_content=False,
             )
             async with connecting as ws:
-                async for msg in ws:
-                    if msg.type == aiohttp.WSMsgType.BINARY:
-                        yield msg.data
-                    elif msg.type == aiohttp.WSMsgType.TEXT:
-                        yield msg.data.encode()
-                    elif msg.type == aiohttp.WSMsgType.ERROR:
-                        raise DownloadError(f"exec stream of pod {pod} broke: {ws.exception()}")
+                sender = asyncio.create_task(_send_stdin(ws, stdin)) if stdin is not None else None
+                try:
+                    async for msg in ws:
+                        if msg.type == aiohttp.WSMsgType.BINARY:
+                            yield msg.data
+                        elif msg.type == aiohttp.WSMsgType.TEXT:
+                            yield msg.data.encode()
+                        elif msg.type == aiohttp.WSMsgType.ERROR:
+                            raise DownloadError(f"exec stream of pod {pod} broke: {ws.exception()}")
+                finally:
+                    if sender is not None:
+                        sender.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await sender  # raises what the sender raised (e.g. a file changed)
         except aiohttp.WSServerHandshakeError as exc:
             hint = " (needs RBAC to create pods/exec in the namespace)" if exc.status == 403 else ""
             raise DownloadError(f"exec into pod {pod} refused: {exc.status} {exc.message}{hint}") from None
         except aiohttp.ClientError as exc:
             raise DownloadError(f"exec stream of pod {pod} broke: {exc}") from None
+
+
+async def _send_stdin(ws: Any, stdin: AsyncIterable[bytes]) -> None:
+    try:
+        async for chunk in stdin:
+            for i in range(0, len(chunk), CHUNK):
+                await ws.send_bytes(b"\x00" + chunk[i:i + CHUNK])
+    except Exception:
+        await ws.close()  # ends the receiving loop; the command would wait for input forever
+        raise
 
 
 async def download_via_pod(kube: Kube, resource: Mapping[str, Any], dest: pathlib.Path,

@@ -27,7 +27,6 @@ from kubernetes_asyncio.config import kube_config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from splatops import names
-from splatops.controller.jobs import child_labels  # the operator's labels (pure; no kopf)
 from splatops.controller.kube import raise_for_status
 
 IN_CLUSTER_NAMESPACE_FILE = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -135,11 +134,10 @@ def _api_error(exc: ApiException, what: str) -> Exception:
     return RuntimeError(f"Kubernetes API error on {what}: {exc.status} {exc.reason}: {detail or body}")
 
 
-def training_selector(name: str) -> str:
-    """Label selector of a training's trainer pods, with the operator's own label values (a name
-    longer than 63 characters is hashed into the label, see controller.jobs.child_labels)."""
-    labels = child_labels(name)
-    return ",".join(f"{key}={labels[key]}" for key in (names.LABEL_TRAINING, names.LABEL_COMPONENT))
+def training_selector(uid: str) -> str:
+    """Label selector of a training's trainer pods: by its uid, which no other training (a
+    namesake, or one whose name hashes alike) shares (controller.jobs.child_labels)."""
+    return f"{names.LABEL_TRAINING_UID}={uid},{names.LABEL_COMPONENT}={names.COMPONENT_TRAINER}"
 
 
 class Kube:
@@ -177,19 +175,27 @@ class Kube:
         async with self._calling(f"{names.KIND} {name!r} in namespace {self.namespace!r}"):
             return await self.custom.get_namespaced_custom_object(name=name, **self._gst())
 
-    async def list_trainings(self, label_selector: str | None = None) -> list[dict[str, Any]]:
-        kwargs = {"label_selector": label_selector} if label_selector else {}
-        async with self._calling(f"{names.PLURAL} in namespace {self.namespace!r}"):
-            result = await self.custom.list_namespaced_custom_object(**self._gst(), **kwargs)
+    async def list_trainings(self, label_selector: str | None = None, limit: int | None = None, *,
+                             all_namespaces: bool = False) -> list[dict[str, Any]]:
+        kwargs: dict[str, Any] = {"label_selector": label_selector} if label_selector else {}
+        if limit:
+            kwargs["limit"] = limit
+        if all_namespaces:
+            async with self._calling(f"{names.PLURAL} in all namespaces"):
+                result = await self.custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.PLURAL, **kwargs)
+        else:
+            async with self._calling(f"{names.PLURAL} in namespace {self.namespace!r}"):
+                result = await self.custom.list_namespaced_custom_object(**self._gst(), **kwargs)
         return list(result.get("items") or [])
 
     # -- pods and logs ---------------------------------------------------------------------------
 
-    async def training_pods(self, name: str) -> list[dict[str, Any]]:
+    async def training_pods(self, training: dict[str, Any]) -> list[dict[str, Any]]:
         """The trainer pods of a training (not other pods labelled with it), oldest first."""
-        async with self._calling(f"pods of {name!r}"):
+        meta = training["metadata"]
+        async with self._calling(f"pods of {meta['name']!r}"):
             resp = await raise_for_status(await self.core.list_namespaced_pod(
-                self.namespace, label_selector=training_selector(name), _preload_content=False
+                self.namespace, label_selector=training_selector(meta["uid"]), _preload_content=False
             ))
             pods = list((await resp.json()).get("items") or [])
         return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", int(p["metadata"].get("resourceVersion") or 0)))

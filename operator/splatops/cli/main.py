@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import pathlib
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from splatops import contract, names
+from splatops import __version__, contract, names
 from splatops.cli import original
 
 EXIT_OK = 0
@@ -28,14 +27,21 @@ class UsageError(ValueError):
     """A bad value the user can fix (exit 2)."""
 
 
-def scene_problem(scene_dir: pathlib.Path) -> str | None:
-    """The original pipeline's prerequisite checks on a scene directory (None: looks trainable)."""
-    colmap = scene_dir / contract.COLMAP_DIR
-    if not colmap.is_dir() or not all(
-        any((colmap / f"{stem}{ext}").is_file() for ext in (".bin", ".txt"))
+def _has_model(folder: pathlib.Path) -> bool:
+    return folder.is_dir() and all(
+        any((folder / f"{stem}{ext}").is_file() for ext in (".bin", ".txt"))
         for stem in ("cameras", "images", "points3D")
-    ):
-        return f"{contract.MSG_COLMAP_NOT_FOUND} at {colmap} (expected cameras/images/points3D .bin or .txt)"
+    )
+
+
+def scene_problem(scene_dir: pathlib.Path) -> str | None:
+    """The original pipeline's prerequisite checks on a scene directory (None: looks trainable).
+
+    The model may be in colmap/sparse_initial or sparse/0, as the trainer reads either."""
+    colmap = scene_dir / contract.COLMAP_DIR
+    if not (_has_model(scene_dir / contract.SPARSE_DIR) or _has_model(colmap)):
+        return (f"{contract.MSG_COLMAP_NOT_FOUND} at {colmap} or {scene_dir / contract.SPARSE_DIR} "
+                "(expected cameras/images/points3D .bin or .txt)")
     images = scene_dir / contract.IMAGES_DIR
     if not images.is_dir() or not any(p.is_file() and not p.name.startswith(".") for p in images.iterdir()):
         return f"{contract.MSG_NO_IMAGES} in {images}"
@@ -45,29 +51,30 @@ def scene_problem(scene_dir: pathlib.Path) -> str | None:
 # --- argument parsing ----------------------------------------------------------------------------
 
 
-def _kube_flags(p: argparse.ArgumentParser) -> None:
+def _kube_flags(p: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """kubectl's cluster flags, accepted before the verb (`splatops -n x list`) and after it.
+    After the verb they default to SUPPRESS, so they never overwrite values given before it."""
+    default = None if top else argparse.SUPPRESS
     g = p.add_argument_group("cluster (as kubectl)")
-    g.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
-    g.add_argument("--context", help="kubeconfig context (default: the current context)")
-    g.add_argument("-n", "--namespace", help="namespace (default: the context's namespace)")
+    g.add_argument("--kubeconfig", default=default, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+    g.add_argument("--context", default=default, help="kubeconfig context (default: the current context)")
+    g.add_argument("-n", "--namespace", default=default, help="namespace (default: the context's namespace)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    invoked = pathlib.Path(sys.argv[0]).name if sys.argv else ""
-    parser = argparse.ArgumentParser(
-        prog="kubectl splat" if invoked == "kubectl-splat" else "splatops", description="Train 3D Gaussian Splatting models on Kubernetes (also `kubectl splat`)."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
-
-    p = sub.add_parser("train", help="create a GaussianSplatTraining for a scene on a PVC")
-    p.add_argument("scene", metavar="SCENE", help="scene id (also the default path inside the volume)")
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scene", metavar="SCENE", help="scene id (also the default path inside the volume); a local "
+                   "directory (./fox, /x/fox) is uploaded first, as `upload` does, and named after it")
     p.add_argument("--pvc", required=True, metavar="CLAIM", help="PersistentVolumeClaim holding the scene")
     p.add_argument("--path", help="scene directory inside the volume (default: SCENE)")
+    p.add_argument("--output", metavar="PATH", help="output directory inside the volume "
+                   "(default: <path>/gsplat/<name>; each training owns its own)")
     p.add_argument("--data-factor", type=int, help="image downscale factor: 1, 2, 4 or 8 (default 1)")
     p.add_argument("--max-steps", type=int, help="training iterations (default 30000)")
     p.add_argument("--strategy", choices=("default", "mcmc"), help="densification strategy")
+    p.add_argument("--gpus", type=int, help="GPUs of the trainer (default 1)")
+    p.add_argument("--memory", help="memory request and limit, e.g. 24Gi (default: the operator's)")
+    p.add_argument("--cpu", help="CPU request, e.g. 4 (default: the operator's)")
+    p.add_argument("--queue", metavar="LOCALQUEUE", help="Kueue LocalQueue (spec.queueName): Kueue admits the training")
     p.add_argument("--name", help="resource name (default: SCENE, then SCENE-2, SCENE-3, ...)")
     p.add_argument("--wait", action="store_true", help="wait until done, showing progress")
     p.add_argument("--download", metavar="FILE", help="after success, download results.ply to FILE (implies --wait)")
@@ -76,6 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not check that the claim exists first (for users who may not read PVCs)")
     p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     _kube_flags(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    invoked = pathlib.Path(sys.argv[0]).name if sys.argv else ""
+    parser = argparse.ArgumentParser(
+        prog="kubectl splat" if invoked == "kubectl-splat" else "splatops",
+        usage="%(prog)s [--version] [--kubeconfig FILE] [--context NAME] [-n NAMESPACE] COMMAND ...",
+        description="Train 3D Gaussian Splatting models on Kubernetes (also `kubectl splat`)."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _kube_flags(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
+
+    _train_arguments(sub.add_parser("train", help="create a GaussianSplatTraining for a scene on a PVC"))
 
     p = sub.add_parser("status", help="print a training's status as the original API's JSON")
     p.add_argument("name", metavar="NAME")
@@ -93,13 +116,23 @@ def build_parser() -> argparse.ArgumentParser:
     _kube_flags(p)
 
     p = sub.add_parser("list", help="list trainings")
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="trainings of every namespace (a NAMESPACE column)")
+    p.add_argument("-o", "--output", choices=("table", "wide", "yaml", "json", "original"), default="table",
+                   help="table (default); wide: + REASON, QUEUE, GPUS, JOB; yaml/json: the resources as a "
+                   "kubectl List; original: the original pipeline's status JSON")
     _kube_flags(p)
 
     p = sub.add_parser("download", help="download a training's results.ply")
     p.add_argument("name", metavar="NAME")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the PLY")
     p.add_argument("--image", help="image of the short-lived reader pod (default busybox; needs `cat`)")
+    _kube_flags(p)
+
+    p = sub.add_parser("upload", help="copy a local scene directory into a PVC (checked, resumable)")
+    p.add_argument("directory", metavar="DIR", help="scene directory: images/ and colmap/sparse_initial (or sparse/0)")
+    p.add_argument("--pvc", required=True, metavar="CLAIM", help="PersistentVolumeClaim to copy into")
+    p.add_argument("--path", help="directory inside the volume (default: DIR's name)")
+    p.add_argument("--image", help="image of the short-lived uploader pod (default busybox; needs sh, tar, sha256sum)")
     _kube_flags(p)
 
     p = sub.add_parser("gateway", help="serve the original REST API (uvicorn)")
@@ -130,10 +163,15 @@ def _err(message: str) -> None:
 def training_manifest(args: argparse.Namespace, name: str, namespace: str | None) -> dict[str, Any]:
     import pydantic
 
+    resources = {k: v for k, v in (("gpus", args.gpus), ("memory", args.memory), ("cpu", args.cpu)) if v is not None}
+    extra: dict[str, Any] = {"resources": resources} if resources else {}
+    if args.queue:
+        extra["queueName"] = args.queue
     try:
         return original.build_training(
             name, scene_id=args.scene, claim=args.pvc, path=args.path or args.scene, namespace=namespace,
-            data_factor=args.data_factor, max_steps=args.max_steps, strategy=args.strategy,
+            data_factor=args.data_factor, max_steps=args.max_steps, strategy=args.strategy, extra_spec=extra,
+            output_path=args.output,
         )
     except pydantic.ValidationError as exc:
         problems = "; ".join(
@@ -146,6 +184,10 @@ async def cmd_train(args: argparse.Namespace) -> int:
     from splatops.cli import download as dl
     from splatops.cli.kube import connect, kubeconfig_path
 
+    local_dir = local_scene_dir(args.scene)
+    if local_dir is not None:  # train ./dir: upload it, then train the uploaded copy
+        args.scene = local_dir.resolve().name
+        args.path = args.path or args.scene
     if args.dry_run:
         name = args.name or original.run_name(args.scene, 1)
         sys.stdout.write(original.to_yaml(training_manifest(args, name, args.namespace)))
@@ -154,7 +196,9 @@ async def cmd_train(args: argparse.Namespace) -> int:
     training_manifest(args, args.name or original.run_name(args.scene, 1), None)  # validate before connecting
     async with connect(target) as kube:
         volumes = dl.local_volumes(kubeconfig_path(target))
-        if args.pvc in volumes:  # a local volume: check the scene as the original pipeline did
+        if local_dir is not None:
+            await _upload(kube, volumes, local_dir, args.pvc, args.path, None)
+        elif args.pvc in volumes:  # a local volume: check the scene as the original pipeline did
             problem = scene_problem(pathlib.Path(volumes[args.pvc]) / (args.path or args.scene))
             if problem:
                 raise FileNotFoundError(problem)
@@ -172,6 +216,65 @@ async def cmd_train(args: argparse.Namespace) -> int:
         if code != EXIT_OK or not args.download:
             return code
         return await _download(kube, target, name, pathlib.Path(args.download), None)
+
+
+def local_scene_dir(scene: str) -> pathlib.Path | None:
+    """A SCENE argument written as a path (./fox, /x/fox, fox/) names a local directory to upload."""
+    if "/" not in scene and not scene.startswith("."):
+        return None
+    path = pathlib.Path(scene).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{scene} is not a directory (a scene id has no '/')")
+    return path
+
+
+async def _upload(kube: Any, volumes: dict[str, str], directory: pathlib.Path, claim: str,
+                  path: str | None, image: str | None) -> None:
+    """Check the scene as the trainer would, then copy it into the claim (a local volume directly)."""
+    from functools import partial
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from splatops.cli import download as dl
+    from splatops.cli import upload as up
+
+    problem = scene_problem(directory)
+    if problem:
+        raise FileNotFoundError(problem)
+    path = path or directory.resolve().name
+    files = up.scene_files(directory)
+    console = Console(file=sys.stderr)
+    with Progress("[bold]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task(f"{directory.name} -> {claim}:{path}", total=None)
+
+        def show(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        if claim in volumes:
+            from splatops.local.podexec import exec_local
+
+            result = await up.transfer(partial(exec_local, volumes[claim]), files, up.pod_dir(path), progress=show)
+        else:
+            await check_claim(kube, claim)
+            result = await up.upload_via_pod(kube, claim, files, path, progress=show,
+                                             image=image or dl.DOWNLOAD_IMAGE)
+    print(f"{claim}:{path}: {len(result.sent)} file(s) uploaded ({result.bytes_sent / 1048576:.2f} MB, sha256 "
+          f"checked), {len(result.skipped)} already there", flush=True)
+
+
+async def cmd_upload(args: argparse.Namespace) -> int:
+    from splatops.cli import download as dl
+    from splatops.cli.kube import connect, kubeconfig_path
+
+    directory = pathlib.Path(args.directory).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{contract.MSG_NO_IMAGES}: {directory} is not a directory")
+    target = _target(args)
+    async with connect(target) as kube:
+        await _upload(kube, dl.local_volumes(kubeconfig_path(target)), directory, args.pvc, args.path, args.image)
+    return EXIT_OK
 
 
 async def check_claim(kube: Any, claim: str) -> None:
@@ -233,7 +336,7 @@ async def cmd_logs(args: argparse.Namespace) -> int:
 
     async with connect(_target(args)) as kube:
         resource = await kube.get_training(args.name)
-        pods = await kube.training_pods(args.name)
+        pods = await kube.training_pods(resource)
         if not pods:
             phase = (resource.get("status") or {}).get("phase") or "Pending"
             raise NotFound(f"training {args.name!r} has no trainer pod yet (phase {phase})")
@@ -251,15 +354,30 @@ async def cmd_list(args: argparse.Namespace) -> int:
     from splatops.cli.kube import connect
 
     async with connect(_target(args)) as kube:
-        items = await kube.list_trainings()
-    items.sort(key=lambda r: (r["metadata"].get("creationTimestamp") or "", r["metadata"]["name"]))
-    if args.output == "json":
+        items = await kube.list_trainings(all_namespaces=args.all_namespaces)
+    items.sort(key=lambda r: (r["metadata"].get("namespace") or "", r["metadata"].get("creationTimestamp") or "",
+                              r["metadata"]["name"]))
+    if args.output in ("json", "yaml"):
+        listing = {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}
+        sys.stdout.write(json.dumps(listing, indent=4) + "\n" if args.output == "json" else original.to_yaml(listing))
+    elif args.output == "original":
         print(json.dumps([{"name": r["metadata"]["name"], **original.original_status(r)} for r in items], indent=2))
     elif not items:
-        print(f"No trainings found in namespace {kube.namespace}.", file=sys.stderr)
+        where = "any namespace" if args.all_namespaces else f"namespace {kube.namespace}"
+        print(f"No trainings found in {where}.", file=sys.stderr)
     else:
-        print(original.format_table(original.table_row(r) for r in items))
+        print(list_table(items, wide=args.output == "wide", all_namespaces=args.all_namespaces))
     return EXIT_OK
+
+
+def list_table(items: Sequence[dict[str, Any]], *, wide: bool, all_namespaces: bool) -> str:
+    """kubectl's table: NAMESPACE first with -A, the extra columns last with -o wide."""
+    header: tuple[str, ...] = original.TABLE_COLUMNS + (original.WIDE_COLUMNS if wide else ())
+    rows = [original.table_row(r) + (original.wide_row(r) if wide else ()) for r in items]
+    if all_namespaces:
+        header = ("NAMESPACE", *header)
+        rows = [(str(r["metadata"].get("namespace") or ""), *row) for r, row in zip(items, rows)]
+    return original.format_table(rows, header)
 
 
 async def _download(kube: Any, target: Any, name: str, dest: pathlib.Path, image: str | None) -> int:
@@ -302,10 +420,7 @@ async def cmd_download(args: argparse.Namespace) -> int:
 def cmd_operator(args: argparse.Namespace) -> int:
     from splatops.controller import main as controller_main
 
-    result = controller_main.run()
-    if inspect.isawaitable(result):
-        asyncio.run(result)
-    return EXIT_OK
+    return controller_main.main()  # settings, logging (as `python -m splatops.controller`), the operator
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -316,7 +431,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 ASYNC_COMMANDS = {
     "train": cmd_train, "status": cmd_status, "wait": cmd_wait, "logs": cmd_logs,
-    "list": cmd_list, "download": cmd_download,
+    "list": cmd_list, "download": cmd_download, "upload": cmd_upload,
 }
 
 
@@ -324,8 +439,9 @@ def _failure(exc: BaseException) -> int | None:
     """Exit code and message for the errors a user can act on (None: not one of those)."""
     from splatops.cli.download import DownloadError
     from splatops.cli.kube import ClusterUnavailable, Conflict, NotFound
+    from splatops.cli.upload import UploadError
 
-    if isinstance(exc, (ClusterUnavailable, NotFound, Conflict, DownloadError, FileNotFoundError)):
+    if isinstance(exc, (ClusterUnavailable, NotFound, Conflict, DownloadError, UploadError, FileNotFoundError)):
         _err(str(exc))
         return EXIT_FAILED
     return None

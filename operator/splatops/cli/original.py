@@ -46,27 +46,20 @@ def scene_id_of(resource: Mapping[str, Any]) -> str:
     return str(meta.get("name", ""))
 
 
-def volume_relative(path: str) -> str:
-    """A model path relative to the volume root, whether the trainer reported it as seen in its
-    pod (`/data/scenes/fox/gsplat/results.ply`) or the operator already made it relative."""
-    mount = names.SCENE_MOUNT.rstrip("/") + "/"
-    if path.startswith(mount):
-        path = path[len(mount):]
-    return path.lstrip("/")
-
-
 def model_path_in_volume(resource: Mapping[str, Any]) -> str:
-    """Where results.ply is (or will be) inside the volume: status.modelPath, else the contract's path."""
-    status = _status(resource)
-    reported = str(status.get("modelPath") or "")
-    mount = names.SCENE_MOUNT.rstrip("/") + "/"
-    if reported and (not reported.startswith("/") or reported.startswith(mount)):
-        return volume_relative(reported)
-    # Absent, or a path outside the pod's mount (a local run): the contract's place for it.
-    scene = (resource.get("spec") or {}).get("scene") or {}
-    return posixpath.normpath(
-        posixpath.join(scene.get("path") or ".", contract.OUTPUT_DIR, contract.RESULT_PLY)
-    )
+    """Where results.ply is (or will be) inside the volume: status.modelPath, else where the
+    training's output directory puts it (`splatops.api.layout`, as the operator decides)."""
+    from splatops.api import layout
+
+    reported = str(_status(resource).get("modelPath") or "")
+    if layout.in_volume(reported):
+        return layout.volume_relative(reported)
+    # Absent, or a path outside the pod's mount (a local run): the layout's place for it.
+    location = layout.location_of(resource)
+    if location is not None:
+        return location.model_path
+    scene = (resource.get("spec") or {}).get("scene") or {}  # not a valid spec: the seed's place
+    return posixpath.join(layout.seed_output_path(scene.get("path") or "."), contract.RESULT_PLY)
 
 
 def original_config(resource: Mapping[str, Any]) -> dict[str, Any]:
@@ -204,14 +197,18 @@ def build_training(
     extra_spec: Mapping[str, Any] | None = None,
     annotations: Mapping[str, str] | None = None,
     created_by: str = "splatops-cli",
+    output_path: str | None = None,
 ) -> dict[str, Any]:
     """A GaussianSplatTraining manifest, its spec validated by the operator's own model.
 
+    `output_path`: spec.output.path (default: the training's own `<path>/gsplat/<name>/`).
     Raises pydantic.ValidationError (or ValueError) with the field that is wrong.
     """
     from splatops.api.models import Spec  # the API's single source of truth
 
     fields: dict[str, Any] = {"scene": {"claimName": claim, "path": path}}
+    if output_path is not None:
+        fields["output"] = {"path": output_path}
     for key, value in (("dataFactor", data_factor), ("maxSteps", max_steps), ("strategy", strategy)):
         if value is not None:
             fields[key] = value
@@ -274,6 +271,16 @@ def table_row(resource: Mapping[str, Any], now: datetime.datetime | None = None)
         f"{size:.2f}" if isinstance(size, (int, float)) else "-",
         age(_created(resource), now),
     )
+
+
+WIDE_COLUMNS = ("REASON", "QUEUE", "GPUS", "JOB")
+
+
+def wide_row(resource: Mapping[str, Any]) -> tuple[str, ...]:
+    """The extra columns of `list -o wide`."""
+    spec, status = resource.get("spec") or {}, _status(resource)
+    return (str(status.get("reason") or "-"), str(spec.get("queueName") or "-"),
+            str((spec.get("resources") or {}).get("gpus") or 1), str(status.get("jobName") or "-"))
 
 
 def format_table(rows: Iterable[tuple[str, ...]], header: tuple[str, ...] = TABLE_COLUMNS) -> str:

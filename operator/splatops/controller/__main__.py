@@ -1,3 +1,5 @@
+import sys
+
 from splatops.controller.main import main
 
-main()
+sys.exit(main())

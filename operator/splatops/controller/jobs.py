@@ -11,58 +11,94 @@ import posixpath
 from typing import Any, Mapping
 
 from splatops import contract, names
-from splatops.api.models import Spec, parse_spec
+from splatops.api import layout
+from splatops.api.layout import OutputKey
+from splatops.api.models import PodTemplate, Spec, parse_spec
 from splatops.controller.settings import Settings
 
 JOB_NAME_PREFIX = "gst-"
 MAX_JOB_NAME = 63  # the Job controller copies the name into a pod label (63 characters)
 TERMINATION_MESSAGE_PATH = contract.TERMINATION_LOG
-SHM_VOLUME = "dshm"
-TMP_VOLUME = "tmp"
+SHM_VOLUME = names.SHM_VOLUME
+TMP_VOLUME = names.TMP_VOLUME
 RUN_AS_USER = names.IMAGE_UID
 
 
+HASH_LEN = 10  # hex digits of sha256: 40 bits
+
+
+def bounded(value: str, limit: int) -> str:
+    """`value` itself when shorter than `limit` characters; else exactly `limit` characters, a
+    head of it and a hash of all of it. The lengths never meet, so no name used as is can equal
+    a hashed one (a 59-character training literally named like a long one's hashed form got the
+    same Job). Dots in the head become '-': it stays a DNS subdomain ('x.-hash' is not)."""
+    if len(value) < limit:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:HASH_LEN]
+    return f"{value[: limit - HASH_LEN - 1].replace('.', '-')}-{digest}"
+
+
 def job_name(training_name: str) -> str:
-    """`gst-<name>`; names too long for a label get truncated plus a stable hash suffix."""
-    name = f"{JOB_NAME_PREFIX}{training_name}"
-    if len(name) <= MAX_JOB_NAME:
-        return name
-    digest = hashlib.sha256(training_name.encode()).hexdigest()[:8]
-    head = name[: MAX_JOB_NAME - len(digest) - 1].rstrip("-.")
-    return f"{head}-{digest}"
+    """`gst-<name>` (at most 62 characters), else `gst-<head>-<hash>` (exactly 63): distinct
+    trainings never share a Job name (the Job controller copies it into a 63-character label)."""
+    return JOB_NAME_PREFIX + bounded(training_name, MAX_JOB_NAME - len(JOB_NAME_PREFIX))
 
 
-def child_labels(training_name: str) -> dict[str, str]:
-    """The operator's own labels for Jobs and pods (never labels copied from the resource)."""
-    return {
+def training_job_name(training: Mapping[str, Any]) -> str:
+    """The Job of `training`: the one its status already names (only ever a Job it owned; an
+    operator before the collision-free names named long trainings' Jobs otherwise, and an upgrade
+    must find those), else job_name() of its name."""
+    recorded = (training.get("status") or {}).get("jobName")
+    return str(recorded) if recorded else job_name(training["metadata"]["name"])
+
+
+def child_labels(training_name: str, uid: str | None = None) -> dict[str, str]:
+    """The operator's own labels for Jobs and pods (never labels copied from the resource).
+    The uid label is the one to select a training's pods by (`splatops logs`): a namesake
+    created after a deletion has another."""
+    labels = {
         names.LABEL_NAME: "splatops",
         names.LABEL_COMPONENT: names.COMPONENT_TRAINER,
         names.LABEL_MANAGED_BY: names.MANAGED_BY,
-        names.LABEL_TRAINING: _label_value(training_name),
+        names.LABEL_TRAINING: bounded(training_name, 63),
     }
-
-
-def _label_value(value: str) -> str:
-    if len(value) <= 63:
-        return value
-    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
-    return f"{value[:54].rstrip('-._')}-{digest}"
+    if uid:
+        labels[names.LABEL_TRAINING_UID] = uid
+    return labels
 
 
 def scene_dir(spec: Spec) -> str:
     return posixpath.normpath(posixpath.join(names.SCENE_MOUNT, spec.scene.path))
 
 
-def model_path(spec: Spec) -> str:
-    """Where results.ply lands, relative to the volume root (what status.modelPath reports)."""
-    return posixpath.normpath(posixpath.join(spec.scene.path, contract.OUTPUT_DIR, contract.RESULT_PLY))
+def pod_output(pod: Mapping[str, Any]) -> OutputKey | None:
+    """The output directory a trainer pod (of a Job built here) writes: its claim and the
+    SPLATOPS_OUTPUT_DIR of its trainer container (None for a pod that names neither)."""
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    claim = next((v.get("persistentVolumeClaim", {}).get("claimName") for v in spec.get("volumes") or []
+                  if v.get("name") == names.SCENE_VOLUME), None)
+    container = next((c for c in spec.get("containers") or [] if c.get("name") == names.TRAINER_CONTAINER), {})
+    env = {e.get("name"): e.get("value") for e in container.get("env") or []}
+    out = env.get(contract.ENV_OUTPUT_DIR)
+    if not out and env.get(contract.ENV_SCENE_DIR):  # a pod of an older operator: the trainer's default
+        out = layout.seed_output_path(str(env[contract.ENV_SCENE_DIR]))
+    if not claim or not out:
+        return None
+    return (str(meta.get("namespace") or ""), str(claim), posixpath.normpath(layout.volume_relative(str(out))))
+
+
+def data_factor(spec: Spec, status: Mapping[str, Any] | None) -> int:
+    """The factor to train at: status.dataFactor once an OOM downscale raised it, else the spec's."""
+    raised = (status or {}).get("dataFactor")
+    return int(raised) if isinstance(raised, int) and raised > spec.data_factor else spec.data_factor
 
 
 def trainer_env(training: Mapping[str, Any], spec: Spec, settings: Settings) -> list[dict[str, Any]]:
     env = {
         contract.ENV_SCENE_DIR: scene_dir(spec),
+        contract.ENV_OUTPUT_DIR: layout.output_location(spec, training["metadata"]["name"]).in_pod,
         contract.ENV_SCENE_ID: training["metadata"]["name"],
-        contract.ENV_DATA_FACTOR: str(spec.data_factor),
+        contract.ENV_DATA_FACTOR: str(data_factor(spec, training.get("status"))),
         contract.ENV_MAX_STEPS: str(spec.max_steps),
         contract.ENV_STRATEGY: spec.strategy,
         contract.ENV_SH_DEGREE: str(spec.sh_degree),
@@ -79,6 +115,12 @@ def trainer_env(training: Mapping[str, Any], spec: Spec, settings: Settings) -> 
         env[contract.ENV_EVAL_EVERY] = str(spec.eval_every)
     if spec.checkpoint_every is not None:
         env[contract.ENV_CHECKPOINT_EVERY] = str(spec.checkpoint_every)
+    if spec.scene.source:
+        env[contract.ENV_SCENE_SOURCE] = spec.scene.source
+    if spec.output is not None and spec.output.uri:
+        env[contract.ENV_OUTPUT_URI] = spec.output.uri
+    if spec.max_gaussians is not None:
+        env[contract.ENV_MAX_GAUSSIANS] = str(spec.max_gaussians)
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
@@ -144,6 +186,53 @@ def lifetime(spec: Spec, settings: Settings) -> dict[str, int]:
     return out
 
 
+def _by_key(defaults: list[dict[str, Any]], overrides: list[dict[str, Any]], key: str = "name") -> list[dict[str, Any]]:
+    """Merge two lists of keyed items: an override replaces the default with the same key."""
+    keys = {item[key] for item in overrides}
+    return [d for d in defaults if d[key] not in keys] + overrides
+
+
+def _dump(items: list[Any] | None) -> list[dict[str, Any]]:
+    return [i.model_dump(by_alias=True, exclude_none=True) for i in items or []]
+
+
+def merged_pod_template(*templates: PodTemplate | None) -> dict[str, Any]:
+    """The operator's default template, then the spec's: maps merged, lists merged by name (mounts
+    by path), the later winning; tolerations added."""
+    out: dict[str, Any] = {"labels": {}, "annotations": {}, "serviceAccountName": None, "imagePullSecrets": [],
+                           "env": [], "volumes": [], "volumeMounts": [], "tolerations": []}
+    for t in filter(None, templates):
+        if t.metadata:
+            out["labels"].update(t.metadata.labels or {})
+            out["annotations"].update(t.metadata.annotations or {})
+        out["serviceAccountName"] = t.service_account_name or out["serviceAccountName"]
+        out["imagePullSecrets"] = _by_key(out["imagePullSecrets"], _dump(t.image_pull_secrets))
+        out["env"] = _by_key(out["env"], _dump(t.env))
+        out["volumes"] = _by_key(out["volumes"], _dump(t.volumes))
+        out["volumeMounts"] = _by_key(out["volumeMounts"], _dump(t.volume_mounts), "mountPath")
+        out["tolerations"] += [x for x in _dump(t.tolerations) if x not in out["tolerations"]]
+    return out
+
+
+def apply_pod_template(pod: dict[str, Any], container: dict[str, Any], merged: Mapping[str, Any]) -> None:
+    """Add the merged template to the pod template `pod` ({metadata, spec}) and its trainer
+    `container`. Additions only: the models already refused anything that would replace the
+    trainer's own volumes, mounts, env or labels, and securityContext, command, resources and
+    automountServiceAccountToken are never touched."""
+    meta, spec = pod["metadata"], pod["spec"]
+    meta["labels"] = {**merged["labels"], **meta["labels"]}  # the operator's own labels win
+    if merged["annotations"]:
+        meta["annotations"] = dict(merged["annotations"])
+    if merged["serviceAccountName"]:
+        spec["serviceAccountName"] = merged["serviceAccountName"]
+    if merged["imagePullSecrets"]:
+        spec["imagePullSecrets"] = list(merged["imagePullSecrets"])
+    container["env"] += merged["env"]
+    container["volumeMounts"] += merged["volumeMounts"]
+    spec["volumes"] += merged["volumes"]
+    spec["tolerations"] += [t for t in merged["tolerations"] if t not in spec["tolerations"]]
+
+
 def owned_by(job: Mapping[str, Any], uid: str | None) -> bool:
     """Whether `job` belongs to the training with `uid` (not to a deleted namesake)."""
     return any(ref.get("uid") == uid for ref in (job.get("metadata") or {}).get("ownerReferences") or [])
@@ -161,12 +250,14 @@ def owner_reference(training: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool = False) -> dict[str, Any]:
-    """The Job for `training`. `suspend=True` creates it held back (operator queue, or Kueue)."""
+def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool = False,
+              attempts_before: int = 0) -> dict[str, Any]:
+    """The Job for `training`. `suspend=True` creates it held back (operator queue, or Kueue);
+    `attempts_before`: trainer pods its lost predecessors ran (status.attempts counts on)."""
     meta = training["metadata"]
     spec = parse_spec(training.get("spec") or {})
     name = meta["name"]
-    labels = child_labels(name)
+    labels = child_labels(name, meta.get("uid"))
     job_labels = dict(labels)
     if spec.queue_name:
         job_labels[names.KUEUE_QUEUE_LABEL] = spec.queue_name
@@ -180,8 +271,8 @@ def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool 
         "resources": resources(spec, settings),
         "volumeMounts": [
             {"name": names.SCENE_VOLUME, "mountPath": names.SCENE_MOUNT},
-            {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
-            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            {"name": SHM_VOLUME, "mountPath": names.SHM_MOUNT},
+            {"name": TMP_VOLUME, "mountPath": names.TMP_MOUNT},
         ],
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -235,16 +326,15 @@ def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool 
         },
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
+    apply_pod_template(job_spec["template"], container, merged_pod_template(settings.pod_template, spec.pod_template))
     job_spec.update(lifetime(spec, settings))
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": job_name(name),
-            "namespace": meta.get("namespace"),
-            "labels": job_labels,
-            "ownerReferences": [owner_reference(training)],
-        },
-        "spec": job_spec,
+    job_meta: dict[str, Any] = {
+        "name": training_job_name(training),
+        "namespace": meta.get("namespace"),
+        "labels": job_labels,
+        "ownerReferences": [owner_reference(training)],
     }
+    if attempts_before:
+        job_meta["annotations"] = {names.ANNOTATION_ATTEMPTS_BEFORE: str(attempts_before)}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": job_meta, "spec": job_spec}
 

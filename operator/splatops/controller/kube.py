@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dataclasses
 import os
 from typing import Any
@@ -25,6 +27,10 @@ async def raise_for_status(resp: Any) -> Any:
     if not 200 <= resp.status <= 299:
         raise ApiException(http_resp=RESTResponse(resp, await resp.read()))
     return resp
+
+
+KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta1"
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
 
 @dataclasses.dataclass
@@ -54,6 +60,16 @@ class Kube:
             name, namespace, patch, _content_type=MERGE_PATCH, _preload_content=False))
         return await resp.json()
 
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job, its pods first (Foreground: the Job stays, marked deleting, until they are
+        gone, so a replacement never shares the output directory with an old pod). Gone already: fine."""
+        try:
+            await raise_for_status(await self.batch.delete_namespaced_job(
+                name, namespace, propagation_policy="Foreground", _preload_content=False))
+        except ApiException as exc:
+            if not failures.is_not_found(exc.status, exc.body):
+                raise
+
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge `status` into the training's status; False when the training is gone (deleted
         after the index showed it: its DELETED event forgets it, nothing is left to write)."""
@@ -73,6 +89,22 @@ class Kube:
             namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}", _preload_content=False
         ))
         return list((await resp.json()).get("items") or [])
+
+    async def pod_events(self, namespace: str, pod: str) -> list[dict[str, Any]]:
+        """Core v1 Events about one pod (Karpenter's Nominated among them)."""
+        resp = await raise_for_status(await self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.kind=Pod,involvedObject.name={pod}", _preload_content=False
+        ))
+        items = json.loads(await resp.read()).get("items") or []
+        return [e for e in items if (e.get("involvedObject") or {}).get("name") == pod]
+
+    async def kueue_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        """Kueue's Workloads for a Job (Kueue labels each with the Job's uid)."""
+        resp = await raise_for_status(await self.custom.list_namespaced_custom_object(
+            KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads",
+            label_selector=f"{KUEUE_JOB_UID_LABEL}={job_uid}", _preload_content=False,
+        ))
+        return list(json.loads(await resp.read()).get("items") or [])
 
     async def log_tail(self, namespace: str, pod: str, lines: int) -> str:
         resp = await raise_for_status(await self.core.read_namespaced_pod_log(

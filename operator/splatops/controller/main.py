@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import threading
 from typing import Any
 
@@ -19,7 +20,7 @@ from splatops import names
 from splatops.controller import metrics
 from splatops.controller.handlers import register
 from splatops.controller.handlers.state import Runtime
-from splatops.controller.settings import Settings
+from splatops.controller.settings import Settings, SettingsError
 
 PERSISTENCE_PREFIX = "splatops.dev"
 log = logging.getLogger("splatops.operator")
@@ -126,10 +127,31 @@ def run(settings: Settings | None = None, *, ready_flag: Any = None, stop_flag: 
             server.server_close()
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run()
+# In JSON lines, the key of the object a line is about ({"apiVersion", "kind", "name", "namespace", "uid"}).
+LOG_REFKEY = "object"
+
+
+def configure_logging(settings: Settings) -> None:
+    """Print log lines as `kopf run` does, with kopf's own handler and formatters: the operator's
+    INFO lines and kopf's per-object ones ("Handler 'training_event' failed temporarily: ...").
+    Without it a process that never configured logging prints only WARNING and above, bare."""
+    log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
+    kopf.configure(debug=settings.log_level == "DEBUG", quiet=settings.log_level == "WARNING",
+                   log_format=log_format, log_prefix=settings.log_format != "json", log_refkey=LOG_REFKEY)
+
+
+def main() -> int:
+    """The process entry point (`splatops operator`, `python -m splatops.controller`): settings,
+    logging, then the operator until SIGTERM. Invalid settings exit 2 naming each variable."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    run(settings)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

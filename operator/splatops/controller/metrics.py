@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from splatops import contract
 from splatops.api.models import Phase
 from splatops.controller import metric_names as m
 
@@ -30,6 +31,27 @@ DURATION = Histogram(m.DURATION, "Seconds from start to finish of a training.", 
 QUEUE_WAIT = Histogram(m.QUEUE_WAIT, "Seconds from creation to admission of a training.", buckets=_WAIT_BUCKETS, registry=REGISTRY)
 RECONCILE_ERRORS = Counter(m.RECONCILE_ERRORS.removesuffix("_total"), "Handler errors (each retried by kopf).", ["handler"], registry=REGISTRY)
 STATUS_WRITES = Counter("splatops_status_writes", "Status patches written, by kind (phase or progress).", ["kind"], registry=REGISTRY)
+
+# Series exist at 0 from the start for every label value known in advance: a counter whose
+# series appears with its first increment hides that increment from increase() and rate().
+for _outcome in ("succeeded", "failed"):
+    DURATION.labels(_outcome)
+for _kind in ("phase", "progress"):
+    STATUS_WRITES.labels(_kind)
+_COUNTED_NAMESPACES: set[str] = set()
+_COUNTED_LOCK = threading.Lock()
+
+
+def count_namespace(namespace: str) -> None:
+    """The outcome counters of a namespace at 0 (every failure reason), once it has a training."""
+    with _COUNTED_LOCK:
+        if namespace in _COUNTED_NAMESPACES:
+            return
+        _COUNTED_NAMESPACES.add(namespace)
+    STARTED.labels(namespace)
+    SUCCEEDED.labels(namespace)
+    for reason in (*(r.value for r in contract.Reason), "Unknown"):
+        FAILED.labels(namespace, reason)
 
 
 class PhaseCollector(Collector):
@@ -136,6 +158,7 @@ class OperatorMetrics(Collector):
                 gauge.clear()
 
     def set_phase(self, namespace: str, name: str, phase: str | None) -> None:
+        count_namespace(namespace)
         self.phases.set(namespace, name, phase)
 
     def record_progress(self, namespace: str, name: str, progress: Mapping[str, object], now: float) -> None:

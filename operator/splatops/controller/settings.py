@@ -12,10 +12,16 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from splatops.controller import policy as pol
+from splatops.api.models import PodTemplate
+
 ENV_PREFIX = "SPLATOPS_OPERATOR_"
 
-DEFAULT_GPU_PRODUCT_KEY = "nvidia.com/gpu.product"
-DEFAULT_GPU_PRODUCTS = ("NVIDIA-A10G",)
+# The default GPU pool: A10G (g5) instances by the well-known instance-type label, which every EKS
+# node has (managed node groups, Karpenter, Auto Mode): no GPU Feature Discovery needed.
+DEFAULT_GPU_NODE_LABEL_KEY = "node.kubernetes.io/instance-type"
+DEFAULT_GPU_NODE_LABEL_VALUES = ("g5.xlarge", "g5.2xlarge", "g5.4xlarge", "g5.8xlarge", "g5.12xlarge", "g5.16xlarge",
+                                 "g5.24xlarge", "g5.48xlarge")
 DEFAULT_TOLERATIONS: tuple[dict[str, Any], ...] = (
     {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
 )
@@ -63,15 +69,21 @@ class Settings(BaseSettings):
     trainer_image: str = Field("ghcr.io/splatops/trainer:0.1.0", min_length=1)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     gpu_resource_name: str = Field("nvidia.com/gpu", min_length=1)
-    gpu_node_label_key: str = Field(DEFAULT_GPU_PRODUCT_KEY, description="Node label of the GPU pool; empty = no affinity.")
-    gpu_node_label_values: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_GPU_PRODUCTS))
+    gpu_node_label_key: str = Field(DEFAULT_GPU_NODE_LABEL_KEY, description="Node label of the GPU pool; empty = no affinity.")
+    gpu_node_label_values: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_GPU_NODE_LABEL_VALUES))
     tolerations: Annotated[list[dict[str, Any]], NoDecode] = Field(
         default_factory=lambda: [dict(t) for t in DEFAULT_TOLERATIONS],
         description="JSON list of tolerations added to every trainer pod.",
     )
-    default_memory: str = "24Gi"
-    default_cpu: str = "4"
-    shm_size: str = Field("8Gi", description="Size limit of the /dev/shm memory emptyDir.")
+    pod_template: Annotated[PodTemplate | None, NoDecode] = Field(
+        None, description="JSON PodTemplate (the spec's podTemplate shape) merged into every trainer pod; "
+        "a training's spec.podTemplate wins.",
+    )
+    # Sized to fit g5.xlarge, the smallest A10G instance (docs/eks.md: allocatable ~3.92 CPU and
+    # ~14.5 GiB after EKS's kube-reserved and eviction threshold, less the DaemonSets).
+    default_memory: str = "12Gi"
+    default_cpu: str = "3"
+    shm_size: str = Field("1Gi", description="Size limit of the /dev/shm memory emptyDir (counts against the memory limit).")
     trainer_metrics_port: int = Field(9090, ge=1, le=65535)
     # Job defaults where the resource's spec has none (the spec's values win); 0 = none.
     default_backoff_limit: int = Field(
@@ -86,13 +98,32 @@ class Settings(BaseSettings):
         604800, ge=0, validation_alias=_env_alias("default_ttl_seconds_after_finished"),
         description="Job ttlSecondsAfterFinished when spec.ttlSecondsAfterFinished is unset (0 = keep finished Jobs).",
     )
+    # -- policy on what a spec may ask of its pod (controller/policy.py; the chart's `policy` values)
+    policy_allowed_image_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated images a spec.image may name: a repository (any tag or digest) or a "
+        "prefix ending in '/'; '*' = any image; empty = the repository of trainer_image.",
+    )
+    policy_allowed_priority_classes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated PriorityClasses a spec may name; empty = none.")
+    policy_denied_toleration_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(pol.DEFAULT_DENIED_TOLERATION_KEYS),
+        description="Comma-separated taint keys (a trailing '*' = a prefix) spec.tolerations may not name; "
+        "a toleration without a key is always refused.")
+    policy_denied_node_label_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(pol.DEFAULT_DENIED_NODE_LABEL_KEYS),
+        description="Comma-separated node label keys (a trailing '*' = a prefix) spec.nodeSelector and "
+        "spec.affinity's node affinity may not name.")
     # -- admission
     max_concurrent: int = Field(0, ge=0, description="Cap on trainings running at once; 0 = no cap.")
     # -- progress
     progress_interval: float = Field(15.0, gt=0, description="Seconds between pod-log progress polls.")
     status_min_interval: float = Field(10.0, ge=0, description="Minimum seconds between progress status writes per resource.")
     log_tail_lines: int = Field(200, ge=1, le=100_000)
-    unschedulable_grace: float = Field(600.0, ge=0, description="Seconds a pod may stay Unschedulable before the training fails.")
+    unschedulable_grace: float = Field(900.0, ge=0, description="Seconds a pod may stay Unschedulable before the training fails.")
+    provisioning_grace: float = Field(
+        2700.0, ge=0, description="Seconds an Unschedulable pod may wait while a node is being provisioned for it "
+        "(status.nominatedNodeName, or a Karpenter Nominated Event): a g5 node launch is not a failure.")
     # -- serving
     metrics_port: int = Field(8080, ge=0, le=65535, description="Prometheus /metrics port; 0 = off.")
     liveness_port: int = Field(8081, ge=0, le=65535, description="kopf liveness port; 0 = off.")
@@ -117,10 +148,15 @@ class Settings(BaseSettings):
     watch_inactivity_timeout: float = Field(600.0, gt=0)
     # -- kopf posting
     event_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="kopf log lines at or above this level are also posted as Kubernetes Events.")
+    # -- logging (kopf's handler and formatters, as `kopf run` sets them up)
+    log_level: Literal["DEBUG", "INFO", "WARNING"] = Field("INFO", description="Lowest level printed (stderr).")
+    log_format: Literal["text", "json"] = Field("text", description="text, or json: one JSON object per line (kopf's formatter).")
     # -- process
     gc_tuning: bool = Field(True, description="Freeze startup objects out of Python's GC and collect less often (see main.tune_gc).")
 
-    @field_validator("namespaces", "gpu_node_label_values", mode="before")
+    @field_validator("namespaces", "gpu_node_label_values", "policy_allowed_image_prefixes",
+                     "policy_allowed_priority_classes", "policy_denied_toleration_keys",
+                     "policy_denied_node_label_keys", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -132,6 +168,12 @@ class Settings(BaseSettings):
         if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
             raise ValueError("tolerations must be a JSON list of objects")
         return value
+
+    @field_validator("pod_template", mode="before")
+    @classmethod
+    def _pod_template(cls, value: Any) -> Any:
+        value = _json_value(value, "pod_template")
+        return value or None
 
     @field_validator("liveness_path")
     @classmethod
@@ -153,6 +195,16 @@ class Settings(BaseSettings):
             raise ValueError("standalone and peering_mandatory exclude each other: a standalone operator uses no "
                              "peering; set one of them to false")
         return self
+
+    @property
+    def policy(self) -> pol.Policy:
+        images = self.policy_allowed_image_prefixes or [pol.image_repository(self.trainer_image)]
+        return pol.Policy(
+            allowed_image_prefixes=tuple(images),
+            allowed_priority_classes=tuple(self.policy_allowed_priority_classes),
+            denied_toleration_keys=tuple(self.policy_denied_toleration_keys),
+            denied_node_label_keys=tuple(self.policy_denied_node_label_keys),
+        )
 
     @property
     def liveness_endpoint(self) -> str | None:

@@ -9,7 +9,8 @@ import dataclasses
 from typing import Any, Iterable, Mapping
 
 from splatops import contract, names
-from splatops.api.models import CONDITION_TYPES, Phase
+from splatops.api import layout
+from splatops.api.models import CONDITION_TYPES, MAX_DATA_FACTOR, OOM_DOWNSCALE, Phase
 from splatops.controller import failures
 from splatops.controller.timeutil import format_time
 
@@ -22,6 +23,8 @@ REASON_SUSPENDED = "SuspendedByUser"
 REASON_RUNNING = "TrainerRunning"
 REASON_COMPLETE = "TrainingComplete"
 REASON_RETRYING = "Retrying"
+REASON_OUTPUT_BUSY = "OutputBusy"  # another training writes the same output directory
+REASON_DOWNSCALED = "DownscaledAfterOOM"  # also the Warning Event's reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +39,12 @@ class Observed:
     queued_by_operator: bool = False  # waiting under the operator's own cap
     now: float = 0.0
     unschedulable_grace: float = 600.0
+    provisioning_grace: float = 0.0  # how long a pod a node is being provisioned for may wait
+    nominated: frozenset[str] = frozenset()  # pods Karpenter launched a node for (Nominated Events)
+    kueue_message: str | None = None  # why Kueue has not admitted the Job yet, in its words
     model_path: str | None = None  # where results.ply lands (relative to the volume)
+    blocked: tuple[str, str] | None = None  # why the Job cannot be created now: (reason, message)
+    output_busy: str | None = None  # why it waits for its output directory (no Job is made meanwhile)
 
 
 def _pod_sort_key(pod: Mapping[str, Any]) -> str:
@@ -54,11 +62,29 @@ def running_pod(pods: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 
 
 def attempts(job: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]], previous: int | None) -> int:
-    """Pods started so far: the Job's counters, or the pods we saw, never going backwards."""
+    """Pods started so far: those of the Jobs before this one (a lost Job made again carries
+    their count in an annotation), plus this Job's counters or the pods of it we saw; never
+    going backwards."""
+    meta = (job or {}).get("metadata") or {}
+    before = _int((meta.get("annotations") or {}).get(names.ANNOTATION_ATTEMPTS_BEFORE))
     st = (job or {}).get("status") or {}
     counted = int(st.get("active") or 0) + int(st.get("succeeded") or 0) + int(st.get("failed") or 0)
-    seen = len({(p.get("metadata") or {}).get("uid") or (p.get("metadata") or {}).get("name") for p in pods})
-    return max(counted, seen, previous or 0)
+    uid = meta.get("uid")
+    # A namesake Job's pods (the lost one's, still being collected) are not this Job's.
+    mine = [p for p in pods if not uid or not _owner_uids(p) or uid in _owner_uids(p)]
+    seen = len({(p.get("metadata") or {}).get("uid") or (p.get("metadata") or {}).get("name") for p in mine})
+    return max(before + max(counted, seen), previous or 0)
+
+
+def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
+    return {str(r.get("uid")) for r in (obj.get("metadata") or {}).get("ownerReferences") or []}
+
+
+def _int(value: Any) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
 
 
 def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
@@ -75,6 +101,14 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
                 return Phase.FAILED, better.reason, better.message
         return Phase(prev), str(obs.status.get("reason") or ""), str(obs.status.get("message") or "")
     if job is None:
+        if obs.output_busy and obs.spec.get("suspend"):
+            return Phase.SUSPENDED, REASON_SUSPENDED, "Suspended (spec.suspend) before it started; " + obs.output_busy
+        if obs.output_busy:
+            return Phase.QUEUED, REASON_OUTPUT_BUSY, obs.output_busy
+        if obs.blocked is not None:  # e.g. JobCreateRetrying, JobNameTaken
+            return Phase.PENDING, obs.blocked[0], obs.blocked[1]
+        if obs.status.get("reason") == REASON_DOWNSCALED:  # the next Job, at the new factor, is on its way
+            return Phase.PENDING, REASON_DOWNSCALED, str(obs.status.get("message") or "")
         if obs.queued_by_operator:
             return Phase.QUEUED, REASON_WAITING_SLOT, "Waiting for a free training slot (operator cap)."
         return Phase.PENDING, REASON_CREATED, "Creating the training Job."
@@ -83,7 +117,8 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
     if failures.job_condition(job, "Failed") or failures.job_condition(job, "FailureTarget"):
         failure = failures.classify_job_failure(job, obs.pods)
         return Phase.FAILED, failure.reason, failure.message
-    stuck = failures.stuck(obs.pods, obs.now, obs.unschedulable_grace)
+    stuck = failures.stuck(obs.pods, obs.now, obs.unschedulable_grace, nominated=obs.nominated,
+                           provisioning_grace=obs.provisioning_grace)
     if stuck is not None:
         return Phase.FAILED, stuck.reason, stuck.message
     job_suspended = bool((job.get("spec") or {}).get("suspend"))
@@ -94,13 +129,14 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
             # Kueue re-suspends a preempted Job without any DisruptionTarget: if it ever ran, it was preempted.
             if prev == Phase.RUNNING.value or obs.status.get("startTime") or obs.status.get("reason") == REASON_PREEMPTED:
                 return Phase.QUEUED, REASON_PREEMPTED, "Preempted by Kueue; resumes from the last checkpoint when readmitted."
-            return Phase.QUEUED, REASON_WAITING_KUEUE, f"Waiting for Kueue to admit the Job (queue {obs.spec['queueName']})."
+            why = f": {obs.kueue_message}" if obs.kueue_message else "."
+            return Phase.QUEUED, REASON_WAITING_KUEUE, f"Waiting for Kueue to admit the Job (queue {obs.spec['queueName']}){why}"
         return Phase.QUEUED, REASON_WAITING_SLOT, "Waiting for a free training slot (operator cap)."
     if running_pod(obs.pods) is not None:
         return Phase.RUNNING, REASON_RUNNING, "Training."
     if any((p.get("status") or {}).get("phase") == "Succeeded" for p in obs.pods):
         return Phase.RUNNING, REASON_RUNNING, "Training finished; the Job is completing."
-    detail = failures.pending_detail(obs.pods)
+    detail = failures.pending_detail(obs.pods, obs.nominated)
     if detail is not None:
         return Phase.PENDING, detail[0], detail[1]
     if int(((job.get("status") or {}).get("failed")) or 0) > 0:
@@ -178,6 +214,38 @@ def desired_status(obs: Observed) -> dict[str, Any]:
     return out
 
 
+def oom_retry_factor(spec: Mapping[str, Any], current: Mapping[str, Any], desired: Mapping[str, Any]) -> int | None:
+    """The dataFactor to train at again after a CUDA out-of-memory failure under spec.oom.policy
+    Downscale: twice the current one, up to 8 (None: the failure stands)."""
+    if desired.get("phase") != Phase.FAILED.value or desired.get("reason") != contract.Reason.OUT_OF_MEMORY.value:
+        return None
+    if current.get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value):
+        return None
+    if (spec.get("oom") or {}).get("policy") != OOM_DOWNSCALE:
+        return None
+    factor = current_factor(spec, current) * 2
+    return factor if factor <= MAX_DATA_FACTOR else None
+
+
+def current_factor(spec: Mapping[str, Any], current: Mapping[str, Any]) -> int:
+    raised, own = current.get("dataFactor"), int(spec.get("dataFactor") or 1)
+    return int(raised) if isinstance(raised, int) and raised > own else own
+
+
+def downscaled_status(current: Mapping[str, Any], spec: Mapping[str, Any], factor: int, now: float,
+                      generation: int | None) -> dict[str, Any]:
+    """Pending again at `factor`: the status patch of an out-of-memory retry."""
+    old = current_factor(spec, current)
+    message = (f"CUDA out of memory at dataFactor {old}; training again at dataFactor {factor} "
+               f"(spec.oom.policy {OOM_DOWNSCALE}). The new run starts fresh: checkpoints of dataFactor "
+               f"{old} are not resumed.")
+    return {
+        "phase": Phase.PENDING.value, "reason": REASON_DOWNSCALED, "message": message, "dataFactor": factor,
+        "observedGeneration": generation,
+        "conditions": conditions(current.get("conditions"), Phase.PENDING, REASON_DOWNSCALED, message, now, generation),
+    }
+
+
 def failed_status(reason: str, message: str, now: float, generation: int | None) -> dict[str, Any]:
     """The whole status of a training failed before its Job exists (invalid spec, missing PVC)."""
     return {
@@ -209,7 +277,8 @@ def result_fields(result: contract.Result | None, default_model_path: str | None
     if result is None:
         return fields
     if result.model_path:
-        fields["modelPath"] = volume_relative(result.model_path, default_model_path)
+        reported = result.model_path
+        fields["modelPath"] = layout.volume_relative(reported) if layout.in_volume(reported) else (default_model_path or reported)
     if result.model_size_mb is not None:
         fields["modelSizeMB"] = result.model_size_mb
     metrics = {
@@ -218,21 +287,33 @@ def result_fields(result: contract.Result | None, default_model_path: str | None
         "numGaussians": result.num_gaussians,
         "steps": result.steps,
         "durationSeconds": result.duration_s,
+        "gpuSeconds": result.gpu_seconds,
+        "peakGpuMemoryBytes": result.peak_gpu_memory_bytes,
+        "gpuMemoryEstimateBytes": result.gpu_memory_estimate_bytes,
     }
     metrics = {k: v for k, v in metrics.items() if v is not None}
     if metrics:
         fields["metrics"] = metrics
     if result.config:
         fields["config"] = result.config
+    outputs = [output_ref(o) for o in result.outputs or [] if isinstance(o, dict) and o.get("name")]
+    if outputs:
+        fields["outputs"] = outputs
     return fields
 
 
-def volume_relative(path: str, fallback: str | None) -> str:
-    """The trainer reports paths inside the pod (/data/...); users want them inside the volume."""
-    prefix = names.SCENE_MOUNT.rstrip("/") + "/"
-    if path.startswith(prefix):
-        return path[len(prefix):]
-    return path if not path.startswith("/") else (fallback or path)
+def output_ref(output: dict[str, Any]) -> dict[str, Any]:
+    """status.outputs[]: name, uri (object storage) and/or path (inside the volume), bytes, sha256."""
+    ref = {"name": str(output["name"])}
+    if output.get("uri"):
+        ref["uri"] = str(output["uri"])
+    if output.get("path"):
+        path = str(output["path"])
+        ref["path"] = layout.volume_relative(path) if layout.in_volume(path) else path
+    for key in ("bytes", "sha256"):
+        if output.get(key) is not None:
+            ref[key] = output[key]
+    return ref
 
 
 def progress_status(progress: contract.Progress, now: float) -> dict[str, Any]:

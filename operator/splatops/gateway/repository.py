@@ -21,6 +21,9 @@ class TrainingRepository(Protocol):
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Create a training; raise `Conflict` if the name is taken."""
 
+    async def ping(self) -> None:
+        """Return when the API answers a read of trainings; raise `ClusterUnavailable` if not."""
+
 
 def _of_scene(resources: list[dict[str, Any]], scene_id: str) -> list[dict[str, Any]]:
     # The label is a sanitized scene id (two ids may share it); the annotation is exact.
@@ -38,6 +41,9 @@ class KubeRepository:
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         return await self.kube.create_training(manifest)
 
+    async def ping(self) -> None:
+        await self.kube.list_trainings(limit=1)  # what the gateway needs: the API and its RBAC
+
 
 class InMemoryRepository:
     """A dict of resources; what the API server would return, without an operator."""
@@ -45,6 +51,9 @@ class InMemoryRepository:
     def __init__(self) -> None:
         self.items: dict[str, dict[str, Any]] = {}
         self._rv = itertools.count(1)
+
+    async def ping(self) -> None:
+        return None
 
     async def runs(self, scene_id: str) -> list[dict[str, Any]]:
         return _of_scene([copy.deepcopy(r) for r in self.items.values()], scene_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splatops.api.models import DNS1123_SUBDOMAIN
@@ -25,6 +25,18 @@ class GatewaySettings(BaseSettings):
     default_max_steps: int = Field(30000, ge=1, description="max_steps when the request gives none (the original's default).")
     kubeconfig: str | None = Field(None, description="kubeconfig file (default: in-cluster, else $KUBECONFIG).")
     context: str | None = Field(None, description="kubeconfig context (default: the current one).")
+    api_timeout: float = Field(10.0, gt=0, description="Seconds a Kubernetes API call may take before the gateway answers 503.")
+    ready_cache_seconds: float = Field(5.0, ge=0, description="How long /readyz reuses its last API check.")
+    auth_token: SecretStr | None = Field(None, description="Bearer token clients must send (prefer auth_token_file).")
+    auth_token_file: str | None = Field(
+        None, description="File holding the bearer token (a mounted Secret; re-read when it changes)."
+    )
+    auth_proxy_header: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9-]+$",
+        description="Trust this header (set by an authenticating proxy) as the user's name. Only when set.",
+    )
+    post_rate_per_minute: float = Field(6.0, ge=0, description="POSTs per minute and client (token bucket refill); 0 = no limit.")
+    post_burst: int = Field(10, ge=1, description="POSTs a client may make at once (token bucket size).")
 
     @field_validator("scenes_root")
     @classmethod

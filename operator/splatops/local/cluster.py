@@ -43,8 +43,11 @@ JOB_RESOURCE = "batch/v1/jobs"
 POD_RESOURCE = "v1/pods"
 NAMESPACE_RESOURCE = "v1/namespaces"
 EVENT_RESOURCE = "v1/events"
+KUEUE_WORKLOAD_RESOURCE = "kueue.x-k8s.io/v1beta1/workloads"
 
 _NAMESPACES_PATH = re.compile(r"^/api/v1/namespaces(/[^/]+)?/?$")
+_EXEC_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/exec$")
+EXEC_PROTOCOL = "v4.channel.k8s.io"
 _NS_ALIAS = "splatops-namespaces-alias"
 _DIRECT_READS = frozenset({kmock.action.LIST, kmock.action.FETCH})
 _VERBS = ("list", "watch", "get", "create", "patch", "update", "delete")
@@ -63,6 +66,8 @@ RESOURCES: dict[str, dict[str, Any]] = {
         subresources={"status"},
     ),
     "coordination.k8s.io/v1/leases": dict(kind="Lease", singular="lease", namespaced=True),
+    # Kueue's Workloads, for the status of trainings waiting for its admission.
+    KUEUE_WORKLOAD_RESOURCE: dict(kind="Workload", singular="workload", namespaced=True, subresources={"status"}),
     # kopf's peering (two replicas); harmless when the operator runs standalone.
     "kopf.dev/v1/kopfpeerings": dict(kind="KopfPeering", singular="kopfpeering", namespaced=True),
     "kopf.dev/v1/clusterkopfpeerings": dict(
@@ -207,6 +212,10 @@ class SplatopsEmulator(kmock.KubernetesEmulator):
     request_limit: int | None = 200
     # In-process observers of every watch event: callback(resource key, event type, object).
     listeners: list[Callable[[str, str, dict[str, Any]], None]] = attrs.field(factory=list)
+    # claim -> local directory: serve pods/exec (websocket, v4 channels) for pods mounting one of
+    # these claims, running the command as a local process on the directory (podexec). None:
+    # no exec endpoint, as before.
+    exec_volumes: dict[str, str] | None = None
     _rv: Iterable[int] = attrs.field(factory=lambda: itertools.count(1))
     _builtin_reactions: int = attrs.field(default=0, init=False)
     _log_changed: asyncio.Condition | None = attrs.field(default=None)
@@ -220,6 +229,8 @@ class SplatopsEmulator(kmock.KubernetesEmulator):
     # -- request routing ---------------------------------------------------------------------
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if self.exec_volumes is not None and (m := _EXEC_PATH.match(raw_request.path)):
+            return await self._serve_exec(raw_request, m.group(1), m.group(2))
         # kmock reads /api/v1/namespaces/{x} as "namespace x" and fails on the namespaces resource
         # itself: route it under an alias plural and restore the real resource in _handle.
         if m := _NAMESPACES_PATH.match(raw_request.path):
@@ -278,6 +289,30 @@ class SplatopsEmulator(kmock.KubernetesEmulator):
             return await self._render_error(exc)
         # Watches, followed logs and intercepted reads go through kmock's routing.
         return await kmock.KubernetesScaffold._handle(self, request)
+
+    async def _serve_exec(self, request: aiohttp.web.BaseRequest, namespace: str, name: str) -> aiohttp.web.StreamResponse:
+        """pods/{name}/exec as a kubelet streams it: stdin from channel 0, then stdout (1), stderr
+        (2) and the final metav1.Status (3); the stream closes when the command ends."""
+        from splatops.local.podexec import claim_dir, exec_local
+
+        pod = self.read(POD_RESOURCE, namespace, name)
+        volume = claim_dir(pod, self.exec_volumes or {}) if pod is not None else None
+        if volume is None:
+            return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                                               "reason": "NotFound", "message": f'pods "{name}" not found'}, status=404)
+        ws = aiohttp.web.WebSocketResponse(protocols=(EXEC_PROTOCOL,))
+        await ws.prepare(request)
+
+        async def stdin() -> AsyncIterator[bytes]:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY and msg.data[:1] == b"\x00":
+                    yield msg.data[1:]
+
+        wants_stdin = _query_bool(request.query.get("stdin"))
+        async for frame in exec_local(volume, request.query.getall("command", []), stdin() if wants_stdin else None):
+            await ws.send_bytes(frame)
+        await ws.close()
+        return ws
 
     # -- in-process API (also used by the HTTP handlers) ---------------------------------------
 

@@ -16,7 +16,7 @@ import secrets
 from typing import Any
 
 from splatops import names
-from splatops.local.cluster import JOB_RESOURCE, POD_RESOURCE, SplatopsEmulator
+from splatops.local.cluster import EVENT_RESOURCE, JOB_RESOURCE, KUEUE_WORKLOAD_RESOURCE, POD_RESOURCE, SplatopsEmulator
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
@@ -303,6 +303,29 @@ class SimCluster:
         await self._set_pod(pod_name, {"waiting": {
             "reason": reason, "message": f'Back-off pulling image "{image}"'}}, "Pending")
         await self._react(pod_name)
+
+    async def karpenter_nominates(self, pod_name: str, nodeclaim: str = "gpu-g5-xl4k7") -> dict[str, Any]:
+        """Karpenter launched a NodeClaim for the pod: its "Nominated" Event on the pod."""
+        return await self.emulator.create(EVENT_RESOURCE, {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{pod_name}.nominated", "namespace": self.namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "namespace": self.namespace},
+            "reason": "Nominated", "message": f"Pod should schedule on: nodeclaim/{nodeclaim}",
+            "type": "Normal", "source": {"component": "karpenter"}, "firstTimestamp": now(), "lastTimestamp": now(),
+            "count": 1})
+
+    async def kueue_pending(self, job_name: str, message: str) -> dict[str, Any]:
+        """Kueue's Workload for the Job, not admitted: QuotaReserved False with Kueue's words."""
+        job = self.job(job_name) or {}
+        name = f"job-{job_name}-1a2b3"
+        await self.emulator.create(KUEUE_WORKLOAD_RESOURCE, {
+            "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
+            "metadata": {"name": name, "namespace": self.namespace,
+                         "labels": {"kueue.x-k8s.io/job-uid": job["metadata"]["uid"]}},
+            "spec": {"queueName": job["metadata"]["labels"].get(names.KUEUE_QUEUE_LABEL, "")}})
+        return await self.emulator.patch(KUEUE_WORKLOAD_RESOURCE, self.namespace, name, {"status": {"conditions": [{
+            "type": "QuotaReserved", "status": "False", "reason": "Pending", "message": message,
+            "lastTransitionTime": now()}]}}, subresource="status")
 
     async def unschedulable(self, pod_name: str, message: str = UNSCHEDULABLE_MESSAGE) -> None:
         await self.emulator.patch(POD_RESOURCE, self.namespace, pod_name, {"status": {

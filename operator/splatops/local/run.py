@@ -70,10 +70,6 @@ class Plan:
     def kubeconfig(self) -> pathlib.Path:
         return self.workdir / "kubeconfig"
 
-    @property
-    def results_ply(self) -> pathlib.Path:
-        return self.scene_dir / contract.OUTPUT_DIR / contract.RESULT_PLY
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scene", metavar="DIR", help="a scene directory (images/ + colmap/sparse_initial/); "
@@ -298,7 +294,7 @@ async def run_local(p: Plan, *, strategy: str = "default", keep_running: bool = 
                         return EXIT_FAILED
                     result = original.original_status(final, volume_root=str(p.volume))
                     print("status: " + json.dumps(result, indent=2), flush=True)
-                    code = _report(result, p)
+                    code = _report(result, p.volume / original.model_path_in_volume(final))
                     for problem in executor.errors:
                         print(f"executor: {problem}", file=sys.stderr)
                     if keep_running:
@@ -311,15 +307,15 @@ async def run_local(p: Plan, *, strategy: str = "default", keep_running: bool = 
                 await operator.shutdown()
 
 
-def _report(result: Mapping[str, Any], p: Plan) -> int:
+def _report(result: Mapping[str, Any], results_ply: pathlib.Path) -> int:
     if result["status"] != contract.STATUS_COMPLETE:
         print(f"error: training failed: {result.get('error')}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    if not p.results_ply.is_file():
-        print(f"error: the training succeeded but {p.results_ply} does not exist", file=sys.stderr)
+    if not results_ply.is_file():
+        print(f"error: the training succeeded but {results_ply} does not exist", file=sys.stderr)
         return EXIT_FAILED
-    size = p.results_ply.stat().st_size
-    print(f"results.ply: {p.results_ply} ({size / 1048576:.2f} MB, {size} bytes)", flush=True)
+    size = results_ply.stat().st_size
+    print(f"results.ply: {results_ply} ({size / 1048576:.2f} MB, {size} bytes)", flush=True)
     return EXIT_OK
 
 

@@ -9,6 +9,7 @@ import time
 from typing import Any, Mapping
 
 from splatops import names
+from splatops.api.layout import OutputKey
 from splatops.controller import jobs, metrics, queue
 from splatops.controller.handlers.reconcile import job_finished, reconcile
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime, latest
@@ -53,7 +54,7 @@ def slots(rt: Runtime, idx: Indices) -> tuple[int, list[queue.Waiting]]:
         if spec.get("suspend") or spec.get("queueName"):
             continue
         phase = rt.current_status(key, training).get("phase")
-        job = idx.job(key[0], jobs.job_name(key[1]))
+        job = idx.job(key[0], jobs.training_job_name(training))
         if job is not None and not jobs.owned_by(job, training["metadata"].get("uid")):
             job = None
         if phase in TERMINAL or (job is None and phase is not None) or (job is not None and not (job.get("spec") or {}).get("suspend")):
@@ -80,11 +81,34 @@ async def admit_waiting(rt: Runtime, idx: Indices) -> None:
             if not item.has_job:
                 continue  # its slot is reserved: its own ensure_job creates its Job unsuspended
             key = (item.namespace, item.name)
-            await rt.api().patch_job(item.namespace, jobs.job_name(item.name), {"spec": {"suspend": False}})
-            rt.admitted.add(key)
             training = idx.training(key)
+            jname = jobs.training_job_name(training) if training is not None else jobs.job_name(item.name)
+            await rt.api().patch_job(item.namespace, jname, {"spec": {"suspend": False}})
+            rt.admitted.add(key)
             if training is not None:
                 admitted_metrics(training)
             admitted.append(key)
     for key in admitted:
         await reconcile(rt, key, idx)
+
+
+def output_writers(rt: Runtime, idx: Indices, key: Key, output: OutputKey) -> list[queue.Writer]:
+    """Everyone else known to write `output`: trainings filed under it (holding: they have a Job;
+    in line: not terminal, not suspended) and trainer pods that may still run (a training ended
+    or deleted while its pod still terminates)."""
+    found: list[queue.Writer] = []
+    for other in sorted(rt.outputs.trainings.get(output, ()) - {key}):
+        training = idx.training(other)
+        if training is None or rt.current_status(other, training).get("phase") in TERMINAL:
+            continue
+        job = idx.job(other[0], jobs.training_job_name(training))
+        if other in rt.job_created or (job is not None and jobs.owned_by(job, training["metadata"].get("uid"))):
+            found.append(queue.Writer(other[1], holds=True))
+        elif not (training.get("spec") or {}).get("suspend"):
+            created = str(training["metadata"].get("creationTimestamp") or "")
+            found.append(queue.Writer(other[1], holds=False, waiting=queue.Waiting(created, rt.first_seen(other), *other)))
+    for (ns, pod), (owner, job) in sorted(rt.outputs.pods.get(output, {}).items()):
+        if not any((p.get("metadata") or {}).get("name") == pod for p in idx.job_pods(ns, job)):
+            continue  # gone from kopf's index (a deletion this process did not see): not a writer
+        found.append(queue.Writer(f"{owner} (its pod {pod} is still running)", holds=True))
+    return found

@@ -8,6 +8,8 @@ from typing import Any, Mapping
 import kopf
 
 from splatops import names
+from splatops.controller import jobs
+from splatops.controller.handlers import training
 from splatops.controller.handlers.admission import admit_waiting
 from splatops.controller.handlers.reconcile import job_finished, reconcile
 from splatops.controller.handlers.state import JOB_NAME_LABELS, Indices, Key, Runtime, snapshot
@@ -23,6 +25,7 @@ async def gst_index(rt: Runtime, *, namespace: str, name: str, body: kopf.Body, 
     key = (namespace, name)
     snap = snapshot(body)
     rt.first_seen(key)
+    rt.location(key, snap)  # files it under its output directory (parsed once per generation)
     rt.observed(key, snap.get("status"))
     rt.metrics.set_phase(namespace, name, (snap.get("status") or {}).get("phase"))
     return {key: snap}
@@ -35,9 +38,17 @@ async def job_index(rt: Runtime, *, namespace: str, name: str, body: kopf.Body, 
     return {(namespace, name): snapshot(body)}
 
 
-async def pod_index(*, namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Key, Any]:
+async def pod_index(rt: Runtime, *, namespace: str, name: str, labels: Mapping[str, str], body: kopf.Body,
+                    **_: Any) -> dict[Key, Any]:
     job = _job_of(labels)
+    owner = (labels.get(names.LABEL_TRAINING, "?"), job or "")
+    rt.outputs.pod((namespace, name), jobs.pod_output(body), owner, _may_run(body))
     return {(namespace, job): snapshot(body)} if job is not None else {}
+
+
+def _may_run(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's trainer may still write (not Succeeded or Failed yet)."""
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
 
 async def job_event(rt: Runtime, idx: Indices, *, type: str | None, body: kopf.Body, namespace: str, name: str,
@@ -51,15 +62,22 @@ async def job_event(rt: Runtime, idx: Indices, *, type: str | None, body: kopf.B
             rt.job_created.discard((namespace, owner))  # an unfinished training gets it back (timer)
     if rt.settings.max_concurrent > 0 and (type == "DELETED" or job_finished(body) or (body.get("spec") or {}).get("suspend")):
         await admit_waiting(rt, idx)  # a slot may have freed
+    if type == "DELETED" or job_finished(body):
+        await training.retry_blocked(rt, idx)  # an output directory may have freed
 
 
-async def pod_event(rt: Runtime, idx: Indices, *, labels: Mapping[str, str], namespace: str, **_: Any) -> None:
+async def pod_event(rt: Runtime, idx: Indices, *, type: str | None, labels: Mapping[str, str], namespace: str,
+                    name: str, body: kopf.Body, **_: Any) -> None:
+    if type == "DELETED":
+        rt.outputs.pod((namespace, name), None, ("", ""), False)
     job = _job_of(labels)
     owner = rt.job_owner.get((namespace, job)) if job else None
     if owner is None:
         owner = labels.get(names.LABEL_TRAINING)
     if owner is not None:
         await reconcile(rt, (namespace, owner), idx)
+    if rt.outputs.blocked and (type == "DELETED" or not _may_run(body)):
+        await training.retry_blocked(rt, idx)  # its trainer stopped writing an output directory
 
 
 def _job_of(labels: Mapping[str, str]) -> str | None:

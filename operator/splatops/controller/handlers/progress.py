@@ -30,9 +30,9 @@ async def poll(rt: Runtime, idx: Indices, *, body: kopf.Body, namespace: str, na
                **_: Any) -> None:
     key: Key = (namespace, name)
     training = idx.training(key)
-    jname = jobs.job_name(name)
     if training is None:
         return
+    jname = jobs.training_job_name(training)
     if idx.job(namespace, jname) is None:
         await sync_training(rt, idx, key, body, logger)  # retries a creation an event could not finish
         return

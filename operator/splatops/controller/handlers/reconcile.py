@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Mapping
 
 import kopf
-from pydantic import ValidationError
 
 from splatops import contract, names
-from splatops.api.models import Phase, parse_spec
+from splatops.api.models import Phase
 from splatops.controller import jobs, metrics, status
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime
 from splatops.controller.timeutil import parse_time
+
+logger = logging.getLogger(__name__)
 
 # Failures the operator decides itself while the Job would wait forever: stop the pod too.
 OPERATOR_DECIDED = (contract.Reason.IMAGE_PULL.value, contract.Reason.UNSCHEDULABLE.value)
@@ -30,11 +32,13 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
         if training is None:
             return None
         ns, name = key
-        jname = jobs.job_name(name)
+        jname = jobs.training_job_name(training)
         job = job if job is not None else idx.job(ns, jname)
         pods = idx.job_pods(ns, jname)
         if job is not None and not jobs.owned_by(job, training["metadata"].get("uid")):
             job, pods = None, ()  # a deleted namesake's Job, still being garbage-collected: not ours
+        if rt.retired(job):
+            return None  # going (an OOM retry's, or with its training): the status waits for what follows
         current = rt.current_status(key, training)
         if job is not None and current.get("phase") not in TERMINAL and job_finished(job) \
                 and not any(status.failures.terminated_state(p) for p in pods):
@@ -42,13 +46,22 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
             # carries the real reason, so read the pods once rather than guess.
             pods = tuple(await rt.api().job_pods(ns, jname)) or pods
         spec = training.get("spec") or {}
-        model_path = _model_path(rt, key, training["metadata"].get("generation"), spec)
+        location = rt.location(key, training)
+        now = time.time()
         obs = status.Observed(
             spec=spec, status=current, generation=training["metadata"].get("generation"), job=job, pods=pods,
-            queued_by_operator=queued, now=time.time(), unschedulable_grace=rt.settings.unschedulable_grace,
-            model_path=model_path,
+            queued_by_operator=queued, now=now, unschedulable_grace=rt.settings.unschedulable_grace,
+            provisioning_grace=rt.settings.provisioning_grace,
+            model_path=location.model_path if location is not None else None,
+            output_busy=blocked.message if job is None and (blocked := rt.outputs.blocked.get(key)) else None,
+            blocked=rt.job_blocked.get(key),
+            nominated=await nominated_by_karpenter(rt, ns, pods, now),
+            kueue_message=await kueue_message(rt, key, spec, job),
         )
         desired = status.desired_status(obs)
+        factor = status.oom_retry_factor(spec, current, desired)
+        if factor is not None and job is not None:
+            return await downscale(rt, training, current, factor, (job.get("metadata") or {}).get("uid"))
         patch = status.status_patch(current, desired)
         if not patch:
             return desired
@@ -65,18 +78,70 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
         return desired
 
 
-def _model_path(rt: Runtime, key: Key, generation: Any, spec: Mapping[str, Any]) -> str | None:
-    """Where the trainer writes results.ply, validated once per generation (reconcile runs on
-    every event; a pydantic parse each time was ~5 % of the operator's CPU in a burst)."""
-    cached = rt.model_paths.get(key)
-    if cached is not None and cached[0] == generation:
-        return cached[1]
+async def downscale(rt: Runtime, training: Mapping[str, Any], current: Mapping[str, Any], factor: int,
+                    job_uid: str | None) -> dict[str, Any] | None:
+    """CUDA out of memory under spec.oom.policy Downscale: Pending again at `factor`, a Warning,
+    and the failed Job deleted; once it is gone, the timer creates the next one at the new factor
+    (sync_training). The trainer's resume key holds the factor, so nothing of the old resolution
+    is resumed. Called with the training's lock held."""
+    meta = training["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    spec = training.get("spec") or {}
+    patch = status.downscaled_status(current, spec, factor, time.time(), meta.get("generation"))
+    if not await rt.api().patch_status(ns, name, patch):
+        return None  # deleted meanwhile
+    rt.remember((ns, name), patch)
+    metrics.STATUS_WRITES.labels("phase").inc()
+    kopf.event(event_body(training), type="Warning", reason=status.REASON_DOWNSCALED, message=patch["message"])
+    rt.job_created.discard((ns, name))
+    rt.admitted.discard((ns, name))
+    rt.metrics.set_phase(ns, name, patch["phase"])
+    if job_uid:
+        rt.retired_jobs.add(job_uid)
+    await rt.api().delete_job(ns, jobs.training_job_name(training))
+    return {**current, **patch}
+
+
+async def nominated_by_karpenter(rt: Runtime, ns: str, pods: Any, now: float) -> frozenset[str]:
+    """Pods past the Unschedulable grace that Karpenter launched a node for (a Nominated Event).
+
+    Asked only then (one Events list per such pod and reconcile), so a training waiting for
+    Karpenter's g5 node is not failed while the node boots; without RBAC to list Events, none."""
+    found = set()
+    for pod in pods:
+        since = status.failures.unschedulable_since(pod)
+        name = (pod.get("metadata") or {}).get("name")
+        if since is None or now - since < rt.settings.unschedulable_grace or status.failures.provisioning(pod):
+            continue
+        try:
+            events = await rt.api().pod_events(ns, name)
+        except Exception as exc:  # 403 or a flaky API: fall back to the plain grace
+            logger.debug("cannot list the Events of pod %s/%s: %s", ns, name, exc)
+            continue
+        if any(e.get("reason") == status.failures.KARPENTER_NOMINATED for e in events):
+            found.add(name)
+    return frozenset(found)
+
+
+async def kueue_message(rt: Runtime, key: Key, spec: Mapping[str, Any], job: Mapping[str, Any] | None) -> str | None:
+    """Why Kueue has not admitted the training's suspended Job, read from its Workload (at most
+    once per progress interval per training: the timer's cadence; nothing without Kueue or RBAC
+    to read Workloads)."""
+    if not spec.get("queueName") or job is None or not (job.get("spec") or {}).get("suspend"):
+        rt.kueue_seen.pop(key, None)
+        return None
+    now = time.monotonic()
+    seen = rt.kueue_seen.get(key)
+    if seen is not None and now - seen[0] < rt.settings.progress_interval:
+        return seen[1]
+    message = None
     try:
-        path: str | None = jobs.model_path(parse_spec(spec))
-    except ValidationError:
-        path = None
-    rt.model_paths[key] = (generation, path)
-    return path
+        workloads = await rt.api().kueue_workloads(key[0], str((job.get("metadata") or {}).get("uid") or ""))
+        message = status.failures.kueue_pending(workloads)
+    except Exception as exc:  # no Kueue (404), no RBAC (403): the plain message
+        logger.debug("cannot read Kueue's Workload of %s/%s: %s", *key, exc)
+    rt.kueue_seen[key] = (now, message)
+    return message
 
 
 async def fail_invalid(rt: Runtime, key: Key, training: Mapping[str, Any], detail: str) -> None:

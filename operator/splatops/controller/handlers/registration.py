@@ -23,6 +23,8 @@ def _bound(rt: Runtime, handler_id: str, fn: Callable[..., Awaitable[Any]]) -> C
     """kopf calls handlers with keywords only: pass ours the runtime and the indices too, and count
     their exceptions in splatops_reconcile_errors_total before kopf retries them."""
 
+    metrics.RECONCILE_ERRORS.labels(handler_id)  # a 0 series from the start: rate() sees the first error
+
     @functools.wraps(fn)  # kopf follows __wrapped__ to see that this is a coroutine function
     async def handler(**kwargs: Any) -> Any:
         try:
@@ -42,7 +44,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, rt: Runtime | 
     # Indices first: kopf fills them before any handler runs.
     kopf.index(*GST, id=GST_INDEX, **on)(functools.partial(children.gst_index, rt))
     kopf.index("batch", "v1", "jobs", labels=MANAGED, id=JOB_INDEX, **on)(functools.partial(children.job_index, rt))
-    kopf.index("", "v1", "pods", labels=MANAGED, id=POD_INDEX, **on)(children.pod_index)
+    kopf.index("", "v1", "pods", labels=MANAGED, id=POD_INDEX, **on)(functools.partial(children.pod_index, rt))
 
     kopf.on.login(id="login", **on)(lifecycle.login)
     kopf.on.startup(id="connect", **on)(functools.partial(lifecycle.connect, rt))

@@ -12,29 +12,45 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
 
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from splatops import names
+from splatops.api import layout
 from splatops.api.models import Spec, parse_spec
-from splatops.controller import failures, jobs, queue
-from splatops.controller.handlers.admission import admit_waiting, admitted_metrics, slots
+from splatops.controller import failures, jobs, queue, status
+from splatops.controller.handlers.admission import admit_waiting, admitted_metrics, output_writers, slots
 from splatops.controller.handlers.reconcile import event_body, fail, fail_invalid, reconcile
-from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime, snapshot
+from splatops.controller.handlers.state import TERMINAL, Blocked, Indices, Key, Runtime, snapshot
+from splatops.controller.policy import policy_violations
 from splatops.controller.timeutil import format_time
 
 
 # While a deleted namesake's Job is still being garbage-collected, creation waits: the error says
 # so, and the next event or progress-timer tick tries again (kopf does not retry event handlers).
 FOREIGN_JOB_RETRY = 10.0
+JOB_CREATE_RETRY = 5.0  # seconds before kopf retries a Job creation the API server failed (5xx, 429)
 JOB_RECREATED = "JobRecreated"  # the Event reason
+# Why a training has no Job yet: the status reason (phase Pending) and the Warning Event's reason.
+JOB_NAME_TAKEN = "JobNameTaken"
+JOB_CREATE_RETRYING = "JobCreateRetrying"
+OUTPUT_BUSY = status.REASON_OUTPUT_BUSY  # also the Event's reason
 log = logging.getLogger("splatops.operator")
 
 
 class JobRejected(Exception):
     """The API server refused the Job as invalid (400/422): retrying cannot help."""
+
+
+class ForeignJob(Exception):
+    """The Job's name is held by a Job this training does not own."""
+
+    def __init__(self, job: Mapping[str, Any]) -> None:
+        super().__init__((job.get("metadata") or {}).get("name"))
+        self.job = job
 
 
 async def training_event(rt: Runtime, idx: Indices, *, type: str | None, body: kopf.Body, namespace: str,
@@ -43,6 +59,7 @@ async def training_event(rt: Runtime, idx: Indices, *, type: str | None, body: k
     if type == "DELETED":  # the Job and pods go by garbage collection; the PVC is never touched
         rt.forget(key)
         rt.metrics.forget_training(namespace, name)
+        await retry_blocked(rt, idx)  # it may have held (or been first in line for) an output directory
         return
     await sync_training(rt, idx, key, body, logger)
 
@@ -53,8 +70,8 @@ async def sync_training(rt: Runtime, idx: Indices, key: Key, body: Mapping[str, 
     training = idx.training(key) or snapshot(body)
     if rt.current_status(key, training).get("phase") in TERMINAL:
         return  # final, also when the Job is gone (ttlSecondsAfterFinished): never a new Job
-    namespace, name = key
-    existing = idx.job(namespace, jobs.job_name(name))
+    namespace, _ = key
+    existing = idx.job(namespace, jobs.training_job_name(training))
     if existing is None and key in rt.job_created:
         return  # created or adopted: the Job watch has not caught up yet
     if existing is not None and key in rt.job_created:
@@ -67,29 +84,90 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
     """Validate, then create the one Job (suspended when it must queue), or adopt ours.
     Called by sync_training for a training that is not terminal."""
     namespace, name = key
+    spec = await valid_spec(rt, key, training)
+    if spec is None:
+        return
+    jname = jobs.training_job_name(training)
+    existing = idx.job(namespace, jname)
+    if existing is not None and not jobs.owned_by(existing, training["metadata"]["uid"]):
+        await job_blocked(rt, idx, key, training, JOB_NAME_TAKEN, foreign_job_message(jname, training, existing),
+                          FOREIGN_JOB_RETRY)
+    if rt.retired(existing):
+        return  # an OOM retry's old Job, still going: its DELETED event and the timer bring us back
+    if existing is not None:  # ours from before (an operator restart): adopt it, never a second one
+        rt.job_created.add(key)
+        rt.job_blocked.pop(key, None)
+        rt.outputs.blocked.pop(key, None)
+        await follow_suspend(rt, idx, key, training, existing, logger)
+        return
+    # Checked before a new Job only: an adopted one was created under the policy of its day.
+    violations = policy_violations(spec, rt.settings.policy)
+    if violations:
+        await fail_invalid(rt, key, training, "; ".join(violations))
+        return
+    try:
+        problem = await scene_problem(rt, namespace, spec, logger)
+    except ApiException as exc:  # 5xx, 429 on the PVC: the Job waits for the check, say so
+        detail = failures.api_error_message(exc.status, exc.reason, exc.body)
+        await job_blocked(rt, idx, key, training, JOB_CREATE_RETRYING,
+                          f"Checking the scene PVC {spec.scene.claim_name} failed: {detail}; retrying.", JOB_CREATE_RETRY)
+    if problem is not None:
+        await fail(rt, key, training, problem.reason, problem.message)
+        return
+    location = rt.location(key, training) or layout.output_location(spec, name)
+    # Creating the Job takes the output directory: decided under its lock, so two trainings of
+    # one directory never both see it free.
+    async with rt.outputs.lock(location.key(namespace)):
+        if await output_busy(rt, idx, key, training, location):
+            return
+        created = await create_job(rt, idx, key, training, spec, jname, logger)
+    if created is not None:
+        job, queued, others = created
+        if others:
+            await admit_waiting(rt, idx)
+        await reconcile(rt, key, idx, job=job, queued=queued)
+
+
+async def create_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], spec: Spec, jname: str,
+                     logger: Any) -> tuple[dict[str, Any], bool, list[queue.Waiting]] | None:
+    """admit_and_create, with the API server's refusals turned into status: None after failing
+    the training as InvalidSpec (retrying cannot help); else a Pending reason while kopf retries."""
+    try:
+        return await admit_and_create(rt, idx, key, training, spec, logger)
+    except JobRejected as exc:
+        await fail_invalid(rt, key, training, str(exc))
+        return None
+    except ForeignJob as exc:
+        await job_blocked(rt, idx, key, training, JOB_NAME_TAKEN, foreign_job_message(jname, training, exc.job),
+                          FOREIGN_JOB_RETRY)
+    except ApiException as exc:  # 5xx, 429, ...: the API server may take it next time
+        detail = failures.api_error_message(exc.status, exc.reason, exc.body)
+        await job_blocked(rt, idx, key, training, JOB_CREATE_RETRYING,
+                          f"Creating Job {jname} failed: {detail}; retrying.", JOB_CREATE_RETRY)
+
+
+async def valid_spec(rt: Runtime, key: Key, training: Mapping[str, Any]) -> Spec | None:
+    """The parsed spec, or None after failing the training as InvalidSpec: the schema let it
+    through but the operator cannot run it."""
     try:
         spec = parse_spec(dict(training.get("spec") or {}))
     except ValidationError as exc:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         await fail_invalid(rt, key, training, detail)
-        return
-    jname = jobs.job_name(name)
-    uid = training["metadata"]["uid"]
-    existing = idx.job(namespace, jname)
-    if existing is not None and not jobs.owned_by(existing, uid):
-        raise _foreign_job(jname, existing)
-    if existing is not None:  # ours from before (an operator restart): adopt it, never a second one
-        rt.job_created.add(key)
-        await follow_suspend(rt, idx, key, training, existing, logger)
-        return
-    problem = await scene_problem(rt, namespace, spec, logger)
-    if problem is not None:
-        await fail(rt, key, training, problem.reason, problem.message)
-        return
+        return None
+    return spec
+
+
+async def admit_and_create(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], spec: Spec,
+                           logger: Any) -> tuple[dict[str, Any], bool, list[queue.Waiting]]:
+    """Decide whether the new Job must queue under the operator's cap, then create it.
+    Returns (the Job, whether it is queued, other admitted trainings to unsuspend)."""
+    namespace, name = key
     queued = False
     max_concurrent = rt.settings.max_concurrent
     capped = max_concurrent > 0 and not (spec.suspend or spec.queue_name)
     others: list[queue.Waiting] = []
+    current = rt.current_status(key, training)
     # Only admission under a cap needs serialising; uncapped creates run concurrently.
     async with rt.admission_lock if capped else contextlib.nullcontext():
         suspend = bool(spec.suspend or spec.queue_name)
@@ -100,15 +178,17 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
             admitted = queue.admit(running, [w for w in waiting if (w.namespace, w.name) != key] + [me], max_concurrent)
             suspend = queued = me not in admitted
             others = [w for w in admitted if w != me and w.has_job]
-        manifest = jobs.build_job(training, rt.settings, suspend=suspend)
-        try:
-            job, created = await create_or_adopt(rt, namespace, manifest, uid, logger)
-        except JobRejected as exc:
-            await fail_invalid(rt, key, training, str(exc))
-            return
+        # A Job made again after its predecessor was lost carries the pods that one ran (status.attempts);
+        # built from the status we wrote: an OOM retry's dataFactor may not be indexed yet.
+        before = int(current.get("attempts") or 0) if current.get("jobName") else 0
+        manifest = jobs.build_job({**training, "status": current}, rt.settings, suspend=suspend, attempts_before=before)
+        jname = manifest["metadata"]["name"]
+        job, created = await create_or_adopt(rt, namespace, manifest, training["metadata"]["uid"], logger)
         rt.job_created.add(key)
+        rt.job_blocked.pop(key, None)
+        rt.outputs.blocked.pop(key, None)
         rt.suspend_seen[key] = bool(spec.suspend)
-        if created and (training.get("status") or {}).get("jobName"):
+        if created and current.get("jobName") and current.get("reason") != status.REASON_DOWNSCALED:
             job_recreated(training, jname)
         if not (job.get("spec") or {}).get("suspend"):
             rt.admitted.add(key)
@@ -118,9 +198,89 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
         else:
             why = "Kueue" if spec.queue_name else "suspend" if spec.suspend else "queued"
             logger.info(f"Created Job {jname} suspended ({why}).")
-    if others:
-        await admit_waiting(rt, idx)
-    await reconcile(rt, key, idx, job=job, queued=queued)
+    return job, queued, others
+
+
+async def job_blocked(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], reason: str,
+                      message: str, delay: float) -> NoReturn:
+    """The Job cannot be created now. Say why, in the status (Pending, `reason`) and in a Warning
+    Event (once per distinct message, not per retry), then let kopf retry: the training's next
+    event or the progress timer tries again."""
+    if rt.job_blocked.get(key) != (reason, message):
+        rt.job_blocked[key] = (reason, message)
+        meta = training["metadata"]
+        log.warning("%s/%s: %s", meta.get("namespace"), meta.get("name"), message)
+        kopf.event(event_body(training), type="Warning", reason=reason, message=message)
+    await reconcile(rt, key, idx)
+    raise kopf.TemporaryError(message, delay=delay)
+
+
+def foreign_job_message(jname: str, training: Mapping[str, Any], job: Mapping[str, Any]) -> str:
+    """Who holds the Job name: a deleted namesake (its Job goes by garbage collection) or
+    anyone else (it stays until someone deletes it)."""
+    refs = (job.get("metadata") or {}).get("ownerReferences") or []
+    name = training["metadata"]["name"]
+    if any(r.get("kind") == names.KIND and r.get("name") == name for r in refs):
+        uids = ", ".join(str(r.get("uid")) for r in refs)
+        return (f"Job {jname} still belongs to a deleted {names.KIND} {name} (uid {uids}); waiting for its "
+                "garbage collection, then this training creates its own Job.")
+    owners = ", ".join(f"{r.get('kind')} {r.get('name')} (uid {r.get('uid')})" for r in refs) or "no owner"
+    return (f"Job {jname} already exists and belongs to {owners}, not to this training; waiting: delete that "
+            "Job (or re-create this training under another name) to let it start.")
+
+
+async def output_busy(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any],
+                      location: layout.OutputLocation) -> bool:
+    """Whether another training writes this one's output directory (or is ahead in line for it).
+    If so the training waits in Queued (OutputBusy) without a Job, with one Event per holder;
+    `retry_blocked` tries again when a writer ends."""
+    namespace, name = key
+    holder = output_holder(rt, idx, key, training, location)
+    if holder is None:
+        return False
+    message = (f"Waiting for training {holder.name}, which writes the same output directory "
+               f"{location.directory} on claim {location.claim}; starts when it ends "
+               "(Succeeded, Failed or deleted).")
+    previous = rt.outputs.blocked.get(key)
+    rt.outputs.blocked[key] = Blocked(holder.name, message)
+    shown = rt.current_status(key, training).get("message") == message  # e.g. before an operator restart
+    if (previous is None and not shown) or (previous is not None and previous.holder != holder.name):
+        log.info("%s/%s: %s", namespace, name, message)
+        kopf.event(event_body(training), type="Normal", reason=OUTPUT_BUSY, message=message)
+    await reconcile(rt, key, idx)
+    if rt.settings.max_concurrent > 0:
+        await admit_waiting(rt, idx)  # a slot it may have been counted for goes to the next in line
+    return True
+
+
+def output_holder(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any],
+                  location: layout.OutputLocation) -> queue.Writer | None:
+    created = str(training["metadata"].get("creationTimestamp") or format_time(time.time()))
+    me = queue.Waiting(created, rt.first_seen(key), *key)
+    return queue.output_holder(me, output_writers(rt, idx, key, location.key(key[0])))
+
+
+async def retry_blocked(rt: Runtime, idx: Indices) -> None:
+    """A writer ended (its Job finished or went, its pod stopped, it was deleted): let the
+    trainings waiting for an output directory try again, oldest first."""
+    if not rt.outputs.blocked:
+        return
+    waiting = []
+    for key, blocked in list(rt.outputs.blocked.items()):
+        training = idx.training(key)
+        if training is None:
+            rt.outputs.blocked.pop(key, None)
+            continue
+        location = rt.location(key, training)
+        holder = output_holder(rt, idx, key, training, location) if location is not None else None
+        if holder is not None and holder.name == blocked.holder:
+            continue  # still the same writer: nothing to do (no API call, no Event)
+        waiting.append((str(training["metadata"].get("creationTimestamp") or ""), rt.first_seen(key), key, training))
+    for *_, key, training in sorted(waiting, key=lambda w: w[:3]):
+        try:
+            await sync_training(rt, idx, key, training, log)
+        except Exception as exc:  # noqa: BLE001 - one training's trouble must not stall the others; its timer retries
+            log.warning("%s/%s: could not start it yet: %s", key[0], key[1], exc)
 
 
 def job_recreated(training: Mapping[str, Any], jname: str) -> None:
@@ -151,16 +311,9 @@ async def create_or_adopt(rt: Runtime, namespace: str, manifest: dict[str, Any],
             raise
     existing = await rt.api().read_job(namespace, jname)
     if not jobs.owned_by(existing, uid):
-        raise _foreign_job(jname, existing)
+        raise ForeignJob(existing)
     logger.info(f"Job {jname} already exists; adopting it (no second Job).")
     return existing, False
-
-
-def _foreign_job(jname: str, job: Mapping[str, Any]) -> kopf.TemporaryError:
-    """A Job of a deleted namesake is still being garbage-collected: wait for it to go."""
-    owners = [r.get("uid") for r in (job.get("metadata") or {}).get("ownerReferences") or []]
-    return kopf.TemporaryError(f"Job {jname} exists but belongs to another owner {owners}; waiting for its deletion.",
-                               delay=FOREIGN_JOB_RETRY)
 
 
 # How long a PVC seen to exist is taken to still exist. A claim deleted within it costs no data:
@@ -197,13 +350,13 @@ async def follow_suspend(rt: Runtime, idx: Indices, key: Key, training: Mapping[
                          job: Mapping[str, Any], logger: Any) -> None:
     """spec.suspend changed since we last acted on it (or we have not seen this training yet):
     suspend the Job now, or queue it for a slot again (it resumes from its checkpoint)."""
-    namespace, name = key
+    namespace, _ = key
     spec = training.get("spec") or {}
     wanted = bool(spec.get("suspend"))
     if rt.suspend_seen.get(key) == wanted:
         return
     rt.suspend_seen[key] = wanted
-    jname = jobs.job_name(name)
+    jname = jobs.training_job_name(training)
     job_suspended = bool((job.get("spec") or {}).get("suspend"))
     if wanted and not job_suspended:
         async with rt.admission_lock:
