@@ -29,7 +29,8 @@ NS = "trainings"  # where trainings run (the operator watches it)
 RELEASE_NS = "splatops-system"
 RELEASE = "splatops"
 SCENE_CLAIM = "scenes"
-OOM_IMAGE = "registry.test/splatops/trainer:cuda-oom"
+# Under the chart policy's allowed image prefix (its ValidatingAdmissionPolicy runs on this server).
+OOM_IMAGE = "ghcr.io/splatops/trainer:cuda-oom"
 LOG_DIR = cpm.ROOT / ".cluster-logs"
 
 # The trainer's CLI with its training step raising CUDA's out-of-memory error (no GPU here): the
@@ -37,7 +38,7 @@ LOG_DIR = cpm.ROOT / ".cluster-logs"
 OOM_TRAINER = """
 import sys, types, torch
 from splatops import contract
-def train(cfg, scene, hooks, device):
+def train(cfg, scene, hooks, device, **options):
     hooks.on_progress(contract.Progress(step=1, max_steps=cfg.max_steps, loss=0.5))
     raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 sys.modules["splatops_trainer.train"] = types.SimpleNamespace(train=train)
