@@ -280,3 +280,13 @@ async def test_reactions_added_by_a_test_still_intercept_reads(kube):
     assert (await call(http, "GET", f"{PODS}/p"))[1]["metadata"]["name"] == "p"
     cl.emulator[f"get {PODS}/p"] << {"intercepted": True}
     assert (await call(http, "GET", f"{PODS}/p"))[1] == {"intercepted": True}
+
+
+@pytest.mark.parametrize("query", ["watch=true&timeoutSeconds=300.0", "limit=1.5"])
+async def test_integer_query_parameters_reject_floats_as_the_api_server_does(kube, query):
+    """kube-apiserver parses timeoutSeconds & co. as integers: kopf sent `300.0` from a float
+    setting and every watch of the operator failed with this 400 on a real cluster."""
+    _, http = kube
+    status, body = await call(http, "GET", f"{JOBS}?{query}")
+    assert status == 400 and body["reason"] == "BadRequest"
+    assert 'strconv.ParseInt: parsing "' in body["message"]

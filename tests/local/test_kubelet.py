@@ -80,15 +80,21 @@ async def test_failures(sim, code, backoff, pods_before_fail, reason):
     assert job["status"]["failed"] == pods_before_fail and job["status"]["active"] == 0
 
 
-async def test_disruption_is_ignored_and_retried(sim):
+@pytest.mark.parametrize("reason, kept", [("PreemptionByScheduler", False), ("EvictionByEvictionAPI", False),
+                                           ("TerminationByKubelet", True)])
+async def test_disruption_is_ignored_and_retried(sim, reason, kept):
+    """Preemption and evictions delete the disrupted pod (as tests/cluster sees on a real API
+    server); only the kubelet's node-pressure eviction leaves it Failed."""
     await sim.emulator.create(c.JOB_RESOURCE, job_body(backoff=0))
     pod = await sim.start("j")
     await sim.run(pod)
-    job = await sim.disrupt(pod)
+    job = await sim.disrupt(pod, reason=reason)
     assert "Failed" not in conditions(job) and job["status"]["failed"] == 0
     pods = sim.pods("j")
-    assert len(pods) == 2 and pods[0]["status"]["conditions"][-1]["type"] == "DisruptionTarget"
-    assert pods[1]["status"]["phase"] == "Pending"
+    assert pods[-1]["metadata"]["name"] != pod and pods[-1]["status"]["phase"] == "Pending"
+    assert len(pods) == (2 if kept else 1)
+    if kept:
+        assert pods[0]["status"]["conditions"][-1]["type"] == "DisruptionTarget"
 
 
 async def test_deadline_exceeded_kills_the_pod(sim):
@@ -147,3 +153,15 @@ def test_pod_failure_action(rule, pod_status, expected):
     pod = {"metadata": {"name": "p", "namespace": NS}, "status": pod_status}
     hit = k.pod_failure_action({"rules": [rule]}, pod)
     assert (hit[0] if hit else None) == expected
+
+
+async def test_resume_restarts_the_jobs_start_time(sim, monkeypatch):
+    """As kube-controller-manager's Job controller: a resumed Job's startTime is the resume time
+    (activeDeadlineSeconds counts continuously active time)."""
+    await sim.emulator.create(c.JOB_RESOURCE, job_body())
+    await sim.start("j")
+    monkeypatch.setattr(k, "now", lambda: "2030-01-01T00:00:00Z")
+    await sim.emulator.patch(c.JOB_RESOURCE, NS, "j", {"spec": {"suspend": True}})
+    assert (await sim.sync_job("j"))["status"]["startTime"] != "2030-01-01T00:00:00Z"
+    await sim.emulator.patch(c.JOB_RESOURCE, NS, "j", {"spec": {"suspend": False}})
+    assert (await sim.sync_job("j"))["status"]["startTime"] == "2030-01-01T00:00:00Z"

@@ -155,3 +155,8 @@ def test_handlers_register() -> None:
     register(registry, Settings())
     ids = {h.id for h in registry._indexing.get_all_handlers()}
     assert {"gst_index", "job_index", "pod_index"} <= ids
+
+
+def test_watch_server_timeout_is_whole_seconds() -> None:
+    """kopf puts it in the URL as `timeoutSeconds`; a real API server answers 400 to "300.0"."""
+    assert str(main.kopf_settings(Settings()).watching.server_timeout) == "300"

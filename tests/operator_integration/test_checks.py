@@ -45,13 +45,16 @@ async def test_scene_pvc_check_skipped_without_rbac(kube: Harness):
 
 async def test_job_rejected_by_the_api_server_fails_as_invalid_spec(kube: Harness):
     """A 422 on the Job is final: Failed/InvalidSpec with the API server's words, not a silent PermanentError."""
-    kube.emulator.reject_jobs = 'spec.template.spec.priorityClassName: Invalid value: "gold": no PriorityClass'
-    await kube.start_operator(policy_allowed_priority_classes="gold")  # the policy allows it, the API server not
-    await kube.create("rejected", priorityClassName="gold")
+    # The real API server's words for this spec (tests/cluster). A missing PriorityClass is no
+    # such example: the Job is accepted and only its pods are refused (by admission).
+    kube.emulator.reject_jobs = ('spec.template.spec.nodeSelector: Invalid value: "not a label value!": a valid '
+                                 "label must be an empty string or consist of alphanumeric characters")
+    await kube.start_operator()
+    await kube.create("rejected", nodeSelector={"pool": "not a label value!"})
     status = await kube.wait_phase("rejected", "Failed")
     assert status["reason"] == "InvalidSpec", status
     assert 'the API server rejected Job gst-rejected: Job.batch "gst-rejected" is invalid' in status["message"]
-    assert 'no PriorityClass' in status["message"]
+    assert "spec.template.spec.nodeSelector" in status["message"]
     assert_no_job(kube, "rejected")
 
 

@@ -168,10 +168,10 @@ async def test_disruption_retries_and_runs_again(kube: Harness):
     pod = await kube.running_pod("t4", progress(50))
     await kube.wait_phase("t4", "Running")
     job_name = kube.job_of("t4")["metadata"]["name"]
-    await kube.sim.disrupt(pod)
+    await kube.sim.disrupt(pod)  # preempted: the pod is deleted, the Job makes a new one
     pods = kube.sim.pods(job_name)
-    assert len(pods) == 2 and pods[1]["status"]["phase"] == "Pending"
-    await kube.sim.run(pods[1]["metadata"]["name"], progress(60))
+    assert len(pods) == 1 and pods[0]["metadata"]["name"] != pod and pods[0]["status"]["phase"] == "Pending"
+    await kube.sim.run(pods[0]["metadata"]["name"], progress(60))
     await kube.wait_phase("t4", "Running")
     await eventually(lambda: kube.status("t4").get("progress", {}).get("step") == 60, "progress after retry")
     assert kube.status("t4").get("phase") == "Running"

@@ -141,7 +141,8 @@ class Settings(BaseSettings):
         "after the active replica's last heartbeat when it dies without removing it (kopf's default: 60).",
     )
     # -- watching (never go silent on a stalled watch)
-    watch_server_timeout: float = Field(300.0, gt=0)
+    # Whole seconds: kopf sends it as the API's `timeoutSeconds`, which rejects "300.0" (400).
+    watch_server_timeout: int = Field(300, gt=0)
     watch_client_timeout: float = Field(330.0, gt=0)
     watch_connect_timeout: float = Field(30.0, gt=0)
     watch_inactivity_timeout: float = Field(600.0, gt=0)

@@ -249,6 +249,10 @@ class SplatopsEmulator(kmock.KubernetesEmulator):
             del self._requests[: len(self._requests) - self.request_limit]
         if request.resource is None:
             return await kmock.KubernetesScaffold._handle(self, request)
+        if bad := _non_integer_param(request.params):
+            # The API server parses these as Go integers: `timeoutSeconds=300.0` is a 400.
+            return await self._render_error(kmock.KubernetesError(
+                400, "BadRequest", f'strconv.ParseInt: parsing "{bad}": invalid syntax'))
         res = request.resource
         method = str(getattr(request.method, "value", request.method))
         self.request_counts[(method, res.plural or "", request.subresource or "")] += 1
@@ -657,6 +661,19 @@ async def running_cluster(
                 await emulator.create(CRD_RESOURCE, crd_obj)
             write_kubeconfig(kubeconfig, url, namespace)
             yield LocalCluster(emulator, url, kubeconfig, namespace)
+
+
+
+# Query parameters the API server decodes as integers (a float such as "300.0" is rejected).
+_INTEGER_PARAMS = ("timeoutSeconds", "limit", "tailLines", "limitBytes", "sinceSeconds", "gracePeriodSeconds")
+
+
+def _non_integer_param(params: Mapping[str, str]) -> str | None:
+    for key in _INTEGER_PARAMS:
+        value = params.get(key)
+        if value is not None and not re.fullmatch(r"-?\d+", str(value)):
+            return str(value)
+    return None
 
 
 def _query_bool(value: str | None) -> bool:

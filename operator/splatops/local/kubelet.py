@@ -21,6 +21,8 @@ from splatops.local.cluster import EVENT_RESOURCE, JOB_RESOURCE, KUEUE_WORKLOAD_
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
 DEFAULT_NODE = "sim-a10g-node-1"
+# DisruptionTarget reasons whose pod stays (Failed) rather than being deleted: the kubelet's own.
+KEEPS_DISRUPTED_POD = frozenset({"TerminationByKubelet"})
 UNSCHEDULABLE_MESSAGE = (
     "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: "
     "3 No preemption victims found for incoming pod."
@@ -159,6 +161,8 @@ def job_status(job: dict[str, Any], verdict: JobVerdict) -> dict[str, Any]:
         elif not suspended and cond is not None and cond["status"] == "True":
             conditions = [c for c in conditions if c["type"] != "Suspended"]
             conditions.append(_condition("Suspended", "JobResumed", "Job resumed", "False"))
+            # The real controller restarts the clock: activeDeadlineSeconds counts active time.
+            status["startTime"] = now()
     if not suspended and "startTime" not in old and verdict.terminal is None:
         status["startTime"] = now()
     if conditions:
@@ -274,7 +278,11 @@ class SimCluster:
         return await self._react(pod_name)
 
     async def disrupt(self, pod_name: str, reason: str = "PreemptionByScheduler") -> dict[str, Any]:
-        """Node disruption: DisruptionTarget, the container killed; the Job retries (Ignore rule)."""
+        """Node disruption: DisruptionTarget, the container killed; the Job retries (Ignore rule).
+
+        As on a real cluster, the pod is then gone, except for the kubelet's own evictions (node
+        pressure, `TerminationByKubelet`), which leave it Failed: preemption, the Eviction API and
+        taint eviction delete it (tests/cluster saw the evicted pod disappear)."""
         t = now()
         pod = self.pod(pod_name)
         conditions = [c for c in pod.get("status", {}).get("conditions") or [] if c["type"] != "DisruptionTarget"]
@@ -283,7 +291,12 @@ class SimCluster:
                            "lastTransitionTime": t})
         await self._set_pod(pod_name, _terminated(137, "Error", ""), "Failed",
                             extra={"conditions": conditions})
-        return await self._react(pod_name)
+        job_name = self._job_of(pod_name)
+        if reason not in KEEPS_DISRUPTED_POD:
+            await self.emulator.delete(POD_RESOURCE, self.namespace, pod_name)
+        if self.controller_lag > 0:
+            await asyncio.sleep(self.controller_lag)
+        return await self.sync_job(job_name)
 
     async def image_pull_failure(self, pod_name: str, reason: str = "ImagePullBackOff") -> None:
         image = self.pod(pod_name)["spec"]["containers"][0].get("image", "")
