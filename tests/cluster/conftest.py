@@ -96,7 +96,9 @@ def eventually(check: Callable[[], Any], what: str | Callable[[], str], timeout:
     return result
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: the control plane, the fake node and the operator (whose env it
+# sets in os.environ) go when tests/cluster ends, before the rest of the suite runs.
+@pytest.fixture(scope="package")
 def control_plane(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[cpm.ControlPlane]:
     base = tmp_path_factory.mktemp("control-plane")
     started = time.monotonic()
@@ -130,7 +132,7 @@ def service_account_kubeconfig(cp: cpm.ControlPlane, account: str, namespace: st
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def installed(control_plane: cpm.ControlPlane) -> cpm.ControlPlane:
     """The chart installed by real Helm (its crds/ included), watching the trainings namespace."""
     cp = control_plane
@@ -215,7 +217,7 @@ class Cluster:
         return f"scenes/{name}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(installed: cpm.ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cp = installed
     work = tmp_path_factory.mktemp("cluster-node")
