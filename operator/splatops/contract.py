@@ -215,11 +215,8 @@ def _finite(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def parse_progress_line(line: str) -> Progress | None:
-    """Parse one stdout line; None for anything that is not a well-formed progress/eval event.
-
-    Other log lines are interleaved with progress lines, so garbage is normal, never an error.
-    """
+def _event(line: str) -> dict[str, Any] | None:
+    """One stdout line as a JSON object, or None (log lines are interleaved: garbage is normal)."""
     line = line.strip()
     if not line.startswith("{"):
         return None
@@ -227,7 +224,16 @@ def parse_progress_line(line: str) -> Progress | None:
         data = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(data, dict) or data.get("event") not in (EVENT_PROGRESS, EVENT_EVAL):
+    return data if isinstance(data, dict) else None
+
+
+def parse_progress_line(line: str) -> Progress | None:
+    """Parse one stdout line; None for anything that is not a well-formed progress/eval event.
+
+    Other log lines are interleaved with progress lines, so garbage is normal, never an error.
+    """
+    data = _event(line)
+    if data is None or data.get("event") not in (EVENT_PROGRESS, EVENT_EVAL):
         return None
     step, max_steps = data.get("step"), data.get("max_steps")
     loss = _finite(data.get("loss"))
@@ -285,14 +291,8 @@ class StageReport:
 
 def parse_stage_line(line: str) -> StageReport | None:
     """One stdout line as a stage event; None for anything else."""
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or data.get("event") != EVENT_STAGE:
+    data = _event(line)
+    if data is None or data.get("event") != EVENT_STAGE:
         return None
     stage, message = data.get("stage"), data.get("message")
     if not isinstance(stage, str) or not isinstance(message, str) or not stage:
