@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import json
 import os
@@ -342,9 +343,10 @@ def _check_web_outputs(scene: Path, out: Path, result: contract.Result) -> None:
     from splatops_trainer.scene import load_scene
 
     listed = {o["name"]: o for o in result.outputs}
-    assert set(listed) == {"ply", "spz", "splat", "ply_compressed", "preview", "metrics"}
+    assert set(listed) == {"ply", "spz", "splat", "ply_compressed", "preview", "metrics", "config", "log"}
     for entry in listed.values():
         assert (out / entry["file"]).stat().st_size == entry["bytes"] > 0
+        assert entry["sha256"] == hashlib.sha256((out / entry["file"]).read_bytes()).hexdigest()
     assert len(result.to_json().encode()) < contract.TERMINATION_MESSAGE_LIMIT
     with Image.open(out / contract.PREVIEW_PNG) as img:  # 3 held-out views at 32x24, scaled up: pairs side by side
         assert img.format == "PNG" and img.width == 4 * 320 + 5 * 4 and img.height >= 2 * 240
