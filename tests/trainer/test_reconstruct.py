@@ -12,9 +12,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from splatops import contract
 from splatops_trainer import reconstruct, scene as scene_mod
 from splatops_trainer.config import TrainerConfig
 from splatops_trainer.synthetic import make_textured_scene
+from trainer_process import TrainerProcess, started_by
 
 N_VIEWS = 12
 FAST = ("--device", "cpu", "--metrics-port", "0", "--data-factor", "2", "--sh-degree", "0", "--test-every", "4")
@@ -46,21 +44,11 @@ def photos(photos_master: Path, tmp_path: Path) -> Path:
     return dst
 
 
-class Trainer:
-    """`python -m splatops_trainer` as a child process; stdout read line by line."""
-
+class Trainer(TrainerProcess):
     def __init__(self, scene: Path, *args: str) -> None:
         self.term = scene.parent / f"term-{time.monotonic_ns()}"
-        self.err_path = scene.parent / f"stderr-{time.monotonic_ns()}.txt"
-        self._err = self.err_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "splatops_trainer", "--scene-dir", str(scene), "--termination-log", str(self.term), *FAST, *args],
-            stdout=subprocess.PIPE, stderr=self._err, text=True, env=dict(os.environ),
-        )
-        self._watchdog = threading.Timer(240, self.proc.kill)  # a hung trainer fails the test, not the suite
-        self._watchdog.daemon = True
-        self._watchdog.start()
-        self.lines: list[str] = []
+        super().__init__(["--scene-dir", str(scene), "--termination-log", str(self.term), *FAST, *args],
+                         scene.parent / f"stderr-{time.monotonic_ns()}.txt", 240)
 
     def wait_for_stage(self, prefix: str) -> contract.StageReport:
         for line in self.proc.stdout:  # type: ignore[union-attr]
@@ -70,12 +58,8 @@ class Trainer:
                 return stage
         raise AssertionError(f"no stage {prefix!r} before the trainer ended: {self.stderr()[-3000:]}")
 
-    def finish(self) -> int:
-        self.lines.extend(self.proc.stdout)  # type: ignore[arg-type]
-        code = self.proc.wait(timeout=240)
-        self._watchdog.cancel()
-        self._err.close()
-        return code
+    def finish(self, timeout: float = 240) -> int:
+        return super().finish(timeout)
 
     def stages(self) -> list[contract.StageReport]:
         return [s for s in map(contract.parse_stage_line, self.lines) if s is not None]
@@ -85,23 +69,8 @@ class Trainer:
         assert result is not None
         return result
 
-    def stderr(self) -> str:
-        return self.err_path.read_text()
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._watchdog.cancel()
-        self._err.close()
-
-
-@pytest.fixture
-def trainers():  # noqa: ANN201
-    started: list[Trainer] = []
-    yield lambda *args: started.append(Trainer(*args)) or started[-1]
-    for trainer in started:
-        trainer.kill()
+trainers = started_by(Trainer)
 
 
 def _no_half_models(scene: Path) -> None:

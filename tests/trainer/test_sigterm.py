@@ -5,17 +5,14 @@ process shows whether ours is the one that runs."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from splatops import contract
+from trainer_process import TrainerProcess, started_by
 
 ARGS = (
     "--device", "cpu", "--metrics-port", "0", "--max-steps", "100000", "--progress-every", "5",
@@ -26,24 +23,13 @@ RESUMES = re.compile(r"^terminated by SIGTERM \(node drain or preemption\); resu
 GLOG_DUMP = ("*** Aborted at", "stack trace: ***")
 
 
-class Trainer:
-    """`python -m splatops_trainer` as a child process: stdout read line by line, stderr to a file."""
-
+class Trainer(TrainerProcess):
     def __init__(self, scene: Path, term: Path, stderr: Path) -> None:
-        self.stderr_path = stderr
-        self._err = stderr.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "splatops_trainer", "--scene-dir", str(scene), "--termination-log", str(term), *ARGS],
-            stdout=subprocess.PIPE, stderr=self._err, text=True, env=dict(os.environ),
-        )
-        self._watchdog = threading.Timer(300, self.proc.kill)  # a hung trainer fails the test, not the suite
-        self._watchdog.daemon = True
-        self._watchdog.start()
-        self.lines: list[str] = []
+        super().__init__(["--scene-dir", str(scene), "--termination-log", str(term), *ARGS], stderr, 300)
 
     def first_progress(self) -> contract.Progress:
         """Block until the trainer reports a training step (it is then inside the training loop)."""
-        for line in self.proc.stdout:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
             self.lines.append(line)
             progress = contract.parse_progress_line(line)
             if progress is not None:
@@ -52,30 +38,10 @@ class Trainer:
 
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        self.lines.extend(self.proc.stdout)
-        code = self.proc.wait(timeout=120)
-        self._watchdog.cancel()
-        self._err.close()
-        return code
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def kill(self) -> None:
-        """Teardown: a test that failed half-way leaves no trainer running."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._watchdog.cancel()
-        self._err.close()
+        return self.finish(timeout=120)
 
 
-@pytest.fixture
-def trainers():  # noqa: ANN201
-    started: list[Trainer] = []
-    yield lambda *args: started.append(Trainer(*args)) or started[-1]
-    for trainer in started:
-        trainer.kill()
+trainers = started_by(Trainer)
 
 
 @pytest.mark.slow
