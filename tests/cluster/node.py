@@ -341,11 +341,4 @@ class FakeNode:
         if proc is None or proc.stopping:
             return
         proc.stopping = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.task), self.grace_period)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.process.pid, signal.SIGKILL)
-            await proc.task
+        await x.stop_process_group(proc.process, proc.task, self.grace_period)

@@ -117,6 +117,19 @@ def exit_code_of(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+async def stop_process_group(process: asyncio.subprocess.Process, task: asyncio.Task[None], grace: float) -> None:
+    """As the kubelet stops a container: SIGTERM to the process group, then SIGKILL after `grace`
+    seconds; returns when `task` (which reaps the process) has ended."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(asyncio.shield(task), grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await task
+
+
 # --- The executor ------------------------------------------------------------------------------
 
 
@@ -268,13 +281,6 @@ class LocalExecutor:
         if running is None:
             return
         running.stopping = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(running.process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.shield(running.task), self.grace_period)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(running.process.pid, signal.SIGKILL)
-            await running.task
+        await stop_process_group(running.process, running.task, self.grace_period)
         self._running.pop(pod_name, None)
 
