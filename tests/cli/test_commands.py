@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from splatops import names
+from splatops.api.models import parse_spec
 from splatops.cli import download as dl
 from splatops.cli import main as cli
 from splatops.controller import jobs
@@ -202,7 +203,8 @@ async def test_wait_usage_error_exits_2():
 
 async def _trainer_pod(kube, training: str, lines: list[str], suffix: str = "abcde") -> str:
     """A pod as the Job controller makes it from the operator's Job (its template's labels)."""
-    job = jobs.build_job(kube.emulator.read(c.TRAINING_RESOURCE, NS, training), Settings())
+    resource = kube.emulator.read(c.TRAINING_RESOURCE, NS, training)
+    job = jobs.build_job(resource, parse_spec(resource["spec"]), Settings())
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": f"{job['metadata']['name']}-{suffix}", "namespace": NS,
                         "labels": {**job["spec"]["template"]["metadata"]["labels"], "job-name": job["metadata"]["name"]}},
@@ -331,8 +333,9 @@ async def test_logs_selects_pods_by_the_training_uid_not_its_name(kube, capsys):
     name label: `logs` reads this training's pod, found by its uid."""
     assert await run("train", "fox", "--pvc", "scenes", *flags(kube)) == 0
     ours = await _trainer_pod(kube, "fox", ["ours"], suffix="aaaaa")
-    namesake = jobs.build_job({**kube.emulator.read(c.TRAINING_RESOURCE, NS, "fox"),
-                               "metadata": {"name": "fox", "namespace": NS, "uid": "uid-of-the-deleted-fox"}}, Settings())
+    resource = kube.emulator.read(c.TRAINING_RESOURCE, NS, "fox")
+    namesake = jobs.build_job({**resource, "metadata": {"name": "fox", "namespace": NS, "uid": "uid-of-the-deleted-fox"}},
+                              parse_spec(resource["spec"]), Settings())
     labels = namesake["spec"]["template"]["metadata"]["labels"]
     assert labels[names.LABEL_TRAINING] == kube.emulator.read(c.POD_RESOURCE, NS, ours)["metadata"]["labels"][names.LABEL_TRAINING]
     await kube.emulator.create(c.POD_RESOURCE, {"apiVersion": "v1", "kind": "Pod",

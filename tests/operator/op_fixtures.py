@@ -69,3 +69,11 @@ def result_msg(**fields: Any) -> str:
 
 def failed_msg(reason: contract.Reason, error: str) -> str:
     return json.dumps({"status": "failed", "reason": reason.value, "error": error})
+
+
+def job_for(resource: dict[str, Any], settings: Any, **kwargs: Any) -> dict[str, Any]:
+    """jobs.build_job of a whole resource: its spec parsed as the operator's handler parses it."""
+    from splatops.api.models import parse_spec
+    from splatops.controller import jobs
+
+    return jobs.build_job(resource, parse_spec(resource["spec"]), settings, **kwargs)

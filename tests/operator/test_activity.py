@@ -123,6 +123,6 @@ async def test_pausing_also_forgets_the_last_progress_read() -> None:
     await activity.started(rt)
     assert rt.metrics.active is False
     activity.set_active(rt, True)
-    rt.last_progress_step[("splats", "fox")] = 150
+    rt.state(("splats", "fox")).last_progress_step = 150
     activity.set_active(rt, False)
-    assert rt.last_progress_step == {} and rt.metrics.active is False
+    assert rt.trainings[("splats", "fox")].last_progress_step is None and rt.metrics.active is False

@@ -10,12 +10,12 @@ from typing import Any
 import kopf
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
-from op_fixtures import training
+from op_fixtures import job_for, training
 
 from splatops import contract
 from splatops.api import layout
 from splatops.api.models import parse_spec
-from splatops.controller import failures, jobs
+from splatops.controller import failures
 from splatops.controller.handlers import training as training_handlers
 from splatops.controller.handlers.state import WRITTEN_MAX_AGE, Runtime, contains
 from splatops.controller.settings import Settings
@@ -37,9 +37,9 @@ def test_cache_bridges_the_lag_then_is_dropped_when_the_index_shows_the_write() 
     before = {"phase": "Pending", "reason": "JobCreated", "jobName": "gst-fox"}
     assert rt.current_status(KEY, {"status": before}, now=1.0)["phase"] == "Running"  # index lags
     rt.observed(KEY, before, now=1.0)  # an older event: still lagging, keep the cache
-    assert rt.written[KEY] == {"phase": "Running", "reason": "TrainerRunning"}
+    assert rt.trainings[KEY].written == {"phase": "Running", "reason": "TrainerRunning"}
     rt.observed(KEY, {**before, "phase": "Running", "reason": "TrainerRunning"}, now=1.1)  # our write's echo
-    assert KEY not in rt.written and KEY not in rt.written_at
+    assert rt.trainings[KEY].written == {} and rt.trainings[KEY].written_at is None
 
 
 def test_a_stale_cache_never_overrides_what_another_replica_wrote() -> None:
@@ -56,7 +56,7 @@ def test_partly_shown_writes_keep_only_the_rest() -> None:
     rt.remember(KEY, {"phase": "Running"}, now=0.0)
     rt.remember(KEY, {"progress": {"step": 10, "loss": 0.5}}, now=0.5)
     rt.observed(KEY, {"phase": "Running", "progress": {"step": 5, "loss": 0.6}}, now=0.6)
-    assert rt.written[KEY] == {"progress": {"step": 10, "loss": 0.5}}
+    assert rt.trainings[KEY].written == {"progress": {"step": 10, "loss": 0.5}}
 
 
 def test_an_unshown_write_expires() -> None:
@@ -66,7 +66,7 @@ def test_an_unshown_write_expires() -> None:
     rt.observed(KEY, {"phase": "Failed"}, now=1.0)
     assert rt.current_status(KEY, {"status": {"phase": "Failed"}}, now=2.0)["phase"] == "Running"
     assert rt.current_status(KEY, {"status": {"phase": "Failed"}}, now=WRITTEN_MAX_AGE + 1)["phase"] == "Failed"
-    assert KEY not in rt.written
+    assert rt.trainings[KEY].written == {}
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_forget_and_first_seen() -> None:
     assert [rt.first_seen(k) for k in (("d", "c"), ("d", "a"), ("d", "c"), ("d", "b"))] == [0, 1, 0, 2]
     rt.remember(("d", "c"), {"phase": "Pending"})
     rt.forget(("d", "c"))
-    assert ("d", "c") not in rt.seen and ("d", "c") not in rt.written
+    assert ("d", "c") not in rt.trainings
     assert rt.first_seen(("d", "c")) == 3  # a namesake created later queues behind
 
 
@@ -102,7 +102,7 @@ async def test_gst_index_records_order_and_drops_the_cache() -> None:
     body = training()
     body["status"] = {"phase": "Pending"}
     out = await children.gst_index(rt, namespace="default", name="fox", body=kopf.Body(body))
-    assert out[KEY]["status"] == {"phase": "Pending"} and rt.seen[KEY] == 0 and KEY not in rt.written
+    assert out[KEY]["status"] == {"phase": "Pending"} and rt.trainings[KEY].order == 0 and rt.trainings[KEY].written == {}
 
 
 # --- the operator queue: slots reserved for trainings not handled yet ---------------------------------
@@ -120,13 +120,13 @@ def test_slots_reserve_a_place_for_older_trainings_not_handled_yet() -> None:
     bodies["done"]["status"] = {"phase": "Succeeded"}
     for n in ("old", "queued", "done", "mine"):
         rt.first_seen(("default", n))
-    queued_job = jobs.build_job(bodies["queued"], rt.settings, suspend=True)
+    queued_job = job_for(bodies["queued"], rt.settings, suspend=True)
     rt.job_owner[("default", queued_job["metadata"]["name"])] = "queued"
     idx = Indices(gsts={("default", n): [b] for n, b in bodies.items()},  # type: ignore[arg-type]
                   jobs={("default", queued_job["metadata"]["name"]): [queued_job]}, pods={})  # type: ignore[arg-type]
-    running, waiting = slots(rt, idx)
-    assert running == 0
-    assert [(w.name, w.has_job) for w in sorted(waiting)] == [("old", False), ("queued", True), ("mine", False)]
+    counted = slots(rt, idx)
+    assert counted.running == 0 and counted.settled == frozenset()
+    assert [(w.name, w.has_job) for w in sorted(counted.waiting)] == [("old", False), ("queued", True), ("mine", False)]
 
 
 # --- checks before the Job: the scene PVC, and what the API server rejects -----------------------------
@@ -219,7 +219,7 @@ async def test_scene_problem_retries_on_server_errors() -> None:
         await training_handlers.scene_problem(rt, "default", SPEC, LOG)
 
 
-MANIFEST = jobs.build_job(training(), Settings())
+MANIFEST = job_for(training(), Settings())
 
 
 @pytest.mark.parametrize("code", [400, 422])
@@ -234,7 +234,7 @@ async def test_rejected_job_is_not_retried(code: int) -> None:
 
 async def test_409_adopts_our_own_job() -> None:
     rt = runtime()
-    ours = jobs.build_job(training(), Settings())
+    ours = job_for(training(), Settings())
     rt.kube = FakeKube(create=api_error(409, "Conflict", "AlreadyExists"), existing=ours)  # type: ignore[assignment]
     job, created = await training_handlers.create_or_adopt(rt, "default", MANIFEST, "uid-fox", LOG)
     assert job is ours and created is False
@@ -244,7 +244,7 @@ async def test_409_adopts_our_own_job() -> None:
 
 async def test_409_of_another_owner_is_not_adopted() -> None:
     rt = runtime()
-    theirs = jobs.build_job(training(), Settings())
+    theirs = job_for(training(), Settings())
     theirs["metadata"]["ownerReferences"][0]["uid"] = "uid-of-a-deleted-namesake"
     rt.kube = FakeKube(create=api_error(409, "Conflict", "AlreadyExists"), existing=theirs)  # type: ignore[assignment]
     with pytest.raises(training_handlers.ForeignJob) as err:
@@ -253,7 +253,7 @@ async def test_409_of_another_owner_is_not_adopted() -> None:
 
 
 def test_foreign_job_message_names_the_owner() -> None:
-    theirs = jobs.build_job(training(), Settings())
+    theirs = job_for(training(), Settings())
     theirs["metadata"]["ownerReferences"][0]["uid"] = "uid-old"
     namesake = training_handlers.foreign_job_message("gst-fox", training(), theirs)
     assert "deleted GaussianSplatTraining fox (uid uid-old)" in namesake and "garbage collection" in namesake
@@ -290,14 +290,14 @@ async def test_kube_error_statuses_raise() -> None:
 # --- the model path is parsed once per generation ---------------------------------------------------
 
 
-def test_model_path_is_parsed_once_per_generation(monkeypatch: pytest.MonkeyPatch) -> None:
-    from splatops.controller.handlers import reconcile
+def test_the_spec_is_parsed_once_per_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from splatops.controller.handlers import state
 
     rt = runtime()
     spec = training()["spec"]
     parsed: list[Any] = []
-    real = layout.parse_spec
-    monkeypatch.setattr(layout, "parse_spec", lambda s: parsed.append(s) or real(s))
+    real = state.parse_spec
+    monkeypatch.setattr(state, "parse_spec", lambda s: parsed.append(s) or real(s))
 
     def at(generation: int, spec: dict[str, Any]) -> Any:
         return rt.location(KEY, {"metadata": {"name": KEY[1], "uid": "u1", "generation": generation}, "spec": spec})
@@ -305,7 +305,9 @@ def test_model_path_is_parsed_once_per_generation(monkeypatch: pytest.MonkeyPatc
     first = at(1, spec)
     assert first == layout.output_location(parse_spec(spec), KEY[1]) and first
     assert at(1, spec) == first and len(parsed) == 1
+    assert rt.spec(KEY, {"metadata": {"uid": "u1", "generation": 1}, "spec": spec}) == parse_spec(spec) and len(parsed) == 1
     assert at(2, {**spec, "suspend": True}) == first and len(parsed) == 2
     assert at(3, {"scene": {}}) is None  # invalid: no path, no crash
+    assert rt.trainings[KEY].parsed.problem  # what the InvalidSpec failure says
     rt.forget(KEY)
-    assert KEY not in rt.locations
+    assert KEY not in rt.trainings

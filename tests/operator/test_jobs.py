@@ -10,7 +10,7 @@ import posixpath
 
 import kubernetes_validate
 import pytest
-from op_fixtures import training
+from op_fixtures import job_for, training
 
 from splatops import contract, names
 from splatops.controller import jobs
@@ -32,12 +32,12 @@ SPECS: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("spec", SPECS)
 def test_job_validates_against_kubernetes_schema(spec: dict[str, Any]) -> None:
-    job = jobs.build_job(training(**spec), SETTINGS)
+    job = job_for(training(**spec), SETTINGS)
     kubernetes_validate.validate(job, "1.30", strict=True)
 
 
 def test_job_properties() -> None:
-    job = jobs.build_job(training(), SETTINGS)
+    job = job_for(training(), SETTINGS)
     spec = job["spec"]
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
@@ -71,13 +71,13 @@ def test_job_properties() -> None:
 
 
 def test_formats_reach_the_trainer() -> None:
-    job = jobs.build_job(training(outputs={"formats": ["ply", "spz", "splat"]}), SETTINGS)
+    job = job_for(training(outputs={"formats": ["ply", "spz", "splat"]}), SETTINGS)
     env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env[contract.ENV_FORMATS] == "ply,spz,splat"
 
 
 def test_pod_failure_policy() -> None:
-    rules = jobs.build_job(training(), SETTINGS)["spec"]["podFailurePolicy"]["rules"]
+    rules = job_for(training(), SETTINGS)["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3]}}
     assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     # The trainer's SIGTERM exit (143) is retried: ignored after a drain, else counted by backoffLimit.
@@ -85,7 +85,7 @@ def test_pod_failure_policy() -> None:
 
 
 def test_never_copies_argocd_labels_or_annotations() -> None:
-    job = jobs.build_job(training(), SETTINGS)
+    job = job_for(training(), SETTINGS)
     for meta in (job["metadata"], job["spec"]["template"]["metadata"]):
         assert not any("argocd" in k or k == "app.kubernetes.io/instance" for k in meta.get("labels", {}))
         assert "annotations" not in meta
@@ -97,13 +97,13 @@ def test_never_copies_argocd_labels_or_annotations() -> None:
     [({}, False, None), ({"suspend": True}, True, None), ({"queueName": "q"}, True, "q")],
 )
 def test_suspend_and_kueue(spec: dict[str, Any], suspend: bool, kueue: str | None) -> None:
-    job = jobs.build_job(training(**spec), SETTINGS)
+    job = job_for(training(**spec), SETTINGS)
     assert job["spec"]["suspend"] is suspend
     assert job["metadata"]["labels"].get(names.KUEUE_QUEUE_LABEL) == kueue
 
 
 def test_queued_by_operator_creates_suspended() -> None:
-    assert jobs.build_job(training(), SETTINGS, suspend=True)["spec"]["suspend"] is True
+    assert job_for(training(), SETTINGS, suspend=True)["spec"]["suspend"] is True
 
 
 @pytest.mark.parametrize(
@@ -116,7 +116,7 @@ def test_queued_by_operator_creates_suspended() -> None:
     ],
 )
 def test_affinity_overrides(settings: Settings, spec: dict[str, Any], expected: Any) -> None:
-    pod = jobs.build_job(training(**spec), settings)["spec"]["template"]["spec"]
+    pod = job_for(training(**spec), settings)["spec"]["template"]["spec"]
     if expected is None:
         assert "affinity" not in pod
     elif expected == "override":
@@ -128,7 +128,7 @@ def test_affinity_overrides(settings: Settings, spec: dict[str, Any], expected: 
 
 def test_gpu_resource_name_configurable() -> None:
     settings = Settings(gpu_resource_name="amd.com/gpu", tolerations="[]")
-    job = jobs.build_job(training(resources={"gpus": 2}), settings)
+    job = job_for(training(resources={"gpus": 2}), settings)
     pod = job["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["amd.com/gpu"] == "2"
     assert {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
@@ -191,14 +191,14 @@ def test_distinct_training_names_give_distinct_job_names_and_labels() -> None:
 
 
 def test_pods_carry_the_training_uid() -> None:
-    job = jobs.build_job(training(), SETTINGS)
+    job = job_for(training(), SETTINGS)
     assert job["spec"]["template"]["metadata"]["labels"][names.LABEL_TRAINING_UID] == "uid-fox"
     assert job["metadata"]["labels"][names.LABEL_TRAINING_UID] == "uid-fox"
 
 
 def test_a_recreated_job_carries_the_earlier_attempts() -> None:
-    assert "annotations" not in jobs.build_job(training(), SETTINGS)["metadata"]
-    job = jobs.build_job(training(), SETTINGS, attempts_before=2)
+    assert "annotations" not in job_for(training(), SETTINGS)["metadata"]
+    job = job_for(training(), SETTINGS, attempts_before=2)
     assert job["metadata"]["annotations"] == {names.ANNOTATION_ATTEMPTS_BEFORE: "2"}
     kubernetes_validate.validate(job, "1.30", strict=True)
 
@@ -222,7 +222,7 @@ def test_output_location(path: str, output: str | None, directory: str) -> None:
     location = layout.output_location(parse_spec(spec), "t1")
     assert (location.claim, location.directory, location.model_path) == ("c", directory, f"{directory}/results.ply")
     resource = {"metadata": {"name": "t1", "namespace": "ns", "uid": "u"}, "spec": spec}
-    env = {e["name"]: e["value"] for e in jobs.build_job(resource, Settings())["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e["value"] for e in job_for(resource, Settings())["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env[contract.ENV_OUTPUT_DIR] == posixpath.normpath(f"/data/{directory}")
     assert original.model_path_in_volume(resource) == location.model_path
 
@@ -246,13 +246,13 @@ LIFETIME = ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
     ],
 )
 def test_job_lifetime_defaults_from_settings(settings: Settings, spec: dict[str, Any], expected: tuple[Any, ...]) -> None:
-    job = jobs.build_job(training(**spec), settings)
+    job = job_for(training(**spec), settings)
     assert tuple(job["spec"].get(k) for k in LIFETIME) == expected
     kubernetes_validate.validate(job, "1.30", strict=True)
 
 
 def test_owned_by() -> None:
-    job = jobs.build_job(training(), SETTINGS)
+    job = job_for(training(), SETTINGS)
     assert jobs.owned_by(job, "uid-fox") and not jobs.owned_by(job, "uid-of-a-deleted-namesake")
     assert not jobs.owned_by({"metadata": {}}, "uid-fox")
 
@@ -265,7 +265,7 @@ def test_a_training_keeps_the_job_its_status_names() -> None:
     legacy = "gst-" + "b" * 50 + "-0123abcd"
     body["status"] = {"jobName": legacy}
     assert jobs.training_job_name(body) == legacy
-    assert jobs.build_job(body, SETTINGS)["metadata"]["name"] == legacy
+    assert job_for(body, SETTINGS)["metadata"]["name"] == legacy
 
 
 def test_a_trainer_pod_names_its_output_directory() -> None:
@@ -276,7 +276,7 @@ def test_a_trainer_pod_names_its_output_directory() -> None:
 
     resource = {"metadata": {"name": "t1", "namespace": "ns", "uid": "u"},
                 "spec": {"scene": {"claimName": "c", "path": "fox"}, "output": {"path": "runs/fox"}}}
-    template = jobs.build_job(resource, Settings())["spec"]["template"]
+    template = job_for(resource, Settings())["spec"]["template"]
     pod = {"metadata": {"name": "gst-t1-abc", "namespace": "ns"}, "spec": template["spec"]}
     assert jobs.pod_output(pod) == layout.output_location(parse_spec(resource["spec"]), "t1").key("ns") == ("ns", "c", "runs/fox")
     assert jobs.pod_output({"metadata": {"namespace": "ns"}, "spec": {"containers": [{"name": "trainer"}]}}) is None

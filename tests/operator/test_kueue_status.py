@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 from op_fixtures import job
 
+from splatops.api.models import parse_spec
 from splatops.controller import failures, status
 
 QUOTA = "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor a10g, 1 more needed"
@@ -31,7 +32,7 @@ def test_kueue_pending(workloads: list, message: str | None) -> None:
 
 
 def test_the_queued_status_carries_kueues_words() -> None:
-    obs = status.Observed(spec={"scene": {"claimName": "s", "path": "fox"}, "queueName": "gpu-a10g"}, status={},
+    obs = status.Observed(spec=parse_spec({"scene": {"claimName": "s", "path": "fox"}, "queueName": "gpu-a10g"}), status={},
                           generation=1, job=job(suspend=True))
     phase, reason, message = status.desired_phase(obs)
     assert (phase.value, reason, message) == ("Queued", "WaitingForKueue", "Waiting for Kueue to admit the Job (queue gpu-a10g).")

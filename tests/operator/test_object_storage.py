@@ -9,20 +9,20 @@ import copy
 import jsonschema
 import kubernetes_validate
 import pytest
-from op_fixtures import training
+from op_fixtures import job_for, training
 from pydantic import ValidationError
 
 from splatops import contract
 from splatops.api import crd
 from splatops.api.models import parse_spec
-from splatops.controller import jobs, status
+from splatops.controller import status
 from splatops.controller.settings import Settings
 
 SCENE = {"claimName": "scenes", "path": "fox", "source": "s3://team-scenes/fox/"}
 
 
 def env_of(spec: dict) -> dict[str, str]:
-    job = jobs.build_job(training(**spec), Settings())
+    job = job_for(training(**spec), Settings())
     kubernetes_validate.validate(job, "1.30", strict=True)
     return {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
 

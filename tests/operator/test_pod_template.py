@@ -11,13 +11,13 @@ from typing import Any
 import celpy
 import kubernetes_validate
 import pytest
-from op_fixtures import training
+from op_fixtures import job_for, training
 from pydantic import ValidationError
 
 from splatops import names
 from splatops.api import crd
 from splatops.api.models import PodTemplate, Volume, VolumeMount, parse_spec, pod_template_problems
-from splatops.controller import failures, jobs
+from splatops.controller import failures
 from splatops.controller.settings import Settings
 
 DO_NOT_DISRUPT = {"metadata": {"annotations": {"karpenter.sh/do-not-disrupt": "true"}}}
@@ -30,7 +30,7 @@ CHART = Settings(pod_template=json.dumps({
 
 
 def pod_of(spec: dict[str, Any], settings: Settings = CHART) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    job = jobs.build_job(training(**spec), settings)
+    job = job_for(training(**spec), settings)
     kubernetes_validate.validate(job, "1.30", strict=True)
     template = job["spec"]["template"]
     (container,) = template["spec"]["containers"]

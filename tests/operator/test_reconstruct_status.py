@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from op_fixtures import T0_EPOCH, job, pod, result_msg, terminated, training
+from op_fixtures import T0_EPOCH, job, job_for, pod, result_msg, terminated, training
 
 from splatops import contract
 from splatops.api.models import Phase, Progress, Status, parse_spec
@@ -11,7 +11,8 @@ from splatops.controller import jobs, status
 from splatops.controller.settings import Settings
 
 NOW = T0_EPOCH + 100
-SPEC = {"scene": {"claimName": "scenes", "path": "fox"}}
+RAW_SPEC = {"scene": {"claimName": "scenes", "path": "fox"}}
+SPEC = parse_spec(RAW_SPEC)
 STAGE = {"stage": "Reconstructing", "step": 12, "maxSteps": 50, "percent": 24.0, "message": "Extracting features 12/50",
          "updatedAt": "2026-01-01T00:00:00Z"}
 
@@ -81,7 +82,7 @@ def test_the_spec_rejects_bad_reconstruct_values(bad: dict) -> None:
     import pydantic
 
     with pytest.raises(pydantic.ValidationError):
-        parse_spec({**SPEC, **bad})
+        parse_spec({**RAW_SPEC, **bad})
 
 
 def test_a_reconstruct_only_job_holds_no_gpu() -> None:
@@ -89,7 +90,7 @@ def test_a_reconstruct_only_job_holds_no_gpu() -> None:
     is pinned to the GPU pool (a training's Job does both)."""
     settings = Settings()
     for spec, gpu in (({}, True), ({"reconstruct": "Always", "reconstructOnly": True}, False)):
-        job_ = jobs.build_job({**training("fox", **spec), "metadata": {"name": "fox", "namespace": "default", "uid": "u"}}, settings)
+        job_ = job_for({**training("fox", **spec), "metadata": {"name": "fox", "namespace": "default", "uid": "u"}}, settings)
         pod_spec = job_["spec"]["template"]["spec"]
         res = pod_spec["containers"][0]["resources"]
         assert (settings.gpu_resource_name in res["requests"], settings.gpu_resource_name in res["limits"]) == (gpu, gpu)

@@ -9,7 +9,7 @@ import pytest
 from op_fixtures import T0, T0_EPOCH, failed_msg, job, pod, result_msg, terminated
 
 from splatops import contract, names
-from splatops.api.models import Phase, Status
+from splatops.api.models import Phase, Status, parse_spec
 from splatops.controller import failures, queue, status
 
 R = contract.Reason
@@ -19,7 +19,7 @@ SPEC = {"scene": {"claimName": "scenes", "path": "fox"}}
 
 def observe(job_: dict[str, Any] | None, *pods: dict[str, Any], spec: dict[str, Any] | None = None,
             prev: dict[str, Any] | None = None, queued: bool = False, grace: float = 600.0) -> status.Observed:
-    return status.Observed(spec={**SPEC, **(spec or {})}, status=prev or {}, generation=1, job=job_, pods=tuple(pods),
+    return status.Observed(spec=parse_spec({**SPEC, **(spec or {})}), status=prev or {}, generation=1, job=job_, pods=tuple(pods),
                            queued_by_operator=queued, now=NOW, unschedulable_grace=grace, model_path="fox/gsplat/results.ply")
 
 
@@ -250,11 +250,11 @@ def test_output_holder(others: list[queue.Writer], holder: str | None) -> None:
 
 def test_output_busy_is_queued_without_a_job() -> None:
     message = "Waiting for training a, which writes the same output directory fox/gsplat on claim c; ..."
-    obs = status.Observed(spec={}, status={}, generation=1, job=None, output_busy=message)
+    obs = status.Observed(spec=parse_spec(SPEC), status={}, generation=1, job=None, output_busy=message)
     assert status.desired_phase(obs) == (Phase.QUEUED, status.REASON_OUTPUT_BUSY, message)
-    with_job = status.Observed(spec={}, status={}, generation=1, job=job(), output_busy=message)
+    with_job = status.Observed(spec=parse_spec(SPEC), status={}, generation=1, job=job(), output_busy=message)
     assert status.desired_phase(with_job)[1] != status.REASON_OUTPUT_BUSY  # a Job: it passed the gate
-    suspended = status.Observed(spec={"suspend": True}, status={}, generation=1, job=None, output_busy=message)
+    suspended = status.Observed(spec=parse_spec({**SPEC, "suspend": True}), status={}, generation=1, job=None, output_busy=message)
     assert status.desired_phase(suspended)[0] == Phase.SUSPENDED  # not in line while suspended
 
 
@@ -390,11 +390,11 @@ RETRY_TABLE = [
 
 @pytest.mark.parametrize(("spec", "current", "desired", "factor"), RETRY_TABLE)
 def test_oom_retry_factor(spec: dict, current: dict, desired: dict, factor: int | None) -> None:
-    assert status.oom_retry_factor(spec, current, desired) == factor
+    assert status.oom_retry_factor(parse_spec({**SPEC, **spec}), current, desired) == factor
 
 
 def test_downscaled_status_is_pending_at_the_new_factor_and_validates() -> None:
-    out = status.downscaled_status({"phase": "Running"}, {"dataFactor": 2}, 4, T0_EPOCH, 1)
+    out = status.downscaled_status({"phase": "Running"}, parse_spec({**SPEC, "dataFactor": 2}), 4, T0_EPOCH, 1)
     assert (out["phase"], out["reason"], out["dataFactor"]) == ("Pending", "DownscaledAfterOOM", 4)
     assert "dataFactor 2" in out["message"] and "not resumed" in out["message"]
     Status.model_validate(out)

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from splatops import names
+from splatops.api.models import parse_spec
 from splatops.controller import jobs
 from splatops.controller.settings import Settings
 from splatops.local import cluster as c
@@ -98,7 +99,7 @@ def existing_job(kube: Harness, name: str, *, owner_uid: str | None = None, labe
     if owner_uid is not None:
         body = copy.deepcopy(body)
         body["metadata"]["uid"] = owner_uid
-    job = jobs.build_job(body, Settings())
+    job = jobs.build_job(body, parse_spec(body["spec"]), Settings())
     if not labelled:  # e.g. made by an older operator: not in the operator's watch, so its create gets a 409
         del job["metadata"]["labels"][names.LABEL_MANAGED_BY]
     return job

@@ -13,7 +13,7 @@ import yaml
 import helm_env
 from helm_env import find
 from splatops import names
-from splatops.api.models import GaussianSplatTraining
+from splatops.api.models import GaussianSplatTraining, parse_spec
 from splatops.controller import jobs
 from splatops.controller.settings import Settings
 
@@ -58,7 +58,7 @@ def test_kueue_example_admits_the_operators_job() -> None:
     assert training["metadata"]["namespace"] == local["metadata"]["namespace"]
     assert local["spec"]["clusterQueue"] == cluster["metadata"]["name"]
     body = {**training, "metadata": {**training["metadata"], "uid": "0f0e0d0c-0000-4000-8000-000000000000"}}
-    job = jobs.build_job(body, Settings())
+    job = jobs.build_job(body, parse_spec(body["spec"]), Settings())
     kubernetes_validate.validate(job, "1.33.0", strict=True)
     assert job["spec"]["suspend"] is True and job["metadata"]["labels"][names.KUEUE_QUEUE_LABEL] == local["metadata"]["name"]
     requests = job["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]

@@ -17,6 +17,7 @@ import custom_kinds
 import helm_env
 from helm_env import SCENARIOS, find, one
 from splatops import names
+from splatops.api.models import parse_spec
 from splatops.controller.settings import Settings
 from splatops.gateway.settings import GatewaySettings
 
@@ -203,9 +204,10 @@ def test_trainer_job_defaults_shape_the_jobs(renders) -> None:
     training = {**example, "metadata": {**example["metadata"], "namespace": "splats", "uid": "0f0e0d0c-0000-4000-8000-000000000000", "generation": 1}}
     for key in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
         training["spec"].pop(key, None)  # the chart's defaults apply
-    job = jobs.build_job(training, _settings(one(renders.objects("trainer-defaults"), "StatefulSet")))["spec"]
+    spec = parse_spec(training["spec"])
+    job = jobs.build_job(training, spec, _settings(one(renders.objects("trainer-defaults"), "StatefulSet")))["spec"]
     assert job["backoffLimit"] == 0 and "activeDeadlineSeconds" not in job and job["ttlSecondsAfterFinished"] == 1000000
-    job = jobs.build_job(training, _settings(one(renders.objects("default"), "StatefulSet")))["spec"]
+    job = jobs.build_job(training, spec, _settings(one(renders.objects("default"), "StatefulSet")))["spec"]
     assert (job["backoffLimit"], job["activeDeadlineSeconds"], job["ttlSecondsAfterFinished"]) == (3, 86400, 604800)
 
 
@@ -407,7 +409,7 @@ def test_trainer_jobs_built_with_each_preset_are_valid(renders, preset: str) -> 
     settings = _settings(one(renders.objects(f"preset-{preset}"), "StatefulSet"))
     example = yaml.safe_load((helm_env.ROOT / "examples" / "production.yaml").read_text())
     training = {**example, "metadata": {**example["metadata"], "namespace": "splats", "uid": "0f0e0d0c-0000-4000-8000-000000000000", "generation": 1}}
-    job = jobs.build_job(training, settings)
+    job = jobs.build_job(training, parse_spec(training["spec"]), settings)
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     pod = job["spec"]["template"]["spec"]
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
@@ -426,7 +428,7 @@ def test_trainer_pod_template_reaches_the_jobs(renders) -> None:
     training = {**example, "metadata": {**example["metadata"], "namespace": "splats", "uid": "0f0e0d0c-0000-4000-8000-000000000000", "generation": 1}}
     training["spec"] = {**training["spec"], "podTemplate": {"env": [{"name": "AWS_REGION", "value": "eu-west-1"}]}}
     for scenario in ("default", "pod-template"):
-        job = jobs.build_job(training, _settings(one(renders.objects(scenario), "StatefulSet")))
+        job = jobs.build_job(training, parse_spec(training["spec"]), _settings(one(renders.objects(scenario), "StatefulSet")))
         kubernetes_validate.validate(job, K8S_VERSION, strict=True)
         pod = job["spec"]["template"]
         assert pod["metadata"]["annotations"] == {"karpenter.sh/do-not-disrupt": "true"}
@@ -447,7 +449,7 @@ def test_eks_values_files_give_jobs_that_fit_a_stock_eks_cluster(renders, setup:
     example = yaml.safe_load((helm_env.ROOT / "examples" / "preview.yaml").read_text())
     training = {**example, "metadata": {**example["metadata"], "namespace": "splats", "uid": "0f0e0d0c-0000-4000-8000-000000000000", "generation": 1}}
     training["spec"] = {k: v for k, v in training["spec"].items() if k != "resources"}
-    job = jobs.build_job(training, settings)
+    job = jobs.build_job(training, parse_spec(training["spec"]), settings)
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     pod = job["spec"]["template"]
     (term,) = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from splatops import contract, names
 from splatops.api import layout
 from splatops.api.layout import OutputKey
-from splatops.api.models import PodTemplate, Spec, parse_spec
+from splatops.api.models import PodTemplate, Spec
 from splatops.controller.settings import Settings
 
 JOB_NAME_PREFIX = "gst-"
@@ -256,19 +256,72 @@ def owner_reference(training: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool = False,
+def build_job(training: Mapping[str, Any], spec: Spec, settings: Settings, *, suspend: bool = False,
               attempts_before: int = 0) -> dict[str, Any]:
-    """The Job for `training`. `suspend=True` creates it held back (operator queue, or Kueue);
+    """The Job for `training` (its metadata, and its status for the Job's name and dataFactor) and
+    its parsed `spec`. `suspend=True` creates it held back (operator queue, or Kueue);
     `attempts_before`: trainer pods its lost predecessors ran (status.attempts counts on)."""
+    container = build_container(training, spec, settings)
+    pod_spec = build_pod_spec(spec, settings, container)
+    template = {"metadata": {"labels": child_labels(training["metadata"]["name"], training["metadata"].get("uid"))},
+                "spec": pod_spec}
+    apply_pod_template(template, container, merged_pod_template(settings.pod_template, spec.pod_template))
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": build_job_metadata(training, spec, attempts_before),
+        "spec": build_job_spec(spec, settings, template, suspend=suspend),
+    }
+
+
+def build_job_metadata(training: Mapping[str, Any], spec: Spec, attempts_before: int) -> dict[str, Any]:
     meta = training["metadata"]
-    spec = parse_spec(training.get("spec") or {})
-    name = meta["name"]
-    labels = child_labels(name, meta.get("uid"))
-    job_labels = dict(labels)
+    labels = child_labels(meta["name"], meta.get("uid"))
     if spec.queue_name:
-        job_labels[names.KUEUE_QUEUE_LABEL] = spec.queue_name
-        suspend = True  # Kueue unsuspends it on admission
-    container: dict[str, Any] = {
+        labels[names.KUEUE_QUEUE_LABEL] = spec.queue_name
+    out: dict[str, Any] = {
+        "name": training_job_name(training),
+        "namespace": meta.get("namespace"),
+        "labels": labels,
+        "ownerReferences": [owner_reference(training)],
+    }
+    if attempts_before:
+        out["annotations"] = {names.ANNOTATION_ATTEMPTS_BEFORE: str(attempts_before)}
+    return out
+
+
+def build_job_spec(spec: Spec, settings: Settings, template: dict[str, Any], *, suspend: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit if spec.backoff_limit is not None else settings.default_backoff_limit,
+        "completions": 1,
+        "parallelism": 1,
+        # Kueue's Jobs start suspended: Kueue unsuspends them on admission.
+        "suspend": bool(suspend or spec.suspend or spec.queue_name),
+        # Replacement pods only once the old one is gone: two trainers must never share the output dir.
+        "podReplacementPolicy": "Failed",
+        "podFailurePolicy": pod_failure_policy(),
+        "template": template,
+    }
+    out.update(lifetime(spec, settings))
+    return out
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Invalid input and out of memory fail the Job at once (a retry cannot help); a disrupted pod
+    (preemption, node drain) is not counted against backoffLimit."""
+    fatal = [int(contract.ExitCode.INVALID_INPUT), int(contract.ExitCode.OUT_OF_MEMORY)]
+    return {
+        "rules": [
+            {"action": "FailJob",
+             "onExitCodes": {"containerName": names.TRAINER_CONTAINER, "operator": "In", "values": fatal}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def build_container(training: Mapping[str, Any], spec: Spec, settings: Settings) -> dict[str, Any]:
+    """The trainer container (the pod template's additions come later, apply_pod_template)."""
+    return {
         "name": names.TRAINER_CONTAINER,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": spec.image_pull_policy or settings.image_pull_policy,
@@ -284,7 +337,10 @@ def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool 
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": restricted_container_security(),
     }
-    pod_spec: dict[str, Any] = {
+
+
+def build_pod_spec(spec: Spec, settings: Settings, container: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -305,42 +361,9 @@ def build_job(training: Mapping[str, Any], settings: Settings, *, suspend: bool 
     }
     affinity = node_affinity(spec, settings)
     if affinity:
-        pod_spec["affinity"] = affinity
+        out["affinity"] = affinity
     if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
+        out["nodeSelector"] = dict(spec.node_selector)
     if spec.priority_class_name:
-        pod_spec["priorityClassName"] = spec.priority_class_name
-    job_spec: dict[str, Any] = {
-        "backoffLimit": spec.backoff_limit if spec.backoff_limit is not None else settings.default_backoff_limit,
-        "completions": 1,
-        "parallelism": 1,
-        "suspend": bool(suspend or spec.suspend),
-        # Replacement pods only once the old one is gone: two trainers must never share the output dir.
-        "podReplacementPolicy": "Failed",
-        "podFailurePolicy": {
-            "rules": [
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": names.TRAINER_CONTAINER,
-                        "operator": "In",
-                        "values": [int(contract.ExitCode.INVALID_INPUT), int(contract.ExitCode.OUT_OF_MEMORY)],
-                    },
-                },
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            ]
-        },
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
-    }
-    apply_pod_template(job_spec["template"], container, merged_pod_template(settings.pod_template, spec.pod_template))
-    job_spec.update(lifetime(spec, settings))
-    job_meta: dict[str, Any] = {
-        "name": training_job_name(training),
-        "namespace": meta.get("namespace"),
-        "labels": job_labels,
-        "ownerReferences": [owner_reference(training)],
-    }
-    if attempts_before:
-        job_meta["annotations"] = {names.ANNOTATION_ATTEMPTS_BEFORE: str(attempts_before)}
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": job_meta, "spec": job_spec}
-
+        out["priorityClassName"] = spec.priority_class_name
+    return out

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from typing import AbstractSet, Iterable
+
+from splatops.api.models import Phase
+
+Key = tuple[str, str]  # (namespace, training name)
+TERMINAL = tuple(p.value for p in Phase if p.terminal)  # Succeeded, Failed
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -29,6 +34,65 @@ def admit(running: int, waiting: Iterable[Waiting], cap: int) -> list[Waiting]:
         return ordered
     free = max(0, cap - running)
     return ordered[:free]
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotJob:
+    """A training's Job as kopf's index shows it."""
+
+    training: Key
+    suspended: bool = False
+    finished: bool = False
+    kueue: bool = False  # Kueue admits it (queue-name label), never the operator's cap
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A training that may be waiting for a slot."""
+
+    place: Waiting  # its place in line (has_job is decided here)
+    phase: str | None = None  # its current status.phase (None: not handled yet)
+    held: bool = False  # spec.suspend, Kueue's (spec.queueName), or an invalid spec: never admitted here
+    job_suspended: bool | None = None  # spec.suspend of its own Job; None: it has no Job
+
+
+@dataclasses.dataclass(frozen=True)
+class Slots:
+    running: int  # Jobs under the cap that run (or that we just admitted)
+    waiting: list[Waiting]  # trainings waiting for a slot
+    settled: frozenset[Key]  # admitted trainings whose Job the index now shows running or finished
+
+
+def slots(jobs: Iterable[SlotJob], candidates: Iterable[Candidate], admitted: AbstractSet[Key]) -> Slots:
+    """Count the slots in use and the trainings waiting for one.
+
+    `admitted`: trainings whose Job we unsuspended or created running, which the index may not
+    show yet; they count as running until it does (then they are `settled`). The waiting include
+    trainings not handled yet (no Job, no phase; `has_job=False`): kopf may run the creation of
+    trainings created together in any order, so the one handled first must not take a slot from
+    one created before it. Their slots stay reserved for their own creation.
+    """
+    running, seen, settled = 0, set(), set()
+    for job in jobs:
+        seen.add(job.training)
+        if job.kueue:
+            continue
+        if job.finished or not job.suspended:
+            settled.add(job.training)
+            running += 0 if job.finished else 1
+        elif job.training in admitted:
+            running += 1  # we just admitted it; the watch has not caught up
+    running += len(admitted - seen)  # created unsuspended, not yet seen
+    still = admitted - settled
+    waiting = []
+    for c in candidates:
+        key = (c.place.namespace, c.place.name)
+        if key in still or c.held or c.phase in TERMINAL or c.job_suspended is False:
+            continue
+        if c.job_suspended is None and c.phase is not None:
+            continue  # handled, yet no Job: it waits for something else (OutputBusy, a retry)
+        waiting.append(dataclasses.replace(c.place, has_job=c.job_suspended is not None))
+    return Slots(running, waiting, frozenset(settled))
 
 
 # --- One writer per output directory ---------------------------------------------------------------

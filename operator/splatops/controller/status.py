@@ -11,8 +11,9 @@ from typing import Any, Iterable, Mapping
 
 from splatops import contract, names
 from splatops.api import layout
-from splatops.api.models import CONDITION_TYPES, MAX_DATA_FACTOR, OOM_DOWNSCALE, Phase
+from splatops.api.models import CONDITION_TYPES, MAX_DATA_FACTOR, OOM_DOWNSCALE, Phase, Spec
 from splatops.controller import failures
+from splatops.controller.jobs import data_factor
 from splatops.controller.timeutil import format_time
 
 # Reasons of non-failure phases.
@@ -33,7 +34,7 @@ REASON_DOWNSCALED = "DownscaledAfterOOM"  # also the Warning Event's reason
 class Observed:
     """Everything the mapping looks at, gathered by the handler."""
 
-    spec: Mapping[str, Any]
+    spec: Spec  # parsed once, by the handler
     status: Mapping[str, Any]  # current status of the resource
     generation: int | None
     job: Mapping[str, Any] | None
@@ -103,7 +104,7 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
                 return Phase.FAILED, better.reason, better.message
         return Phase(prev), str(obs.status.get("reason") or ""), str(obs.status.get("message") or "")
     if job is None:
-        if obs.output_busy and obs.spec.get("suspend"):
+        if obs.output_busy and obs.spec.suspend:
             return Phase.SUSPENDED, REASON_SUSPENDED, "Suspended (spec.suspend) before it started; " + obs.output_busy
         if obs.output_busy:
             return Phase.QUEUED, REASON_OUTPUT_BUSY, obs.output_busy
@@ -124,15 +125,15 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
     if stuck is not None:
         return Phase.FAILED, stuck.reason, stuck.message
     job_suspended = bool((job.get("spec") or {}).get("suspend"))
-    if obs.spec.get("suspend"):
+    if obs.spec.suspend:
         return Phase.SUSPENDED, REASON_SUSPENDED, "Suspended (spec.suspend); set it to false to resume from the last checkpoint."
     if job_suspended:
-        if obs.spec.get("queueName"):
+        if obs.spec.queue_name:
             # Kueue re-suspends a preempted Job without any DisruptionTarget: if it ever ran, it was preempted.
             if prev == Phase.RUNNING.value or obs.status.get("startTime") or obs.status.get("reason") == REASON_PREEMPTED:
                 return Phase.QUEUED, REASON_PREEMPTED, "Preempted by Kueue; resumes from the last checkpoint when readmitted."
             why = f": {obs.kueue_message}" if obs.kueue_message else "."
-            return Phase.QUEUED, REASON_WAITING_KUEUE, f"Waiting for Kueue to admit the Job (queue {obs.spec['queueName']}){why}"
+            return Phase.QUEUED, REASON_WAITING_KUEUE, f"Waiting for Kueue to admit the Job (queue {obs.spec.queue_name}){why}"
         return Phase.QUEUED, REASON_WAITING_SLOT, "Waiting for a free training slot (operator cap)."
     if running_pod(obs.pods) is not None:
         progress = obs.status.get("progress") or {}
@@ -219,28 +220,23 @@ def desired_status(obs: Observed) -> dict[str, Any]:
     return out
 
 
-def oom_retry_factor(spec: Mapping[str, Any], current: Mapping[str, Any], desired: Mapping[str, Any]) -> int | None:
+def oom_retry_factor(spec: Spec, current: Mapping[str, Any], desired: Mapping[str, Any]) -> int | None:
     """The dataFactor to train at again after a CUDA out-of-memory failure under spec.oom.policy
     Downscale: twice the current one, up to 8 (None: the failure stands)."""
     if desired.get("phase") != Phase.FAILED.value or desired.get("reason") != contract.Reason.OUT_OF_MEMORY.value:
         return None
     if current.get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value):
         return None
-    if (spec.get("oom") or {}).get("policy") != OOM_DOWNSCALE:
+    if spec.oom.policy != OOM_DOWNSCALE:
         return None
-    factor = current_factor(spec, current) * 2
+    factor = data_factor(spec, current) * 2
     return factor if factor <= MAX_DATA_FACTOR else None
 
 
-def current_factor(spec: Mapping[str, Any], current: Mapping[str, Any]) -> int:
-    raised, own = current.get("dataFactor"), int(spec.get("dataFactor") or 1)
-    return int(raised) if isinstance(raised, int) and raised > own else own
-
-
-def downscaled_status(current: Mapping[str, Any], spec: Mapping[str, Any], factor: int, now: float,
+def downscaled_status(current: Mapping[str, Any], spec: Spec, factor: int, now: float,
                       generation: int | None) -> dict[str, Any]:
     """Pending again at `factor`: the status patch of an out-of-memory retry."""
-    old = current_factor(spec, current)
+    old = data_factor(spec, current)
     message = (f"CUDA out of memory at dataFactor {old}; training again at dataFactor {factor} "
                f"(spec.oom.policy {OOM_DOWNSCALE}). The new run starts fresh: checkpoints of dataFactor "
                f"{old} are not resumed.")

@@ -59,7 +59,8 @@ def set_active(rt: Runtime, active: bool) -> None:
     if not active:
         # The progress read before a pause is stale when we resume (the other replica wrote on):
         # forgetting it makes the first poll after resuming record the progress gauges again.
-        rt.last_progress_step.clear()
+        for st in rt.trainings.values():
+            st.last_progress_step = None
 
 
 async def started(rt: Runtime, **_: Any) -> None:

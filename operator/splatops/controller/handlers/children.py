@@ -25,7 +25,7 @@ async def gst_index(rt: Runtime, *, namespace: str, name: str, body: kopf.Body, 
     key = (namespace, name)
     snap = snapshot(body)
     rt.first_seen(key)
-    rt.location(key, snap)  # files it under its output directory (parsed once per generation)
+    rt.parsed(key, snap)  # the one parse of its spec (per generation); files it under its output directory
     rt.observed(key, snap.get("status"))
     rt.metrics.set_phase(namespace, name, (snap.get("status") or {}).get("phase"))
     return {key: snap}
@@ -58,8 +58,9 @@ async def job_event(rt: Runtime, idx: Indices, *, type: str | None, body: kopf.B
         await reconcile(rt, (namespace, owner), idx)
     if type == "DELETED":
         rt.job_owner.pop((namespace, name), None)
-        if owner is not None:
-            rt.job_created.discard((namespace, owner))  # an unfinished training gets it back (timer)
+        st = rt.trainings.get((namespace, owner)) if owner is not None else None
+        if st is not None:
+            st.job_created = False  # an unfinished training gets it back (timer)
     if rt.settings.max_concurrent > 0 and (type == "DELETED" or job_finished(body) or (body.get("spec") or {}).get("suspend")):
         await admit_waiting(rt, idx)  # a slot may have freed
     if type == "DELETED" or job_finished(body):

@@ -1,7 +1,8 @@
-"""The per-training timer: catch-up reconcile, queue admission, and progress from the pod log.
+"""The per-training progress timer: status.progress from the running trainer pod's log.
 
 At most one progress write per training per `status_min_interval`, and none when the step has
-not moved, so a thousand running trainings never flood the API server.
+not moved, so a thousand running trainings never flood the API server. (Creation retries,
+admission and the catch-up reconcile are the `resync` timer's: training.resync.)
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from splatops import contract
 from splatops.api.models import Phase
 from splatops.controller import jobs, metrics, status
-from splatops.controller.handlers.admission import admit_waiting
 from splatops.controller.handlers.reconcile import reconcile
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime
-from splatops.controller.handlers.training import sync_training
 
 
 def active(status: Mapping[str, Any], **_: Any) -> bool:
-    """The timer's filter: only trainings that can still change."""
+    """The timers' filter: only trainings that can still change."""
     return status.get("phase") not in TERMINAL
 
 
@@ -32,46 +31,42 @@ async def poll(rt: Runtime, idx: Indices, *, body: kopf.Body, namespace: str, na
     training = idx.training(key)
     if training is None:
         return
-    jname = jobs.training_job_name(training)
-    if idx.job(namespace, jname) is None:
-        await sync_training(rt, idx, key, body, logger)  # retries a creation an event could not finish
+    current = rt.current_status(key, training)
+    if current.get("phase") != Phase.RUNNING.value:
         return
-    settings = rt.settings
-    if settings.max_concurrent > 0 and rt.current_status(key, training).get("phase") == Phase.QUEUED.value:
-        await admit_waiting(rt, idx)
-    desired = await reconcile(rt, key, idx)
-    if not desired or desired.get("phase") != Phase.RUNNING.value:
-        return
-    pod = status.running_pod(idx.job_pods(namespace, jname))
-    if pod is None:
-        return
+    pod = status.running_pod(idx.job_pods(namespace, jobs.training_job_name(training)))
     now = time.time()
-    if not status.should_write_status(rt.last_progress_write.get(key), now, settings.status_min_interval):
+    if pod is None or not status.should_write_status(rt.state(key).last_progress_write, now, rt.settings.status_min_interval):
         return
-    try:
-        text = await rt.api().log_tail(namespace, pod["metadata"]["name"], settings.log_tail_lines)
-    except ApiException as exc:
-        if exc.status in (400, 404):  # the container is not up yet or the pod just went away
-            logger.debug(f"No log yet for {pod['metadata']['name']}: {exc.reason}")
-            return
-        raise
-    report = contract.last_report(text)  # training progress, or a stage before it (structure-from-motion)
+    report = await last_report(rt, namespace, pod["metadata"]["name"], logger)
     marker = report.step if isinstance(report, contract.Progress) else report.message if report is not None else None
-    if report is None or rt.last_progress_step.get(key) == marker:
+    if report is None or rt.state(key).last_progress_step == marker:
         return
     fields = status.report_status(report, now)
     # A merge patch merges objects: drop what the other kind of report set (a stage's `stage`, training's loss).
-    previous = rt.current_status(key, training).get("progress") or {}
+    previous = current.get("progress") or {}
     fields = {**{k: None for k in previous if k not in fields}, **fields}
     if not await rt.api().patch_status(namespace, name, {"progress": fields}):
         return  # deleted meanwhile
     rt.remember(key, {"progress": fields})
-    rt.last_progress_write[key] = now
-    rt.last_progress_step[key] = marker
+    st = rt.state(key)
+    st.last_progress_write, st.last_progress_step = now, marker
     metrics.STATUS_WRITES.labels("progress").inc()
     staged = isinstance(report, contract.StageReport)
     if not staged:  # the training gauges count training steps, not a stage's images
         rt.metrics.record_progress(namespace, name, fields, now)
-    if staged or desired.get("reason") == status.REASON_RECONSTRUCTING:
+    if staged or current.get("reason") == status.REASON_RECONSTRUCTING:
         await reconcile(rt, key, idx)  # reason and message follow the stage now, not a poll later
 
+
+async def last_report(rt: Runtime, namespace: str, pod: str,
+                      logger: Any) -> contract.Progress | contract.StageReport | None:
+    """The newest training progress, or a stage before it (structure-from-motion), in the pod's log."""
+    try:
+        text = await rt.api().log_tail(namespace, pod, rt.settings.log_tail_lines)
+    except ApiException as exc:
+        if exc.status in (400, 404):  # the container is not up yet or the pod just went away
+            logger.debug(f"No log yet for {pod}: {exc.reason}")
+            return None
+        raise
+    return contract.last_report(text)

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import kopf
 
 from splatops import contract, names
-from splatops.api.models import Phase
+from splatops.api.models import Phase, Spec
 from splatops.controller import jobs, metrics, status
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime
 from splatops.controller.timeutil import parse_time
@@ -29,43 +29,23 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
     """Write the status the cluster implies (only the changed fields; nothing if unchanged)."""
     async with rt.lock(key):
         training = idx.training(key)
-        if training is None:
-            return None
-        ns, name = key
+        spec = rt.spec(key, training) if training is not None else None
+        if training is None or spec is None:
+            return None  # gone, or an invalid spec: ensure_job fails it (InvalidSpec)
         jname = jobs.training_job_name(training)
-        job = job if job is not None else idx.job(ns, jname)
-        pods = idx.job_pods(ns, jname)
-        if job is not None and not jobs.owned_by(job, training["metadata"].get("uid")):
-            job, pods = None, ()  # a deleted namesake's Job, still being garbage-collected: not ours
-        if rt.retired(job):
+        job, pods = await observe_job(rt, key, idx, training, job)
+        if rt.retired(key, job):
             return None  # going (an OOM retry's, or with its training): the status waits for what follows
         current = rt.current_status(key, training)
-        if job is not None and current.get("phase") not in TERMINAL and job_finished(job) \
-                and not any(status.failures.terminated_state(p) for p in pods):
-            # The Job's verdict can outrun the pod watch; the pod's termination message
-            # carries the real reason, so read the pods once rather than guess.
-            pods = tuple(await rt.api().job_pods(ns, jname)) or pods
-        spec = training.get("spec") or {}
-        location = rt.location(key, training)
-        now = time.time()
-        obs = status.Observed(
-            spec=spec, status=current, generation=training["metadata"].get("generation"), job=job, pods=pods,
-            queued_by_operator=queued, now=now, unschedulable_grace=rt.settings.unschedulable_grace,
-            provisioning_grace=rt.settings.provisioning_grace,
-            model_path=location.model_path if location is not None else None,
-            output_busy=blocked.message if job is None and (blocked := rt.outputs.blocked.get(key)) else None,
-            blocked=rt.job_blocked.get(key),
-            nominated=await nominated_by_karpenter(rt, ns, pods, now),
-            kueue_message=await kueue_message(rt, key, spec, job),
-        )
+        obs = await observe(rt, key, training, spec, current, job, pods, queued)
         desired = status.desired_status(obs)
         factor = status.oom_retry_factor(spec, current, desired)
         if factor is not None and job is not None:
-            return await downscale(rt, training, current, factor, (job.get("metadata") or {}).get("uid"))
+            return await downscale(rt, training, spec, current, factor, (job.get("metadata") or {}).get("uid"))
         patch = status.status_patch(current, desired)
         if not patch:
             return desired
-        if not await rt.api().patch_status(ns, name, patch):
+        if not await rt.api().patch_status(*key, patch):
             return None  # deleted meanwhile
         rt.remember(key, patch)
         metrics.STATUS_WRITES.labels("phase").inc()
@@ -74,11 +54,46 @@ async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, An
             if desired["phase"] == Phase.FAILED.value and desired.get("reason") in OPERATOR_DECIDED and job is not None \
                     and not (job.get("spec") or {}).get("suspend"):
                 # The Job would wait forever; suspending removes the stuck pod but keeps the Job for inspection.
-                await rt.api().patch_job(ns, jname, {"spec": {"suspend": True}})
+                await rt.api().patch_job(key[0], jname, {"spec": {"suspend": True}})
         return desired
 
 
-async def downscale(rt: Runtime, training: Mapping[str, Any], current: Mapping[str, Any], factor: int,
+async def observe_job(rt: Runtime, key: Key, idx: Indices, training: Mapping[str, Any],
+                      job: Mapping[str, Any] | None) -> tuple[Mapping[str, Any] | None, tuple[Mapping[str, Any], ...]]:
+    """The training's own Job (`job` if the caller has it fresher than the index) and its pods."""
+    jname = jobs.training_job_name(training)
+    job = job if job is not None else idx.job(key[0], jname)
+    pods = idx.job_pods(key[0], jname)
+    if job is not None and not jobs.owned_by(job, training["metadata"].get("uid")):
+        return None, ()  # a deleted namesake's Job, still being garbage-collected: not ours
+    if job is not None and not rt.retired(key, job) and rt.current_status(key, training).get("phase") not in TERMINAL and job_finished(job) \
+            and not any(status.failures.terminated_state(p) for p in pods):
+        # The Job's verdict can outrun the pod watch; the pod's termination message
+        # carries the real reason, so read the pods once rather than guess.
+        pods = tuple(await rt.api().job_pods(key[0], jname)) or pods
+    return job, pods
+
+
+async def observe(rt: Runtime, key: Key, training: Mapping[str, Any], spec: Spec, current: Mapping[str, Any],
+                  job: Mapping[str, Any] | None, pods: tuple[Mapping[str, Any], ...], queued: bool) -> status.Observed:
+    """Everything status.desired_status looks at, including what only the API can tell (Karpenter's
+    nominations, Kueue's words)."""
+    location = rt.location(key, training)
+    blocked = rt.outputs.blocked.get(key) if job is None else None
+    now = time.time()
+    return status.Observed(
+        spec=spec, status=current, generation=training["metadata"].get("generation"), job=job, pods=pods,
+        queued_by_operator=queued, now=now, unschedulable_grace=rt.settings.unschedulable_grace,
+        provisioning_grace=rt.settings.provisioning_grace,
+        model_path=location.model_path if location is not None else None,
+        output_busy=blocked.message if blocked is not None else None,
+        blocked=rt.state(key).job_blocked,
+        nominated=await nominated_by_karpenter(rt, key[0], pods, now),
+        kueue_message=await kueue_message(rt, key, spec, job),
+    )
+
+
+async def downscale(rt: Runtime, training: Mapping[str, Any], spec: Spec, current: Mapping[str, Any], factor: int,
                     job_uid: str | None) -> dict[str, Any] | None:
     """CUDA out of memory under spec.oom.policy Downscale: Pending again at `factor`, a Warning,
     and the failed Job deleted; once it is gone, the timer creates the next one at the new factor
@@ -86,18 +101,17 @@ async def downscale(rt: Runtime, training: Mapping[str, Any], current: Mapping[s
     is resumed. Called with the training's lock held."""
     meta = training["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    spec = training.get("spec") or {}
     patch = status.downscaled_status(current, spec, factor, time.time(), meta.get("generation"))
     if not await rt.api().patch_status(ns, name, patch):
         return None  # deleted meanwhile
     rt.remember((ns, name), patch)
     metrics.STATUS_WRITES.labels("phase").inc()
     kopf.event(event_body(training), type="Warning", reason=status.REASON_DOWNSCALED, message=patch["message"])
-    rt.job_created.discard((ns, name))
-    rt.admitted.discard((ns, name))
+    st = rt.state((ns, name))
+    st.job_created = st.admitted = False
     rt.metrics.set_phase(ns, name, patch["phase"])
     if job_uid:
-        rt.retired_jobs.add(job_uid)
+        st.retired_jobs.add(job_uid)
     await rt.api().delete_job(ns, jobs.training_job_name(training))
     return {**current, **patch}
 
@@ -123,15 +137,16 @@ async def nominated_by_karpenter(rt: Runtime, ns: str, pods: Any, now: float) ->
     return frozenset(found)
 
 
-async def kueue_message(rt: Runtime, key: Key, spec: Mapping[str, Any], job: Mapping[str, Any] | None) -> str | None:
+async def kueue_message(rt: Runtime, key: Key, spec: Spec, job: Mapping[str, Any] | None) -> str | None:
     """Why Kueue has not admitted the training's suspended Job, read from its Workload (at most
     once per progress interval per training: the timer's cadence; nothing without Kueue or RBAC
     to read Workloads)."""
-    if not spec.get("queueName") or job is None or not (job.get("spec") or {}).get("suspend"):
-        rt.kueue_seen.pop(key, None)
+    st = rt.state(key)
+    if not spec.queue_name or job is None or not (job.get("spec") or {}).get("suspend"):
+        st.kueue_seen = None
         return None
     now = time.monotonic()
-    seen = rt.kueue_seen.get(key)
+    seen = st.kueue_seen
     if seen is not None and now - seen[0] < rt.settings.progress_interval:
         return seen[1]
     message = None
@@ -140,7 +155,7 @@ async def kueue_message(rt: Runtime, key: Key, spec: Mapping[str, Any], job: Map
         message = status.failures.kueue_pending(workloads)
     except Exception as exc:  # no Kueue (404), no RBAC (403): the plain message
         logger.debug("cannot read Kueue's Workload of %s/%s: %s", *key, exc)
-    rt.kueue_seen[key] = (now, message)
+    st.kueue_seen = (now, message)
     return message
 
 

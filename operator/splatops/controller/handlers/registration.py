@@ -65,15 +65,18 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, rt: Runtime | 
     kopf.on.event("batch", "v1", "jobs", labels=MANAGED, id="job_event", **on)(_bound(rt, "job_event", children.job_event))
     kopf.on.event("", "v1", "pods", labels=MANAGED, id="pod_event", **on)(_bound(rt, "pod_event", children.pod_event))
 
-    kopf.timer(*GST, interval=settings.progress_interval, initial_delay=settings.progress_interval,
-               when=progress.active, id="progress", **on)(_bound(rt, "progress", progress.poll))
-    without_finalizer(registry, "progress")
+    # Two timers per training, one job each: creation retries, admission and the catch-up
+    # reconcile (resync); status.progress from the trainer's log (progress).
+    for timer_id, fn in (("resync", training.resync), ("progress", progress.poll)):
+        kopf.timer(*GST, interval=settings.progress_interval, initial_delay=settings.progress_interval,
+                   when=progress.active, id=timer_id, **on)(_bound(rt, timer_id, fn))
+        without_finalizer(registry, timer_id)
     return rt
 
 
 def without_finalizer(registry: kopf.OperatorRegistry, handler_id: str) -> None:
     """kopf gives every daemon and timer a finalizer, to stop it before the object goes. Ours need
-    none: the progress timer only reads and writes status, and nothing must be cleaned up on
+    none: the timers only read and write status, and nothing must be cleaned up on
     deletion (owner references do that), so deleting a training never waits for a running
     operator (Argo CD prunes at once) and creation skips a patch round trip; the peering daemon
     must never block the deletion of kopf's peering object (the chart's hook re-creates it).

@@ -16,19 +16,20 @@ import time
 from typing import Any, Iterable, Iterator, Mapping
 
 import kopf
+from pydantic import ValidationError
 
 from splatops import names
 from splatops.api import layout
 from splatops.api.layout import OutputKey, OutputLocation
-from splatops.api.models import Phase
+from splatops.api.models import Spec, parse_spec
 from splatops.controller.kube import Kube
 from splatops.controller.metrics import OperatorMetrics
+from splatops.controller.queue import TERMINAL
 from splatops.controller.settings import Settings
 
 Key = tuple[str, str]  # (namespace, name)
 GST = (names.GROUP, names.VERSION, names.PLURAL)
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
-TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 # The ids of kopf's indices: kopf passes each index to every handler as a keyword of this name.
 GST_INDEX, JOB_INDEX, POD_INDEX = "gst_index", "job_index", "pod_index"
@@ -37,66 +38,111 @@ GST_INDEX, JOB_INDEX, POD_INDEX = "gst_index", "job_index", "pod_index"
 WRITTEN_MAX_AGE = 60.0
 
 
+@dataclasses.dataclass(frozen=True)
+class ParsedSpec:
+    """A training's spec parsed once per (uid, generation): reconcile runs on every event, and a
+    pydantic parse each time was ~5 % of the operator's CPU in a burst."""
+
+    version: tuple[Any, Any]  # (uid, generation)
+    spec: Spec | None  # None: the schema let it through but the operator cannot run it
+    problem: str | None = None  # why not, for the InvalidSpec failure
+    location: OutputLocation | None = None  # where it writes
+
+    @classmethod
+    def of(cls, training: Mapping[str, Any]) -> ParsedSpec:
+        meta = training.get("metadata") or {}
+        version = (meta.get("uid"), meta.get("generation"))
+        try:
+            spec = parse_spec(dict(training.get("spec") or {}))
+        except ValidationError as exc:
+            return cls(version, None, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        return cls(version, spec, None, layout.output_location(spec, str(meta.get("name") or "")))
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """What this operator process keeps about one training between events. Deleting the training
+    drops it whole (Runtime.forget)."""
+
+    order: int  # first-seen order (FCFS tie-break among equal creation timestamps)
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)  # one reconcile at a time
+    written: dict[str, Any] = dataclasses.field(default_factory=dict)  # status fields not yet in the index
+    written_at: float | None = None  # monotonic time of the last write
+    parsed: ParsedSpec | None = None
+    admitted: bool = False  # its Job runs by our admission; the watch may not show it yet
+    job_created: bool = False  # we created or adopted its Job
+    suspend_seen: bool | None = None  # spec.suspend last acted on
+    job_blocked: tuple[str, str] | None = None  # why no Job yet: (reason, message)
+    kueue_seen: tuple[float, str | None] | None = None  # (monotonic time, Kueue's message)
+    last_progress_write: float | None = None  # wall time of the last progress write
+    last_progress_step: int | str | None = None  # the step (or stage message) it wrote
+    retired_jobs: set[str] = dataclasses.field(default_factory=set)  # uids of its Jobs we deleted (OOM retries)
+
+
 @dataclasses.dataclass
 class Runtime:
     settings: Settings
     kube: Kube | None = None
     metrics: OperatorMetrics = dataclasses.field(default_factory=OperatorMetrics)  # this run's per-training series
     admission_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
-    admitted: set[Key] = dataclasses.field(default_factory=set)  # training keys
-    written: dict[Key, dict[str, Any]] = dataclasses.field(default_factory=dict)  # status fields not yet in the index
-    written_at: dict[Key, float] = dataclasses.field(default_factory=dict)  # monotonic time of the last write
-    seen: dict[Key, int] = dataclasses.field(default_factory=dict)  # first-seen order (FCFS tie-break)
-    last_progress_write: dict[Key, float] = dataclasses.field(default_factory=dict)
-    last_progress_step: dict[Key, int | str] = dataclasses.field(default_factory=dict)
-    job_owner: dict[Key, str] = dataclasses.field(default_factory=dict)  # (ns, job) -> training
-    warned: set[str] = dataclasses.field(default_factory=set)  # once-per-process warnings given
-    job_created: set[Key] = dataclasses.field(default_factory=set)  # trainings whose Job we created or adopted
-    locations: dict[Key, tuple[Any, OutputLocation | None]] = dataclasses.field(default_factory=dict)  # ((uid, generation), where)
+    trainings: dict[Key, TrainingState] = dataclasses.field(default_factory=dict)
     outputs: Outputs = dataclasses.field(default_factory=lambda: Outputs())  # who writes which output directory
-    suspend_seen: dict[Key, bool] = dataclasses.field(default_factory=dict)  # spec.suspend last acted on
+    job_owner: dict[Key, str] = dataclasses.field(default_factory=dict)  # (ns, job) -> training
     pvc_seen: dict[Key, float] = dataclasses.field(default_factory=dict)  # (ns, claim) -> monotonic time
-    job_blocked: dict[Key, tuple[str, str]] = dataclasses.field(default_factory=dict)  # why no Job yet: (reason, message)
-    kueue_seen: dict[Key, tuple[float, str | None]] = dataclasses.field(default_factory=dict)  # (monotonic time, Kueue's message)
-    retired_jobs: set[str] = dataclasses.field(default_factory=set)  # uids of Jobs we deleted (OOM retries)
-    _locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
-    _seen_counter: Iterator[int] = dataclasses.field(default_factory=itertools.count)
+    warned: set[str] = dataclasses.field(default_factory=set)  # once-per-process warnings given
+    _order: Iterator[int] = dataclasses.field(default_factory=itertools.count)
 
-    def lock(self, key: Key) -> asyncio.Lock:
-        return self._locks.setdefault(key, asyncio.Lock())
+    def state(self, key: Key) -> TrainingState:
+        """The training's state, made the first time the operator sees it."""
+        st = self.trainings.get(key)
+        if st is None:
+            st = self.trainings[key] = TrainingState(order=next(self._order))
+        return st
 
     def forget(self, key: Key) -> None:
-        for table in (self.written, self.written_at, self.seen, self.last_progress_write, self.last_progress_step,
-                      self.suspend_seen, self.locations, self.job_blocked, self.kueue_seen, self._locks):
-            table.pop(key, None)  # type: ignore[attr-defined]
+        self.trainings.pop(key, None)
         self.outputs.forget(key)
-        self.admitted.discard(key)
-        self.job_created.discard(key)
 
-    def retired(self, job: Mapping[str, Any] | None) -> bool:
+    def lock(self, key: Key) -> asyncio.Lock:
+        return self.state(key).lock
+
+    def first_seen(self, key: Key) -> int:
+        """The order in which the operator first saw this training (for FCFS among equal timestamps)."""
+        return self.state(key).order
+
+    def admitted(self) -> frozenset[Key]:
+        return frozenset(key for key, st in self.trainings.items() if st.admitted)
+
+    def settle(self, keys: Iterable[Key]) -> None:
+        """The index shows these admitted trainings' Jobs now: stop counting them by hand."""
+        for key in keys:
+            if key in self.trainings:
+                self.trainings[key].admitted = False
+
+    def retired(self, key: Key, job: Mapping[str, Any] | None) -> bool:
         """A Job on its way out: marked deleting, or deleted by us before the index shows it."""
         if job is None:
             return False
         meta = job.get("metadata") or {}
-        return bool(meta.get("deletionTimestamp")) or meta.get("uid") in self.retired_jobs
+        st = self.trainings.get(key)
+        return bool(meta.get("deletionTimestamp")) or (st is not None and meta.get("uid") in st.retired_jobs)
 
-    def first_seen(self, key: Key) -> int:
-        """The order in which the operator first saw this training (for FCFS among equal timestamps)."""
-        if key not in self.seen:
-            self.seen[key] = next(self._seen_counter)
-        return self.seen[key]
+    def parsed(self, key: Key, training: Mapping[str, Any]) -> ParsedSpec:
+        """The training's spec, parsed once per generation (the one parse of the operator). Also
+        files the training under its output directory."""
+        meta = training.get("metadata") or {}
+        st = self.state(key)
+        if st.parsed is None or st.parsed.version != (meta.get("uid"), meta.get("generation")):
+            st.parsed = ParsedSpec.of(training)
+            self.outputs.file(key, st.parsed.location.key(key[0]) if st.parsed.location is not None else None)
+        return st.parsed
+
+    def spec(self, key: Key, training: Mapping[str, Any]) -> Spec | None:
+        return self.parsed(key, training).spec
 
     def location(self, key: Key, training: Mapping[str, Any]) -> OutputLocation | None:
-        """Where the training writes (None if its spec is invalid), parsed once per generation
-        (reconcile runs on every event; a pydantic parse each time was ~5 % of the operator's CPU
-        in a burst). Also files the training under its output directory."""
-        meta = training.get("metadata") or {}
-        version = (meta.get("uid"), meta.get("generation"))
-        cached = self.locations.get(key)
-        if cached is None or cached[0] != version:
-            cached = self.locations[key] = (version, layout.location_of(training))
-            self.outputs.file(key, cached[1].key(key[0]) if cached[1] is not None else None)
-        return cached[1]
+        """Where the training writes (None if its spec is invalid)."""
+        return self.parsed(key, training).location
 
     def api(self) -> Kube:
         if self.kube is None:
@@ -105,12 +151,16 @@ class Runtime:
 
     def current_status(self, key: Key, training: Mapping[str, Any], now: float | None = None) -> dict[str, Any]:
         """The resource's status as we last wrote it (the index may not have seen our write yet)."""
-        self._expire(key, time.monotonic() if now is None else now)
-        return {**(training.get("status") or {}), **self.written.get(key, {})}
+        st = self.trainings.get(key)
+        if st is None:
+            return dict(training.get("status") or {})
+        self._expire(st, time.monotonic() if now is None else now)
+        return {**(training.get("status") or {}), **st.written}
 
     def remember(self, key: Key, patch: Mapping[str, Any], now: float | None = None) -> None:
-        self.written[key] = {**self.written.get(key, {}), **patch}
-        self.written_at[key] = time.monotonic() if now is None else now
+        st = self.state(key)
+        st.written = {**st.written, **patch}
+        st.written_at = time.monotonic() if now is None else now
 
     def observed(self, key: Key, status: Mapping[str, Any] | None, now: float | None = None) -> None:
         """The index received the resource with `status`: forget the written fields it shows.
@@ -119,22 +169,20 @@ class Runtime:
         after another replica (peering failover) or anyone else wrote it: duplicate phase-change
         Events and metrics, or writes skipped because the stale cache already "has" them.
         """
-        entry = self.written.get(key)
-        if entry is None:
+        st = self.trainings.get(key)
+        if st is None or not st.written:
             return
         live = status or {}
-        left = {k: v for k, v in entry.items() if not contains(live.get(k), v)}
-        if left:
-            self.written[key] = left
-            self._expire(key, time.monotonic() if now is None else now)
+        st.written = {k: v for k, v in st.written.items() if not contains(live.get(k), v)}
+        if st.written:
+            self._expire(st, time.monotonic() if now is None else now)
         else:
-            self.written.pop(key, None)
-            self.written_at.pop(key, None)
+            st.written_at = None
 
-    def _expire(self, key: Key, now: float) -> None:
-        if key in self.written and now - self.written_at.get(key, now) > WRITTEN_MAX_AGE:
-            self.written.pop(key, None)
-            self.written_at.pop(key, None)
+    @staticmethod
+    def _expire(st: TrainingState, now: float) -> None:
+        if st.written and st.written_at is not None and now - st.written_at > WRITTEN_MAX_AGE:
+            st.written, st.written_at = {}, None
 
 
 @dataclasses.dataclass(frozen=True)

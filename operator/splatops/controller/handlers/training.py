@@ -1,6 +1,6 @@
 """Handlers of the GaussianSplatTraining itself: its one Job, spec.suspend, forgetting it on deletion.
 
-Level-triggered: every watch event of a training (and the progress timer, which retries what an
+Level-triggered: every watch event of a training (and the resync timer, which retries what an
 event could not finish) makes the cluster match the resource, whatever happened before. No kopf
 create/update/field handler is registered for trainings, so kopf keeps no progress or diff-base
 annotations on them: no annotation patch and no second processing cycle per creation (a quarter
@@ -16,21 +16,20 @@ from typing import Any, Mapping, NoReturn
 
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
-from pydantic import ValidationError
 
 from splatops import names
 from splatops.api import layout
-from splatops.api.models import Spec, parse_spec
+from splatops.api.models import Phase, Spec
 from splatops.controller import failures, jobs, queue, status
-from splatops.controller.handlers.admission import admit_waiting, admitted_metrics, output_writers, slots
+from splatops.controller.handlers.admission import admit_new, admit_waiting, admitted_metrics, output_writers, place
 from splatops.controller.handlers.reconcile import event_body, fail, fail_invalid, reconcile
 from splatops.controller.handlers.state import TERMINAL, Blocked, Indices, Key, Runtime, snapshot
 from splatops.controller.policy import policy_violations
-from splatops.controller.timeutil import format_time
+from splatops.controller.settings import Settings
 
 
 # While a deleted namesake's Job is still being garbage-collected, creation waits: the error says
-# so, and the next event or progress-timer tick tries again (kopf does not retry event handlers).
+# so, and the next event or resync-timer tick tries again (kopf does not retry event handlers).
 FOREIGN_JOB_RETRY = 10.0
 JOB_CREATE_RETRY = 5.0  # seconds before kopf retries a Job creation the API server failed (5xx, 429)
 JOB_RECREATED = "JobRecreated"  # the Event reason
@@ -70,57 +69,39 @@ async def sync_training(rt: Runtime, idx: Indices, key: Key, body: Mapping[str, 
     training = idx.training(key) or snapshot(body)
     if rt.current_status(key, training).get("phase") in TERMINAL:
         return  # final, also when the Job is gone (ttlSecondsAfterFinished): never a new Job
-    namespace, _ = key
-    existing = idx.job(namespace, jobs.training_job_name(training))
-    if existing is None and key in rt.job_created:
-        return  # created or adopted: the Job watch has not caught up yet
-    if existing is not None and key in rt.job_created:
-        await follow_suspend(rt, idx, key, training, existing, logger)
-        return
+    existing = idx.job(key[0], jobs.training_job_name(training))
+    if rt.state(key).job_created:
+        spec = rt.spec(key, training)
+        if existing is None:
+            return  # created or adopted: the Job watch has not caught up yet
+        if spec is not None:
+            await follow_suspend(rt, idx, key, training, spec, existing, logger)
+            return
     await ensure_job(rt, idx, key, training, logger)
 
 
 async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], logger: Any) -> None:
     """Validate, then create the one Job (suspended when it must queue), or adopt ours.
     Called by sync_training for a training that is not terminal."""
-    namespace, name = key
     spec = await valid_spec(rt, key, training)
     if spec is None:
         return
-    jname = jobs.training_job_name(training)
-    existing = idx.job(namespace, jname)
-    if existing is not None and not jobs.owned_by(existing, training["metadata"]["uid"]):
-        await job_blocked(rt, idx, key, training, JOB_NAME_TAKEN, foreign_job_message(jname, training, existing),
-                          FOREIGN_JOB_RETRY)
-    if rt.retired(existing):
+    existing = await own_job(rt, idx, key, training)
+    if rt.retired(key, existing):
         return  # an OOM retry's old Job, still going: its DELETED event and the timer bring us back
     if existing is not None:  # ours from before (an operator restart): adopt it, never a second one
-        rt.job_created.add(key)
-        rt.job_blocked.pop(key, None)
-        rt.outputs.blocked.pop(key, None)
-        await follow_suspend(rt, idx, key, training, existing, logger)
+        job_taken(rt, key)
+        await follow_suspend(rt, idx, key, training, spec, existing, logger)
         return
-    # Checked before a new Job only: an adopted one was created under the policy of its day.
-    violations = policy_violations(spec, rt.settings.policy)
-    if violations:
-        await fail_invalid(rt, key, training, "; ".join(violations))
+    if not await may_create(rt, idx, key, training, spec, logger):
         return
-    try:
-        problem = await scene_problem(rt, namespace, spec, logger)
-    except ApiException as exc:  # 5xx, 429 on the PVC: the Job waits for the check, say so
-        detail = failures.api_error_message(exc.status, exc.reason, exc.body)
-        await job_blocked(rt, idx, key, training, JOB_CREATE_RETRYING,
-                          f"Checking the scene PVC {spec.scene.claim_name} failed: {detail}; retrying.", JOB_CREATE_RETRY)
-    if problem is not None:
-        await fail(rt, key, training, problem.reason, problem.message)
-        return
-    location = rt.location(key, training) or layout.output_location(spec, name)
+    location = rt.location(key, training) or layout.output_location(spec, key[1])
     # Creating the Job takes the output directory: decided under its lock, so two trainings of
     # one directory never both see it free.
-    async with rt.outputs.lock(location.key(namespace)):
+    async with rt.outputs.lock(location.key(key[0])):
         if await output_busy(rt, idx, key, training, location):
             return
-        created = await create_job(rt, idx, key, training, spec, jname, logger)
+        created = await create_job(rt, idx, key, training, spec, logger)
     if created is not None:
         job, queued, others = created
         if others:
@@ -128,10 +109,41 @@ async def ensure_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
         await reconcile(rt, key, idx, job=job, queued=queued)
 
 
-async def create_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], spec: Spec, jname: str,
+async def own_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The training's Job in the index; one it does not own blocks it (kopf retries)."""
+    jname = jobs.training_job_name(training)
+    existing = idx.job(key[0], jname)
+    if existing is not None and not jobs.owned_by(existing, training["metadata"]["uid"]):
+        await job_blocked(rt, idx, key, training, JOB_NAME_TAKEN, foreign_job_message(jname, training, existing),
+                          FOREIGN_JOB_RETRY)
+    return existing
+
+
+async def may_create(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], spec: Spec,
+                     logger: Any) -> bool:
+    """The checks before a new Job (an adopted one was created under the policy of its day): the
+    operator's policy, and the scene's PVC. False after failing the training."""
+    violations = policy_violations(spec, rt.settings.policy)
+    if violations:
+        await fail_invalid(rt, key, training, "; ".join(violations))
+        return False
+    try:
+        problem = await scene_problem(rt, key[0], spec, logger)
+    except ApiException as exc:  # 5xx, 429 on the PVC: the Job waits for the check, say so
+        detail = failures.api_error_message(exc.status, exc.reason, exc.body)
+        await job_blocked(rt, idx, key, training, JOB_CREATE_RETRYING,
+                          f"Checking the scene PVC {spec.scene.claim_name} failed: {detail}; retrying.", JOB_CREATE_RETRY)
+    if problem is not None:
+        await fail(rt, key, training, problem.reason, problem.message)
+        return False
+    return True
+
+
+async def create_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], spec: Spec,
                      logger: Any) -> tuple[dict[str, Any], bool, list[queue.Waiting]] | None:
     """admit_and_create, with the API server's refusals turned into status: None after failing
     the training as InvalidSpec (retrying cannot help); else a Pending reason while kopf retries."""
+    jname = jobs.training_job_name(training)
     try:
         return await admit_and_create(rt, idx, key, training, spec, logger)
     except JobRejected as exc:
@@ -149,65 +161,71 @@ async def create_job(rt: Runtime, idx: Indices, key: Key, training: Mapping[str,
 async def valid_spec(rt: Runtime, key: Key, training: Mapping[str, Any]) -> Spec | None:
     """The parsed spec, or None after failing the training as InvalidSpec: the schema let it
     through but the operator cannot run it."""
-    try:
-        spec = parse_spec(dict(training.get("spec") or {}))
-    except ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        await fail_invalid(rt, key, training, detail)
-        return None
-    return spec
+    parsed = rt.parsed(key, training)
+    if parsed.spec is None:
+        await fail_invalid(rt, key, training, parsed.problem or "")
+    return parsed.spec
+
+
+def job_taken(rt: Runtime, key: Key) -> None:
+    """We created or adopted the training's Job: nothing blocks it any more."""
+    st = rt.state(key)
+    st.job_created, st.job_blocked = True, None
+    rt.outputs.blocked.pop(key, None)
 
 
 async def admit_and_create(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], spec: Spec,
                            logger: Any) -> tuple[dict[str, Any], bool, list[queue.Waiting]]:
     """Decide whether the new Job must queue under the operator's cap, then create it.
     Returns (the Job, whether it is queued, other admitted trainings to unsuspend)."""
-    namespace, name = key
-    queued = False
-    max_concurrent = rt.settings.max_concurrent
-    capped = max_concurrent > 0 and not (spec.suspend or spec.queue_name)
-    others: list[queue.Waiting] = []
+    held = bool(spec.suspend or spec.queue_name)  # the user's or Kueue's, never the operator's cap
+    capped = rt.settings.max_concurrent > 0 and not held
     current = rt.current_status(key, training)
     # Only admission under a cap needs serialising; uncapped creates run concurrently.
     async with rt.admission_lock if capped else contextlib.nullcontext():
-        suspend = bool(spec.suspend or spec.queue_name)
-        if capped:
-            running, waiting = slots(rt, idx)
-            created_at = str(training["metadata"].get("creationTimestamp") or format_time(time.time()))
-            me = queue.Waiting(created_at, rt.first_seen(key), namespace, name)
-            admitted = queue.admit(running, [w for w in waiting if (w.namespace, w.name) != key] + [me], max_concurrent)
-            suspend = queued = me not in admitted
-            others = [w for w in admitted if w != me and w.has_job]
-        # A Job made again after its predecessor was lost carries the pods that one ran (status.attempts);
-        # built from the status we wrote: an OOM retry's dataFactor may not be indexed yet.
-        before = int(current.get("attempts") or 0) if current.get("jobName") else 0
-        manifest = jobs.build_job({**training, "status": current}, rt.settings, suspend=suspend, attempts_before=before)
-        jname = manifest["metadata"]["name"]
-        job, created = await create_or_adopt(rt, namespace, manifest, training["metadata"]["uid"], logger)
-        rt.job_created.add(key)
-        rt.job_blocked.pop(key, None)
-        rt.outputs.blocked.pop(key, None)
-        rt.suspend_seen[key] = bool(spec.suspend)
-        if created and current.get("jobName") and current.get("reason") != status.REASON_DOWNSCALED:
-            job_recreated(training, jname)
-        if not (job.get("spec") or {}).get("suspend"):
-            rt.admitted.add(key)
-            if created:  # an adopted Job was counted by whoever created it
-                admitted_metrics(training)
-            logger.info(f"Created Job {jname}." if created else f"Adopted Job {jname}.")
-        else:
-            why = "Kueue" if spec.queue_name else "suspend" if spec.suspend else "queued"
-            logger.info(f"Created Job {jname} suspended ({why}).")
+        queued, others = admit_new(rt, idx, key, training) if capped else (False, [])
+        manifest = new_job(training, current, spec, rt.settings, suspend=held or queued)
+        job, created = await create_or_adopt(rt, key[0], manifest, training["metadata"]["uid"], logger)
+        job_taken(rt, key)
+        rt.state(key).suspend_seen = spec.suspend
+        job_made(rt, key, training, spec, current, job, created, logger)
     return job, queued, others
+
+
+def new_job(training: Mapping[str, Any], current: Mapping[str, Any], spec: Spec, settings: Settings, *,
+            suspend: bool) -> dict[str, Any]:
+    """The Job to create. One made again after its predecessor was lost carries the pods that one
+    ran (status.attempts); built from the status we wrote: an OOM retry's dataFactor may not be
+    indexed yet."""
+    before = int(current.get("attempts") or 0) if current.get("jobName") else 0
+    return jobs.build_job({**training, "status": current}, spec, settings, suspend=suspend, attempts_before=before)
+
+
+def job_made(rt: Runtime, key: Key, training: Mapping[str, Any], spec: Spec, current: Mapping[str, Any],
+             job: Mapping[str, Any], created: bool, logger: Any) -> None:
+    """Record and tell what create_or_adopt did: a Warning for a lost Job made again, the admission
+    of a running one (and its metrics, once), a log line."""
+    jname = job["metadata"]["name"]
+    if created and current.get("jobName") and current.get("reason") != status.REASON_DOWNSCALED:
+        job_recreated(training, jname)
+    if not (job.get("spec") or {}).get("suspend"):
+        rt.state(key).admitted = True
+        if created:  # an adopted Job was counted by whoever created it
+            admitted_metrics(training)
+        logger.info(f"Created Job {jname}." if created else f"Adopted Job {jname}.")
+    else:
+        why = "Kueue" if spec.queue_name else "suspend" if spec.suspend else "queued"
+        logger.info(f"Created Job {jname} suspended ({why}).")
 
 
 async def job_blocked(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], reason: str,
                       message: str, delay: float) -> NoReturn:
     """The Job cannot be created now. Say why, in the status (Pending, `reason`) and in a Warning
     Event (once per distinct message, not per retry), then let kopf retry: the training's next
-    event or the progress timer tries again."""
-    if rt.job_blocked.get(key) != (reason, message):
-        rt.job_blocked[key] = (reason, message)
+    event or the resync timer tries again."""
+    st = rt.state(key)
+    if st.job_blocked != (reason, message):
+        st.job_blocked = (reason, message)
         meta = training["metadata"]
         log.warning("%s/%s: %s", meta.get("namespace"), meta.get("name"), message)
         kopf.event(event_body(training), type="Warning", reason=reason, message=message)
@@ -255,9 +273,7 @@ async def output_busy(rt: Runtime, idx: Indices, key: Key, training: Mapping[str
 
 def output_holder(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any],
                   location: layout.OutputLocation) -> queue.Writer | None:
-    created = str(training["metadata"].get("creationTimestamp") or format_time(time.time()))
-    me = queue.Waiting(created, rt.first_seen(key), *key)
-    return queue.output_holder(me, output_writers(rt, idx, key, location.key(key[0])))
+    return queue.output_holder(place(rt, key, training), output_writers(rt, idx, key, location.key(key[0])))
 
 
 async def retry_blocked(rt: Runtime, idx: Indices) -> None:
@@ -346,25 +362,41 @@ async def scene_problem(rt: Runtime, namespace: str, spec: Spec, logger: Any) ->
     return None
 
 
-async def follow_suspend(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any],
+async def follow_suspend(rt: Runtime, idx: Indices, key: Key, training: Mapping[str, Any], spec: Spec,
                          job: Mapping[str, Any], logger: Any) -> None:
     """spec.suspend changed since we last acted on it (or we have not seen this training yet):
     suspend the Job now, or queue it for a slot again (it resumes from its checkpoint)."""
-    namespace, _ = key
-    spec = training.get("spec") or {}
-    wanted = bool(spec.get("suspend"))
-    if rt.suspend_seen.get(key) == wanted:
+    st = rt.state(key)
+    if st.suspend_seen == spec.suspend:
         return
-    rt.suspend_seen[key] = wanted
+    st.suspend_seen = spec.suspend
     jname = jobs.training_job_name(training)
     job_suspended = bool((job.get("spec") or {}).get("suspend"))
-    if wanted and not job_suspended:
+    if spec.suspend and not job_suspended:
         async with rt.admission_lock:
-            rt.admitted.discard(key)
-            job = await rt.api().patch_job(namespace, jname, {"spec": {"suspend": True}})
+            st.admitted = False
+            job = await rt.api().patch_job(key[0], jname, {"spec": {"suspend": True}})
         logger.info(f"Suspended Job {jname}.")
-    elif not wanted and job_suspended and not spec.get("queueName"):
+    elif not spec.suspend and job_suspended and not spec.queue_name:
         await admit_waiting(rt, idx)  # unsuspends it when a slot is free (Kueue's Jobs: Kueue does)
     else:
         return
+    await reconcile(rt, key, idx)
+
+
+async def resync(rt: Runtime, idx: Indices, *, body: kopf.Body, namespace: str, name: str, logger: Any,
+                 **_: Any) -> None:
+    """The per-training timer for what no event may come back for: a Job creation an event could
+    not finish (kopf does not retry event handlers), admission of a queued training while slots
+    are free, and a catch-up reconcile (verdicts that come with time: an unschedulable pod past
+    its grace, Kueue's words)."""
+    key: Key = (namespace, name)
+    training = idx.training(key)
+    if training is None:
+        return
+    if idx.job(namespace, jobs.training_job_name(training)) is None:
+        await sync_training(rt, idx, key, body, logger)
+        return
+    if rt.settings.max_concurrent > 0 and rt.current_status(key, training).get("phase") == Phase.QUEUED.value:
+        await admit_waiting(rt, idx)
     await reconcile(rt, key, idx)
