@@ -90,31 +90,17 @@ def _int(value: Any) -> int:
         return 0
 
 
-def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
+PhaseVerdict = tuple[Phase, str, str]  # (phase, reason, message)
+
+
+def desired_phase(obs: Observed) -> PhaseVerdict:
     """(phase, reason, message) from the observations."""
     prev = obs.status.get("phase")
-    job = obs.job
-    job_finished = bool(failures.job_condition(job, "Complete") or failures.job_condition(job, "Failed"))
     if prev in (Phase.SUCCEEDED.value, Phase.FAILED.value):
-        # Terminal is final (the spec is immutable, nothing re-runs it). Only a generic failure
-        # reason may still be refined, once the failed pod's termination message is visible.
-        if prev == Phase.FAILED.value and job_finished and obs.status.get("reason") == contract.Reason.TRAINER_ERROR.value:
-            better = failures.classify_job_failure(job, obs.pods)
-            if better.reason != contract.Reason.TRAINER_ERROR.value:
-                return Phase.FAILED, better.reason, better.message
-        return Phase(prev), str(obs.status.get("reason") or ""), str(obs.status.get("message") or "")
-    if job is None:
-        if obs.output_busy and obs.spec.suspend:
-            return Phase.SUSPENDED, REASON_SUSPENDED, "Suspended (spec.suspend) before it started; " + obs.output_busy
-        if obs.output_busy:
-            return Phase.QUEUED, REASON_OUTPUT_BUSY, obs.output_busy
-        if obs.blocked is not None:  # e.g. JobCreateRetrying, JobNameTaken
-            return Phase.PENDING, obs.blocked[0], obs.blocked[1]
-        if obs.status.get("reason") == REASON_DOWNSCALED:  # the next Job, at the new factor, is on its way
-            return Phase.PENDING, REASON_DOWNSCALED, str(obs.status.get("message") or "")
-        if obs.queued_by_operator:
-            return Phase.QUEUED, REASON_WAITING_SLOT, "Waiting for a free training slot (operator cap)."
-        return Phase.PENDING, REASON_CREATED, "Creating the training Job."
+        return terminal_phase(obs)
+    if obs.job is None:
+        return phase_without_job(obs)
+    job = obs.job
     if failures.job_condition(job, "Complete") or failures.job_condition(job, "SuccessCriteriaMet"):
         return Phase.SUCCEEDED, REASON_COMPLETE, "Training complete."
     if failures.job_condition(job, "Failed") or failures.job_condition(job, "FailureTarget"):
@@ -124,17 +110,53 @@ def desired_phase(obs: Observed) -> tuple[Phase, str, str]:
                            provisioning_grace=obs.provisioning_grace)
     if stuck is not None:
         return Phase.FAILED, stuck.reason, stuck.message
-    job_suspended = bool((job.get("spec") or {}).get("suspend"))
     if obs.spec.suspend:
         return Phase.SUSPENDED, REASON_SUSPENDED, "Suspended (spec.suspend); set it to false to resume from the last checkpoint."
-    if job_suspended:
-        if obs.spec.queue_name:
-            # Kueue re-suspends a preempted Job without any DisruptionTarget: if it ever ran, it was preempted.
-            if prev == Phase.RUNNING.value or obs.status.get("startTime") or obs.status.get("reason") == REASON_PREEMPTED:
-                return Phase.QUEUED, REASON_PREEMPTED, "Preempted by Kueue; resumes from the last checkpoint when readmitted."
-            why = f": {obs.kueue_message}" if obs.kueue_message else "."
-            return Phase.QUEUED, REASON_WAITING_KUEUE, f"Waiting for Kueue to admit the Job (queue {obs.spec.queue_name}){why}"
+    if (job.get("spec") or {}).get("suspend"):
+        return queued_phase(obs)
+    return phase_of_pods(obs, job)
+
+
+def terminal_phase(obs: Observed) -> PhaseVerdict:
+    """Terminal is final (the spec is immutable, nothing re-runs it). Only a generic failure
+    reason may still be refined, once the failed pod's termination message is visible."""
+    prev, reason = obs.status.get("phase"), obs.status.get("reason")
+    job_finished = bool(failures.job_condition(obs.job, "Complete") or failures.job_condition(obs.job, "Failed"))
+    if prev == Phase.FAILED.value and job_finished and reason == contract.Reason.TRAINER_ERROR.value:
+        better = failures.classify_job_failure(obs.job, obs.pods)
+        if better.reason != contract.Reason.TRAINER_ERROR.value:
+            return Phase.FAILED, better.reason, better.message
+    return Phase(prev), str(reason or ""), str(obs.status.get("message") or "")
+
+
+def phase_without_job(obs: Observed) -> PhaseVerdict:
+    if obs.output_busy and obs.spec.suspend:
+        return Phase.SUSPENDED, REASON_SUSPENDED, "Suspended (spec.suspend) before it started; " + obs.output_busy
+    if obs.output_busy:
+        return Phase.QUEUED, REASON_OUTPUT_BUSY, obs.output_busy
+    if obs.blocked is not None:  # e.g. JobCreateRetrying, JobNameTaken
+        return Phase.PENDING, obs.blocked[0], obs.blocked[1]
+    if obs.status.get("reason") == REASON_DOWNSCALED:  # the next Job, at the new factor, is on its way
+        return Phase.PENDING, REASON_DOWNSCALED, str(obs.status.get("message") or "")
+    if obs.queued_by_operator:
         return Phase.QUEUED, REASON_WAITING_SLOT, "Waiting for a free training slot (operator cap)."
+    return Phase.PENDING, REASON_CREATED, "Creating the training Job."
+
+
+def queued_phase(obs: Observed) -> PhaseVerdict:
+    """The Job is suspended, not by the user: the operator's queue or Kueue holds it."""
+    if not obs.spec.queue_name:
+        return Phase.QUEUED, REASON_WAITING_SLOT, "Waiting for a free training slot (operator cap)."
+    # Kueue re-suspends a preempted Job without any DisruptionTarget: if it ever ran, it was preempted.
+    if obs.status.get("phase") == Phase.RUNNING.value or obs.status.get("startTime") \
+            or obs.status.get("reason") == REASON_PREEMPTED:
+        return Phase.QUEUED, REASON_PREEMPTED, "Preempted by Kueue; resumes from the last checkpoint when readmitted."
+    why = f": {obs.kueue_message}" if obs.kueue_message else "."
+    return Phase.QUEUED, REASON_WAITING_KUEUE, f"Waiting for Kueue to admit the Job (queue {obs.spec.queue_name}){why}"
+
+
+def phase_of_pods(obs: Observed, job: Mapping[str, Any]) -> PhaseVerdict:
+    """A Job that runs (not finished, not suspended): what its pods say."""
     if running_pod(obs.pods) is not None:
         progress = obs.status.get("progress") or {}
         if progress.get("stage") == contract.STAGE_RECONSTRUCTING:  # written by the progress poll

@@ -27,6 +27,8 @@ def job_finished(job: Mapping[str, Any]) -> bool:
 async def reconcile(rt: Runtime, key: Key, idx: Indices, *, job: Mapping[str, Any] | None = None,
                     queued: bool = False) -> dict[str, Any] | None:
     """Write the status the cluster implies (only the changed fields; nothing if unchanged)."""
+    if idx.training(key) is None:
+        return None  # deleted: its state is gone, and taking its lock would make it again
     async with rt.lock(key):
         training = idx.training(key)
         spec = rt.spec(key, training) if training is not None else None
