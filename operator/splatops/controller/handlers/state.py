@@ -1,9 +1,11 @@
 """The operator's in-memory state shared by the handlers (one instance per operator process).
 
-Only bookkeeping that the cluster cannot tell us fast enough lives here: what we last wrote
+Only bookkeeping that the cluster cannot tell us fast enough lives here, and all of it about one
+training in its TrainingState (dropped whole when the training is deleted): what we last wrote
 (kopf's index lags our own writes by one watch event; forgotten as soon as the index shows it),
-Jobs we just admitted, the order trainings were first seen in, throttle clocks. Everything else is
-read from kopf's indices, which kopf fills before any handler runs.
+whether we just admitted its Job, the order it was first seen in, its parsed spec, throttle clocks.
+Across trainings: who writes which output directory (Outputs), which training owns which Job.
+Everything else is read from kopf's indices, which kopf fills before any handler runs.
 """
 
 from __future__ import annotations
