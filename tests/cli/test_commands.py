@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from splatops import names
-from splatops.cli import download as dl
 from splatops.cli import main as cli
+from splatops.client import download as dl
+from splatops.client import scenes
 from splatops.controller import jobs
 from splatops.controller.settings import Settings
 from splatops.local import cluster as c
@@ -273,7 +274,7 @@ def test_scene_problem(tmp_path, setup, problem):
     for rel in setup:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    found = cli.scene_problem(tmp_path)
+    found = scenes.scene_problem(tmp_path)
     assert (found is None) if problem is None else (problem in found)
 
 
@@ -282,7 +283,7 @@ def test_scene_problem_with_reconstruct_never_needs_a_model(tmp_path, setup):
     for rel in setup:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    assert "COLMAP reconstruction not found" in cli.scene_problem(tmp_path, need_model=True)
+    assert "COLMAP reconstruction not found" in scenes.scene_problem(tmp_path, need_model=True)
 
 
 async def test_train_download_waits_then_fetches_the_model(kube, tmp_path, capsys):

@@ -31,7 +31,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Seq
 from typing import Any
 
 from splatops import names
-from splatops.api import layout
 from splatops.api.pods import child_labels, restricted_container_security
 from splatops.client import original
 from splatops.client.kube import ClientKube, NotFound
@@ -92,12 +91,12 @@ def local_model_file(resource: Mapping[str, Any], volumes: Mapping[str, str]) ->
 
 
 def model_path(resource: Mapping[str, Any]) -> str:
-    """results.ply of a training, relative to the volume (where the operator had it written)."""
-    location = layout.location_of(resource)
-    if location is None:
+    """results.ply of a training, relative to the volume (`original.model_path`)."""
+    path = original.model_path(resource)
+    if path is None:
         name = (resource.get("metadata") or {}).get("name")
-        raise DownloadError(f"training {name!r} has no valid spec: its output directory is unknown")
-    return location.model_path
+        raise DownloadError(f"training {name!r} reports no model path and has no valid spec to find it by")
+    return path
 
 
 def expected_bytes(resource: Mapping[str, Any]) -> float | None:

@@ -50,6 +50,17 @@ def scene_id_of(resource: Mapping[str, Any]) -> str:
 
 
 
+def model_path(resource: Mapping[str, Any]) -> str | None:
+    """results.ply relative to the volume: status.modelPath as the operator reported it (it takes it
+    from `splatops.api.layout`), else, before it has (or for a local run's host path), the layout's
+    `OutputLocation.model_path` itself. None: no report and no valid spec to compute it from."""
+    reported = str(_status(resource).get("modelPath") or "")
+    if layout.in_volume(reported):
+        return layout.volume_relative(reported)
+    location = layout.location_of(resource)
+    return location.model_path if location is not None else None
+
+
 def original_config(resource: Mapping[str, Any]) -> dict[str, Any]:
     """status.config as the original recorded it (scene_id, data_factor, max_steps, timestamp...),
     falling back to the spec while the trainer has not reported one."""
@@ -84,8 +95,7 @@ def original_status(
     sid = scene_id or scene_id_of(resource)
     phase = status.get("phase")
     if phase == "Succeeded":
-        location = layout.location_of(resource)  # where the operator had it written
-        rel = location.model_path if location else layout.volume_relative(str(status.get("modelPath") or ""))
+        rel = model_path(resource) or ""
         path = posixpath.join(volume_root, rel) if volume_root else rel
         done = {
             "status": contract.STATUS_COMPLETE,

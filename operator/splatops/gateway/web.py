@@ -12,7 +12,7 @@ lines, downloads and the model in 3D.
 Data comes from a `WebSource`: the Kubernetes API plus the scene volume the gateway mounts
 (`KubeWebSource`), or one directory of trainer outputs (`DirectorySource`, `splatops view FILE`).
 Files are found through the training's status (status.outputs, status.modelPath; while it runs,
-the output directory `splatops.api.layout` gives it), never by a path from the request.
+the output directory `splatops.api.layout` gives it: `original.model_path`), never by a path from the request.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
 from splatops import contract, names
-from splatops.api import layout
 from splatops.client import original
 from splatops.client.kube import ClientKube, ClusterUnavailable, Forbidden, NotFound
 
@@ -86,8 +85,7 @@ def summary(resource: dict[str, Any]) -> dict[str, Any]:
 
 def model_dir(resource: dict[str, Any]) -> str:
     """The volume-relative directory of the training's outputs (the model's directory)."""
-    location = layout.location_of(resource)  # where the operator has the trainer write
-    return location.directory if location is not None else ""
+    return posixpath.dirname(original.model_path(resource) or "")
 
 
 def output_entries(resource: dict[str, Any], exists: Callable[[str], bool]) -> list[dict[str, Any]]:

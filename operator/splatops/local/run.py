@@ -399,13 +399,11 @@ async def train(p: Plan, kubeconfig: pathlib.Path, operator: OperatorHandle, exe
 
 def _report(p: Plan, final: Mapping[str, Any], executor_errors: Sequence[str], keep_running: bool) -> int:
     """The final status, the model's place and size; the exit code."""
-    from splatops.api import layout
     from splatops.client import original
 
     result = original.original_status(final, volume_root=str(p.volume))
     print("status: " + json.dumps(result, indent=2), flush=True)
-    location = layout.location_of(final)  # a valid spec: we built it
-    results_ply = p.volume / (location.model_path if location else contract.RESULT_PLY)
+    results_ply = p.volume / (original.model_path(final) or contract.RESULT_PLY)  # (a spec we built: valid)
     code = _result_code(result, results_ply)
     for problem in executor_errors:
         print(f"executor: {problem}", file=sys.stderr)
