@@ -27,7 +27,7 @@ import posixpath
 import secrets
 import sys
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from splatops import names
@@ -116,29 +116,47 @@ def check_size(resource: Mapping[str, Any], got: int) -> None:
         )
 
 
+class _Sink:
+    """Counts what is written and reports it (bytes so far, total)."""
+
+    def __init__(self, out: Any, progress: Progress | None, total: int | None) -> None:
+        self.out, self.progress, self.total, self.done = out, progress, total, 0
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.done += len(data)
+        if self.progress:
+            self.progress(self.done, self.total)
+
+
+@contextlib.contextmanager
+def _checked_file(dest: pathlib.Path, progress: Progress | None, total: int | None,
+                  verify: Verify | None) -> Iterator[_Sink]:
+    """Write through the yielded sink into a temp file beside `dest`; verify, then rename it to
+    `dest`: no half-written outputs. Any failure removes the temp file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            sink = _Sink(out, progress, total)
+            yield sink
+        if verify:
+            verify(sink.done)
+        _publish(tmp, dest)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def copy_local(src: pathlib.Path, dest: pathlib.Path, progress: Progress | None = None,
                verify: Verify | None = None) -> int:
     """Copy in chunks to a temp file beside `dest`, verify, then rename: no half-written outputs."""
     if not src.is_file():
         raise DownloadError(f"{src} does not exist (has the training succeeded?)")
-    total = src.stat().st_size
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    done = 0
-    try:
-        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-            while chunk := inp.read(CHUNK):
-                out.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-        if verify:
-            verify(done)
-        _publish(tmp, dest)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    return done
+    with _checked_file(dest, progress, src.stat().st_size, verify) as sink, src.open("rb") as inp:
+        while chunk := inp.read(CHUNK):
+            sink.write(chunk)
+    return sink.done
 
 
 def reader_pod(training: str, claim: str, image: str = DOWNLOAD_IMAGE) -> dict[str, Any]:
@@ -258,28 +276,11 @@ async def receive(frames: AsyncIterable[bytes], dest: pathlib.Path, *, what: str
     failed. Any failure (a failure status, stderr output without a success status, a broken
     stream, a wrong size) leaves neither the temp file nor anything new under `dest`.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    done = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            def write(payload: bytes) -> None:
-                nonlocal done
-                out.write(payload)
-                done += len(payload)
-                if progress:
-                    progress(done, int(total) if total else None)
-
-            outcome = await read_frames(frames, write)
+    with _checked_file(dest, progress, int(total) if total else None, verify) as sink:
+        outcome = await read_frames(frames, sink.write)
         if outcome.failure or (outcome.errors and not outcome.succeeded):
             raise DownloadError(f"{what} failed: {outcome.errors}")
-        if verify:
-            verify(done)
-        _publish(tmp, dest)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    return done
+    return sink.done
 
 
 async def exec_frames(kube: ClientKube, pod: str, command: Sequence[str],
