@@ -273,6 +273,7 @@ class OperatorHandle:
         self.stop()
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._done)), timeout)
+            await asyncio.to_thread(self._thread.join, timeout)  # it has returned its outcome: ends now
 
 
 @contextlib.contextmanager
