@@ -30,7 +30,7 @@ import tarfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any
 
-from splatops import contract, names
+from splatops import names
 from splatops.client import download as dl
 from splatops.client import original
 from splatops.client.kube import ClientKube
