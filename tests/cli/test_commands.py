@@ -286,6 +286,28 @@ def test_scene_problem_with_reconstruct_never_needs_a_model(tmp_path, setup):
     assert "COLMAP reconstruction not found" in scenes.scene_problem(tmp_path, need_model=True)
 
 
+@pytest.mark.parametrize("files, is_model", [
+    (["cameras.bin", "images.bin", "points3D.bin"], True),
+    (["cameras.txt", "images.txt", "points3D.txt"], True),
+    (["cameras.bin", "images.txt", "points3D.bin"], False),  # pycolmap reads one format, not a mix
+    (["cameras.bin", "images.bin"], False),
+])
+def test_one_colmap_layout_check_for_the_cli_the_gateway_and_the_trainer(tmp_path, files, is_model):
+    from splatops.gateway import files as gateway_files
+    from splatops_trainer import scene as trainer_scene
+
+    model = tmp_path / "fox" / "colmap" / "sparse_initial"
+    model.mkdir(parents=True)
+    (tmp_path / "fox" / "images").mkdir()
+    (tmp_path / "fox" / "images" / "a.jpg").write_bytes(b"")
+    for name in files:
+        (model / name).write_bytes(b"")
+    cli_problem = scenes.scene_problem(tmp_path / "fox", need_model=True)
+    gateway_problem = gateway_files.scene_problem(str(tmp_path), ["fox"], need_model=True)
+    assert trainer_scene.has_model(model) is is_model
+    assert (cli_problem is None) is (gateway_problem is None) is is_model
+
+
 async def test_train_download_waits_then_fetches_the_model(kube, tmp_path, capsys):
     volume = tmp_path / "volume"
     for rel in ("fox/colmap/sparse_initial/cameras.bin", "fox/colmap/sparse_initial/images.bin",
