@@ -10,6 +10,8 @@ import dataclasses
 import enum
 import json
 import math
+import os
+from collections.abc import Collection
 from typing import Any
 
 # --- Exit codes ---------------------------------------------------------------------------------
@@ -94,6 +96,22 @@ IMAGES_DIR = "images"
 COLMAP_DIR = "colmap/sparse_initial"
 SPARSE_DIR = "sparse/0"
 SPARSE_LINK_TARGET = "../colmap/sparse_initial"  # relative, so the link survives remounts
+# A COLMAP model: these three files, all .bin or all .txt (what pycolmap reads), in SPARSE_DIR or
+# COLMAP_DIR. The one layout check of the trainer, the CLI, the gateway and `splatops local`.
+MODEL_FILES = ("cameras", "images", "points3D")
+MODEL_SUFFIXES = (".bin", ".txt")
+
+
+def is_colmap_model(file_names: Collection[str]) -> bool:
+    """Whether a directory holding the files `file_names` holds a COLMAP model."""
+    return any(all(f"{stem}{ext}" in file_names for stem in MODEL_FILES) for ext in MODEL_SUFFIXES)
+
+
+def has_colmap_model(directory: str | os.PathLike[str]) -> bool:
+    """Whether `directory` holds a COLMAP model (its files may be links, followed)."""
+    candidates = [f"{stem}{ext}" for stem in MODEL_FILES for ext in MODEL_SUFFIXES]
+    return is_colmap_model({n for n in candidates if os.path.isfile(os.path.join(directory, n))})
+
 # The seed's output directory, <scene>/gsplat. A training's own is <scene>/gsplat/<training name>
 # or its spec.output.path (splatops.api.layout decides; the trainer gets it as ENV_OUTPUT_DIR).
 OUTPUT_DIR = "gsplat"

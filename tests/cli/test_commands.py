@@ -15,8 +15,9 @@ import yaml
 
 from splatops import names
 from splatops.api.models import parse_spec
-from splatops.cli import download as dl
 from splatops.cli import main as cli
+from splatops.client import download as dl
+from splatops.client import scenes
 from splatops.controller import jobs
 from splatops.controller.settings import Settings
 from splatops.local import cluster as c
@@ -275,7 +276,7 @@ def test_scene_problem(tmp_path, setup, problem):
     for rel in setup:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    found = cli.scene_problem(tmp_path)
+    found = scenes.scene_problem(tmp_path)
     assert (found is None) if problem is None else (problem in found)
 
 
@@ -284,7 +285,29 @@ def test_scene_problem_with_reconstruct_never_needs_a_model(tmp_path, setup):
     for rel in setup:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    assert "COLMAP reconstruction not found" in cli.scene_problem(tmp_path, need_model=True)
+    assert "COLMAP reconstruction not found" in scenes.scene_problem(tmp_path, need_model=True)
+
+
+@pytest.mark.parametrize("files, is_model", [
+    (["cameras.bin", "images.bin", "points3D.bin"], True),
+    (["cameras.txt", "images.txt", "points3D.txt"], True),
+    (["cameras.bin", "images.txt", "points3D.bin"], False),  # pycolmap reads one format, not a mix
+    (["cameras.bin", "images.bin"], False),
+])
+def test_one_colmap_layout_check_for_the_cli_the_gateway_and_the_trainer(tmp_path, files, is_model):
+    from splatops.gateway import files as gateway_files
+    from splatops_trainer import scene as trainer_scene
+
+    model = tmp_path / "fox" / "colmap" / "sparse_initial"
+    model.mkdir(parents=True)
+    (tmp_path / "fox" / "images").mkdir()
+    (tmp_path / "fox" / "images" / "a.jpg").write_bytes(b"")
+    for name in files:
+        (model / name).write_bytes(b"")
+    cli_problem = scenes.scene_problem(tmp_path / "fox", need_model=True)
+    gateway_problem = gateway_files.scene_problem(str(tmp_path), ["fox"], need_model=True)
+    assert trainer_scene.has_model(model) is is_model
+    assert (cli_problem is None) is (gateway_problem is None) is is_model
 
 
 async def test_train_download_waits_then_fetches_the_model(kube, tmp_path, capsys):

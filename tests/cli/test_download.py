@@ -20,8 +20,8 @@ import kubernetes_validate
 import pytest
 
 from splatops import names
-from splatops.cli import download as dl
-from splatops.cli.kube import Forbidden, Kube, Target, connect
+from splatops.client import download as dl
+from splatops.client.kube import ClientKube, Forbidden, Target, connect
 from splatops.controller import jobs
 from splatops.local import cluster as c
 
@@ -220,7 +220,7 @@ class Exec:
     def __init__(self, cl, *frames: bytes, then: BaseException | None = None) -> None:
         self.cl, self.frames, self.then, self.calls = cl, frames, then, []
 
-    async def __call__(self, kube: Kube, pod: str, command: Sequence[str]) -> AsyncIterator[bytes]:
+    async def __call__(self, kube: ClientKube, pod: str, command: Sequence[str]) -> AsyncIterator[bytes]:
         self.calls.append((pod, list(command)))
         assert kube.namespace == NS
         assert self.cl.emulator.read(c.POD_RESOURCE, NS, pod)["status"]["phase"] == "Running"
@@ -297,7 +297,7 @@ async def test_download_via_pod_gives_up_on_a_pod_that_stays_pending(cluster, de
 async def test_download_via_pod_cleans_up_when_cancelled(cluster, dest):
     cl, kube = cluster
 
-    async def endless(kube: Kube, pod: str, command: Sequence[str]) -> AsyncIterator[bytes]:
+    async def endless(kube: ClientKube, pod: str, command: Sequence[str]) -> AsyncIterator[bytes]:
         while True:  # a slow transfer the user interrupts (Ctrl-C cancels the task)
             yield stdout(b"x" * 1024)
             await asyncio.sleep(0.01)

@@ -7,7 +7,8 @@ import datetime
 import pytest
 
 from splatops import names
-from splatops.cli import original as o
+from splatops.api import layout
+from splatops.client import original as o
 
 
 def res(name="fox", phase=None, path="scenes/fox", annotations=None, created="2026-01-01T00:00:00Z", **status):
@@ -87,12 +88,22 @@ def test_scene_id_of(resource, expected):
     ({"phase": "Succeeded", "modelPath": "/home/u/.local-run/volume/scenes/fox/gsplat/fox-2/results.ply"}, None,
      "scenes/fox/gsplat/fox-2/results.ply"),
 ])
-def test_model_path_in_volume(status, output, expected):
+def test_model_path(status, output, expected):
     resource = res("fox-2")
     resource["status"] = status
     if output is not None:
         resource["spec"]["output"] = {"path": output}
-    assert o.model_path_in_volume(resource) == expected
+    assert o.model_path(resource) == expected
+    if not status:  # not reported yet: the layout's own answer, as the operator's Job gets it
+        assert expected == layout.location_of(resource).model_path
+
+
+def test_no_model_path_without_a_report_or_a_valid_spec():
+    resource = res("fox-2")
+    resource["spec"]["dataFactor"] = 3  # not 1, 2, 4 or 8: no output location to compute
+    assert layout.location_of(resource) is None and o.model_path(resource) is None
+    resource["status"] = {"phase": "Succeeded", "modelPath": "/data/scenes/fox/out/results.ply"}
+    assert o.model_path(resource) == "scenes/fox/out/results.ply"
 
 
 @pytest.mark.parametrize("scene, existing, expected", [

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from splatops.cli.progress import ProgressView, WaitTimeout, wait_until_done
+from splatops.client.progress import ProgressView, WaitTimeout, wait_until_done
 
 
 def snap(phase, step=None, **extra):

@@ -7,8 +7,8 @@ import jsonschema
 import pytest
 import yaml
 
-from splatops.cli import download as dl
 from splatops.cli import main as cli
+from splatops.client import download as dl
 from splatops.local import cluster as c
 
 from .test_commands import NS, _strip_k8s_extensions, crd_schema, flags, kube, run  # noqa: F401 (kube: fixture)

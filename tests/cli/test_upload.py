@@ -16,10 +16,10 @@ import kubernetes_validate
 import pytest
 
 from splatops import names
-from splatops.cli import download as dl
 from splatops.cli import main as cli
-from splatops.cli import upload as up
-from splatops.cli.kube import Kube, Target, connect
+from splatops.client import download as dl
+from splatops.client import upload as up
+from splatops.client.kube import ClientKube, Target, connect
 from splatops.local import cluster as c
 from splatops.local.podexec import exec_local
 from tests.cli.test_download import K8S_VERSION, NS, restricted_violations
@@ -86,7 +86,7 @@ class PodExec:
         self.cl, self.volume, self.tamper, self.on_call = cl, volume, tamper, on_call
         self.calls: list[str] = []
 
-    def __call__(self, kube: Kube, pod: str, command: Sequence[str],
+    def __call__(self, kube: ClientKube, pod: str, command: Sequence[str],
                  stdin: AsyncIterable[bytes] | None) -> AsyncIterator[bytes]:
         assert self.cl.emulator.read(c.POD_RESOURCE, NS, pod)["status"]["phase"] == "Running"
         self.calls.append(command[3])

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from splatops import names
-from splatops.cli import original
-from splatops.cli.kube import Target, connect
+from splatops.client import original
+from splatops.client.kube import Target, connect
 from splatops.gateway.app import create_app
 from splatops.gateway.repository import InMemoryRepository, KubeRepository
 from splatops.gateway.settings import GatewaySettings

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from splatops.cli.kube import Target
+from splatops.client.kube import Target
 from splatops.gateway.app import create_app
 from splatops.gateway.repository import InMemoryRepository
 from splatops.gateway.settings import GatewaySettings

@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from splatops import contract
-from splatops.cli import original
-from splatops.cli.kube import Target, connect
+from splatops.api import layout
+from splatops.client import original
+from splatops.client.kube import Target, connect
 from splatops.gateway import web
 from splatops.gateway.app import create_app
 from splatops.gateway.settings import GatewaySettings
@@ -47,7 +48,7 @@ FOX = {
     "spec": {"scene": {"claimName": "scenes", "path": "scenes/fox"}, "maxSteps": 100},
 }
 # Where the operator's layout puts this training's outputs (asked of the one function that knows).
-FOX_DIR = str(pathlib.PurePosixPath(original.model_path_in_volume(FOX)).parent)
+FOX_DIR = layout.location_of(FOX).directory
 
 
 def _fox(mount: pathlib.Path) -> pathlib.Path:

@@ -177,3 +177,26 @@ def test_link_scene_of_photos_only_links_no_model(tmp_path, partial):
     local_run.link_scene(src, target)
     assert (target / "colmap" / "sparse_initial").is_dir()
     assert sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file()) == sorted(["a.jpg", *partial])
+
+
+async def test_operator_runs_on_its_own_thread_and_loop(tmp_path, monkeypatch):
+    """`splatops local` runs kopf on its own thread and event loop: on stop, kopf cancels every task
+    of its loop it did not start with, which must never be the emulator's or the executor's."""
+    import asyncio
+    import threading
+
+    from splatops.local import cluster as c
+
+    async with c.running_cluster(tmp_path / "kubeconfig", namespace=local_run.NAMESPACE) as cluster:
+        monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))  # kopf logs in with it
+        operator = local_run.OperatorHandle(local_run.operator_settings(local_run.LOCAL_OPERATOR_SETTINGS))
+        operator.start()
+        try:
+            await operator.wait_ready(60.0)
+            bystander = asyncio.create_task(asyncio.Event().wait())  # a task kopf did not see at startup
+            assert "splatops-operator" in [t.name for t in threading.enumerate()]
+        finally:
+            await operator.shutdown()
+        assert not bystander.done()  # kopf's stop left this loop alone
+        bystander.cancel()
+        assert "splatops-operator" not in [t.name for t in threading.enumerate()]  # stopped, not abandoned

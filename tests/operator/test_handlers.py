@@ -277,14 +277,14 @@ class RawResponse:
 
 
 async def test_kube_error_statuses_raise() -> None:
-    from splatops.controller import kube
+    from splatops import kubeapi
 
     ok = RawResponse(201, b"{}")
-    assert await kube.raise_for_status(ok) is ok
+    assert await kubeapi.raise_for_status(ok) is ok
     body = json.dumps({"kind": "Status", "reason": "AlreadyExists", "code": 409}).encode()
     with pytest.raises(ApiException) as err:
-        await kube.raise_for_status(RawResponse(409, body))
-    assert err.value.status == 409 and failures.api_status(err.value.body)["reason"] == "AlreadyExists"
+        await kubeapi.raise_for_status(RawResponse(409, body))
+    assert err.value.status == 409 and kubeapi.api_status(err.value.body)["reason"] == "AlreadyExists"
 
 
 # --- the model path is parsed once per generation ---------------------------------------------------

@@ -214,7 +214,7 @@ def test_output_location(path: str, output: str | None, directory: str) -> None:
     """One place decides where a training writes: the Job's env, status.modelPath and the CLI agree."""
     from splatops.api import layout
     from splatops.api.models import parse_spec
-    from splatops.cli import original
+    from splatops.client import download
 
     spec: dict[str, Any] = {"scene": {"claimName": "c", "path": path}}
     if output is not None:
@@ -224,7 +224,7 @@ def test_output_location(path: str, output: str | None, directory: str) -> None:
     resource = {"metadata": {"name": "t1", "namespace": "ns", "uid": "u"}, "spec": spec}
     env = {e["name"]: e["value"] for e in job_for(resource, Settings())["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env[contract.ENV_OUTPUT_DIR] == posixpath.normpath(f"/data/{directory}")
-    assert original.model_path_in_volume(resource) == location.model_path
+    assert download.model_path(resource) == location.model_path  # what `splatops download` reads
 
 
 LIFETIME = ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")

@@ -88,7 +88,7 @@ async def test_concurrent_gateway_posts_never_run_two_writers(kube: Harness, tmp
 
     import httpx
 
-    from splatops.cli.kube import Target, connect
+    from splatops.client.kube import Target, connect
     from splatops.gateway.app import create_app
     from splatops.gateway.repository import KubeRepository
     from splatops.gateway.settings import GatewaySettings

@@ -225,7 +225,7 @@ def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
     }
 
 
-# Exactly what the operator calls (controller/kube.py) and what kopf needs, nothing more:
+# Exactly what the operator calls (splatops/kubeapi.py) and what kopf needs, nothing more:
 # kopf lists and watches its resources (level-triggered handlers: it writes no annotations or
 # finalizers on trainings), PATCHes peering objects, and never GETs
 # or PUTs them; it POSTs core v1 Events; the operator never deletes a Job (the garbage collector

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from helm_env import one
-from splatops.cli.kube import Target
+from splatops.client.kube import Target
 from splatops.gateway.app import create_app
 from splatops.gateway.settings import GatewaySettings
 from splatops.local import cluster as c

@@ -64,10 +64,7 @@ class SceneCheck:
 
 
 def has_model(directory: Path) -> bool:
-    return any(
-        all((directory / f"{part}{ext}").is_file() for part in ("cameras", "images", "points3D"))
-        for ext in (".bin", ".txt")
-    )
+    return contract.has_colmap_model(directory)  # the layout check the CLI and gateway make too
 
 
 def ensure_sparse_link(scene_dir: Path) -> None:

@@ -87,8 +87,8 @@ def port_forward(target: Any, args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace, target: Any) -> int:
-    from splatops.cli import download as dl
-    from splatops.cli.kube import kubeconfig_path
+    from splatops.client import download as dl
+    from splatops.client.kube import kubeconfig_path
 
     path = pathlib.Path(args.target)
     if path.exists():

@@ -8,11 +8,11 @@ Job's conditions, because the trainer knows *why* it stopped; the Job only knows
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Collection, Iterable, Mapping
 
 from splatops import contract, names
 from splatops.controller.timeutil import parse_time
+from splatops.kubeapi import is_not_found, status_message  # noqa: F401 (is_not_found: for failures' callers)
 
 R = contract.Reason
 
@@ -222,28 +222,10 @@ def scene_pvc_not_found(namespace: str, claim: str, path: str) -> Failure:
     )
 
 
-def api_status(body: Any) -> Mapping[str, Any]:
-    """The Kubernetes Status object of an API error response body ({} if it is not one)."""
-    if isinstance(body, (bytes, bytearray)):
-        body = body.decode("utf-8", "replace")
-    if isinstance(body, str):
-        try:
-            body = json.loads(body)
-        except ValueError:
-            return {}
-    return body if isinstance(body, Mapping) and body.get("kind") == "Status" else {}
 
 
-def is_not_found(code: int | None, body: Any) -> bool:
-    """The API server's definitive "no such object" (404 with a Status of reason NotFound).
-
-    Any other 404 (an API that does not serve the resource at all, e.g. an emulator without
-    PersistentVolumeClaims) says nothing about the object, and callers treat it as unknown.
-    """
-    return code == 404 and api_status(body).get("reason") == "NotFound"
 
 
 def api_error_message(code: int | None, reason: str | None, body: Any) -> str:
     """What the API server said about a rejected request (its Status message, else the HTTP reason)."""
-    message = str(api_status(body).get("message") or "").strip()
-    return message or f"HTTP {code} {reason or ''}".strip()
+    return status_message(body) or f"HTTP {code} {reason or ''}".strip()

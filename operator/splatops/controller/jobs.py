@@ -6,7 +6,6 @@ restarted operator that sees 409 on create knows the existing Job is its own.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 from typing import Any, Mapping
 
@@ -14,6 +13,7 @@ from splatops import contract, names
 from splatops.api import layout
 from splatops.api.layout import OutputKey
 from splatops.api.models import PodTemplate, Spec
+from splatops.api.pods import bounded, child_labels, restricted_container_security
 from splatops.controller.settings import Settings
 
 JOB_NAME_PREFIX = "gst-"
@@ -22,20 +22,6 @@ TERMINATION_MESSAGE_PATH = contract.TERMINATION_LOG
 SHM_VOLUME = names.SHM_VOLUME
 TMP_VOLUME = names.TMP_VOLUME
 RUN_AS_USER = names.IMAGE_UID
-
-
-HASH_LEN = 10  # hex digits of sha256: 40 bits
-
-
-def bounded(value: str, limit: int) -> str:
-    """`value` itself when shorter than `limit` characters; else exactly `limit` characters, a
-    head of it and a hash of all of it. The lengths never meet, so no name used as is can equal
-    a hashed one (a 59-character training literally named like a long one's hashed form got the
-    same Job). Dots in the head become '-': it stays a DNS subdomain ('x.-hash' is not)."""
-    if len(value) < limit:
-        return value
-    digest = hashlib.sha256(value.encode()).hexdigest()[:HASH_LEN]
-    return f"{value[: limit - HASH_LEN - 1].replace('.', '-')}-{digest}"
 
 
 def job_name(training_name: str) -> str:
@@ -52,19 +38,6 @@ def training_job_name(training: Mapping[str, Any]) -> str:
     return str(recorded) if recorded else job_name(training["metadata"]["name"])
 
 
-def child_labels(training_name: str, uid: str | None = None) -> dict[str, str]:
-    """The operator's own labels for Jobs and pods (never labels copied from the resource).
-    The uid label is the one to select a training's pods by (`splatops logs`): a namesake
-    created after a deletion has another."""
-    labels = {
-        names.LABEL_NAME: "splatops",
-        names.LABEL_COMPONENT: names.COMPONENT_TRAINER,
-        names.LABEL_MANAGED_BY: names.MANAGED_BY,
-        names.LABEL_TRAINING: bounded(training_name, 63),
-    }
-    if uid:
-        labels[names.LABEL_TRAINING_UID] = uid
-    return labels
 
 
 def scene_dir(spec: Spec) -> str:
@@ -166,16 +139,6 @@ def resources(spec: Spec, settings: Settings) -> dict[str, Any]:
     }
 
 
-def restricted_container_security() -> dict[str, Any]:
-    """A container securityContext admissible under Pod Security "restricted", with a read-only
-    root filesystem (the trainer's and the CLI's download pod's)."""
-    return {
-        "runAsNonRoot": True,
-        "readOnlyRootFilesystem": True,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
 
 
 def lifetime(spec: Spec, settings: Settings) -> dict[str, int]:

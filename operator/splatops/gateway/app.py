@@ -32,8 +32,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from splatops import contract
 from splatops.api.layout import seed_output_path
-from splatops.cli import original
-from splatops.cli.kube import ClusterUnavailable, Conflict, NotFound
+from splatops.client import original
+from splatops.client.kube import ClusterUnavailable, Conflict, NotFound, Target, connect
 from splatops.gateway import files
 from splatops.gateway.repository import KubeRepository, TrainingRepository
 from splatops.gateway.security import Authenticator, RateLimiter
@@ -76,6 +76,14 @@ def scene_error(settings: GatewaySettings, scene_id: str, *, need_model: bool = 
             return 404, f"Scene {scene_id} not found"
         return refused.status, f"Scene {scene_id} refused: {refused.reason}"
     return None if problem is None else (400, problem)
+
+
+def check_scene(settings: GatewaySettings, scene_id: str, *, need_model: bool = True) -> None:
+    """404/400/403 unless the scene id is valid and its directory trainable."""
+    check_scene_id(scene_id)
+    problem = scene_error(settings, scene_id, need_model=need_model)
+    if problem:
+        raise HTTPException(status_code=problem[0], detail=problem[1])
 
 
 async def api_call(settings: GatewaySettings, what: str, call: Awaitable[T]) -> T:
@@ -129,25 +137,11 @@ def create_app(settings: GatewaySettings | None = None, repository: TrainingRepo
     state: dict[str, Any] = {"repo": repository}
     auth = Authenticator(settings)
     limiter = RateLimiter(settings.post_rate_per_minute, settings.post_burst)
-    readiness = Readiness(settings.ready_cache_seconds)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if state["repo"] is not None:
-            yield
-            return
-        from splatops.cli.kube import Target, connect
-
-        tgt = target or Target(kubeconfig=settings.kubeconfig, context=settings.context, namespace=settings.namespace)
-        async with connect(tgt) as kube:
-            state["repo"] = KubeRepository(kube)
-            yield
-
     app = FastAPI(
         title="splatops gateway",
         description="The original Gaussian Splatting training API, backed by GaussianSplatTraining resources.",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=_connecting(state, settings, target),
     )
 
     def repo() -> TrainingRepository:
@@ -164,10 +158,52 @@ def create_app(settings: GatewaySettings | None = None, repository: TrainingRepo
         limiter.check(who)
         return who
 
-    _add_error_handlers(app)
-    _add_probes(app, settings, readiness, lambda: state["repo"])
-    app.include_router(build_router(lambda: source_for(state["repo"], settings.mount_path)))  # the web page
+    async def trainings(scene_id: str) -> list[dict[str, Any]]:  # colmap_ba runs are not trainings
+        return [r for r in await runs(scene_id) if not original.is_reconstruction(r)]
 
+    _add_error_handlers(app)
+    _add_probes(app, settings, Readiness(settings.ready_cache_seconds), lambda: state["repo"])
+    app.include_router(build_router(lambda: source_for(state["repo"], settings.mount_path)))  # the web page
+    _add_train_route(app, settings, repo, post_allowed)
+    _add_colmap_routes(app, settings, repo, runs, post_allowed, client)
+    _add_read_routes(app, settings, trainings, client)
+    return app
+
+
+def _connecting(state: dict[str, Any], settings: GatewaySettings, target: Target | None) -> Any:
+    """The app's lifespan: connect to the Kubernetes API unless a repository was given."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if state["repo"] is not None:
+            yield
+            return
+        tgt = target or Target(kubeconfig=settings.kubeconfig, context=settings.context, namespace=settings.namespace)
+        async with connect(tgt) as kube:
+            state["repo"] = KubeRepository(kube)
+            yield
+
+    return lifespan
+
+
+async def create_next_run(settings: GatewaySettings, repo: TrainingRepository, scene_id: str, base: str,
+                          manifest_for: Callable[[str], dict[str, Any]], what: str) -> str:
+    """Create the next free run `<base>`, `<base>-2`, ... of a scene; another replica may take a
+    name meanwhile (409): then the next one."""
+    taken = [r["metadata"]["name"] for r in await api_call(settings, f"trainings of scene {scene_id}", repo.runs(scene_id))]
+    for _ in range(CREATE_ATTEMPTS):
+        name = original.next_run_name(base, taken)
+        try:
+            await api_call(settings, f"create {what} {name}", repo.create(manifest_for(name)))
+        except Conflict:
+            taken.append(name)
+            continue
+        return name
+    raise HTTPException(status_code=409, detail=f"could not pick a free {what} name for scene {scene_id}")
+
+
+def _add_train_route(app: FastAPI, settings: GatewaySettings, repo: Callable[[], TrainingRepository],
+                     post_allowed: Callable[[Request], str]) -> None:
     @app.post("/scene/{scene_id}/train_gsplat", summary="Start training (in the background)")
     async def train_gsplat(
         scene_id: str,
@@ -180,52 +216,30 @@ def create_app(settings: GatewaySettings | None = None, repository: TrainingRepo
             raise HTTPException(status_code=400, detail=f"data_factor must be one of 1, 2, 4, 8 (got {data_factor})")
         if not 1 <= max_steps <= 1_000_000:
             raise HTTPException(status_code=400, detail=f"max_steps must be between 1 and 1000000 (got {max_steps})")
-        problem = scene_error(settings, scene_id)
-        if problem:
-            raise HTTPException(status_code=problem[0], detail=problem[1])
+        check_scene(settings, scene_id)
         # No "already in progress" check here (check-then-create races between requests and
         # replicas): a run of a scene whose earlier run still writes its gsplat/ waits in Queued
         # (OutputBusy) until that one ends; the operator never runs both at once.
-        runs = await api_call(settings, f"trainings of scene {scene_id}", repo().runs(scene_id))
-        names_taken = [r["metadata"]["name"] for r in runs]
-        for _ in range(CREATE_ATTEMPTS):  # another replica may take the same name: try the next
-            name = original.next_run_name(scene_id, names_taken)
-            manifest = original.build_training(
-                name, scene_id=scene_id, claim=settings.claim_name,
-                path=scene_path_in_volume(settings, scene_id), data_factor=data_factor,
-                max_steps=max_steps, created_by="splatops-gateway",
-                output_path=seed_output_path(scene_path_in_volume(settings, scene_id)),
-            )
-            try:
-                await api_call(settings, f"create training {name}", repo().create(manifest))
-            except Conflict:
-                names_taken.append(name)
-                continue
-            return original.started_response(scene_id, data_factor, max_steps)
-        raise HTTPException(status_code=409, detail=f"could not pick a free training name for scene {scene_id}")
+        path = scene_path_in_volume(settings, scene_id)
+        await create_next_run(settings, repo(), scene_id, scene_id, lambda name: original.build_training(
+            name, scene_id=scene_id, claim=settings.claim_name, path=path, data_factor=data_factor,
+            max_steps=max_steps, created_by="splatops-gateway", output_path=seed_output_path(path),
+        ), "training")
+        return original.started_response(scene_id, data_factor, max_steps)
 
+
+def _add_colmap_routes(app: FastAPI, settings: GatewaySettings, repo: Callable[[], TrainingRepository],
+                       runs: Callable[[str], Awaitable[list[dict[str, Any]]]],
+                       post_allowed: Callable[[Request], str], client: Callable[[Request], str]) -> None:
     @app.post("/scene/{scene_id}/colmap_ba", summary="COLMAP reconstruction of the scene's images (in the background)")
     async def colmap_ba(scene_id: str, _client: str = Depends(post_allowed)) -> dict[str, Any]:
-        check_scene_id(scene_id)
-        problem = scene_error(settings, scene_id, need_model=False)  # the model is what it makes
-        if problem:
-            raise HTTPException(status_code=problem[0], detail=problem[1])
-        base = original.reconstruction_run_base(scene_id)
-        names_taken = [r["metadata"]["name"] for r in await runs(scene_id)]
-        for _ in range(CREATE_ATTEMPTS):
-            name = original.next_run_name(base, names_taken)
-            manifest = original.build_training(
-                name, scene_id=scene_id, claim=settings.claim_name, path=scene_path_in_volume(settings, scene_id),
-                created_by="splatops-gateway", extra_spec={"reconstruct": contract.RECONSTRUCT_ALWAYS, "reconstructOnly": True},
-            )
-            try:
-                await api_call(settings, f"create reconstruction {name}", repo().create(manifest))
-            except Conflict:
-                names_taken.append(name)
-                continue
-            return {"status": "processing", "scene_id": scene_id, "message": original.MSG_RECONSTRUCTION_STARTED,
-                    "check_status_at": f"/scene/{scene_id}/colmap_ba/status"}
-        raise HTTPException(status_code=409, detail=f"could not pick a free reconstruction name for scene {scene_id}")
+        check_scene(settings, scene_id, need_model=False)  # the model is what it makes
+        await create_next_run(settings, repo(), scene_id, original.reconstruction_run_base(scene_id), lambda name: original.build_training(
+            name, scene_id=scene_id, claim=settings.claim_name, path=scene_path_in_volume(settings, scene_id),
+            created_by="splatops-gateway", extra_spec={"reconstruct": contract.RECONSTRUCT_ALWAYS, "reconstructOnly": True},
+        ), "reconstruction")
+        return {"status": "processing", "scene_id": scene_id, "message": original.MSG_RECONSTRUCTION_STARTED,
+                "check_status_at": f"/scene/{scene_id}/colmap_ba/status"}
 
     @app.get("/scene/{scene_id}/colmap_ba/status", summary="COLMAP reconstruction status (newest run)")
     async def colmap_ba_status(scene_id: str, _client: str = Depends(client)) -> dict[str, Any]:
@@ -235,12 +249,6 @@ def create_app(settings: GatewaySettings | None = None, repository: TrainingRepo
         if latest is None:
             raise HTTPException(status_code=404, detail=f"No COLMAP reconstruction found for scene {scene_id}")
         return original.reconstruction_status(latest, volume_root=settings.mount_path, scene_id=scene_id)
-
-    async def trainings(scene_id: str) -> list[dict[str, Any]]:  # colmap_ba runs are not trainings
-        return [r for r in await runs(scene_id) if not original.is_reconstruction(r)]
-
-    _add_read_routes(app, settings, trainings, client)
-    return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -325,8 +333,6 @@ def model_headers(scene_id: str, latest: Any, previous: bool) -> dict[str, str]:
 
 def serve(host: str, port: int, target: Any = None) -> int:
     import uvicorn
-
-    from splatops.cli.kube import Target
 
     settings = GatewaySettings()
     if target is not None:  # CLI flags win over the environment

@@ -141,7 +141,7 @@ def scene_problem(mount: str, parts: Sequence[str], *, need_model: bool = True) 
     `need_model` False: only the images (colmap_ba makes the model)."""
     with open_dir(mount, parts) as scene_fd:
         colmap = {e.name for e in _entries(scene_fd, pathlib.PurePosixPath(contract.COLMAP_DIR).parts) if _present(e)}
-        if need_model and not all(any(f"{stem}{ext}" in colmap for ext in (".bin", ".txt")) for stem in ("cameras", "images", "points3D")):
+        if need_model and not contract.is_colmap_model(colmap):
             return contract.MSG_COLMAP_NOT_FOUND
         images = _entries(scene_fd, (contract.IMAGES_DIR,))
         if not any(_present(e) and not e.name.startswith(".") for e in images):

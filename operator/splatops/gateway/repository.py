@@ -10,8 +10,8 @@ import datetime
 import itertools
 from typing import Any, Protocol
 
-from splatops.cli import original
-from splatops.cli.kube import Conflict, Kube
+from splatops.client import original
+from splatops.client.kube import ClientKube, Conflict
 
 
 class TrainingRepository(Protocol):
@@ -31,7 +31,7 @@ def _of_scene(resources: list[dict[str, Any]], scene_id: str) -> list[dict[str, 
 
 
 class KubeRepository:
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: ClientKube) -> None:
         self.kube = kube
 
     async def runs(self, scene_id: str) -> list[dict[str, Any]]:

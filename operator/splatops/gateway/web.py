@@ -12,7 +12,7 @@ lines, downloads and the model in 3D.
 Data comes from a `WebSource`: the Kubernetes API plus the scene volume the gateway mounts
 (`KubeWebSource`), or one directory of trainer outputs (`DirectorySource`, `splatops view FILE`).
 Files are found through the training's status (status.outputs, status.modelPath; while it runs,
-the model path the CLI's `original.model_path_in_volume` names), never by a path from the request.
+the output directory `splatops.api.layout` gives it: `original.model_path`), never by a path from the request.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
 from splatops import contract, names
-from splatops.cli import original
+from splatops.client import original
+from splatops.client.kube import ClientKube, ClusterUnavailable, Forbidden, NotFound
 
 STATIC = pathlib.Path(__file__).parent / "static"
 LOG_LINES = 40
@@ -84,15 +85,16 @@ def summary(resource: dict[str, Any]) -> dict[str, Any]:
 
 def model_dir(resource: dict[str, Any]) -> str:
     """The volume-relative directory of the training's outputs (the model's directory)."""
-    return posixpath.dirname(original.model_path_in_volume(resource))
+    return posixpath.dirname(original.model_path(resource) or "")
 
 
 def output_entries(resource: dict[str, Any], exists: Callable[[str], bool]) -> list[dict[str, Any]]:
     """status.outputs, else (still running) the live files beside the model that exist already."""
     listed = [o for o in (resource.get("status") or {}).get("outputs") or [] if isinstance(o, dict) and o.get("path")]
     if not listed:
-        directory = model_dir(resource)
-        listed = [{"name": n, "path": posixpath.join(directory, f), "bytes": None} for n, f in LIVE_FILES.items()]
+        directory = model_dir(resource)  # "" (no valid spec): nothing to look for
+        listed = [{"name": n, "path": posixpath.join(directory, f), "bytes": None}
+                  for n, f in LIVE_FILES.items() if directory]
     return [o for o in listed if exists(o["path"])]
 
 
@@ -238,46 +240,27 @@ def file_app(path: pathlib.Path) -> Any:
 class KubeWebSource:
     """Trainings from the Kubernetes API; their files from the scene volume mounted at `mount`."""
 
-    def __init__(self, kube: Any, mount: str | pathlib.Path) -> None:
+    def __init__(self, kube: ClientKube, mount: str | pathlib.Path) -> None:
         self.kube, self.mount = kube, pathlib.Path(mount)
         self.namespace = kube.namespace
-
-    def _in(self, namespace: str) -> Any:
-        if namespace == self.kube.namespace:
-            return self.kube
-        return type(self.kube)(self.kube.api, namespace, self.kube.configuration)
 
     async def trainings(self) -> list[dict[str, Any]]:
         return await self.kube.list_trainings()
 
     async def training(self, namespace: str, name: str) -> dict[str, Any] | None:
-        from splatops.cli.kube import Forbidden, NotFound
-
         try:
-            return await self._in(namespace).get_training(name)
+            return await self.kube.in_namespace(namespace).get_training(name)
         except (NotFound, Forbidden):  # another namespace the gateway may not read: not found here
             return None
 
     async def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        from splatops.cli.kube import ClusterUnavailable, raise_for_status
-
-        kube = self._in(namespace)
         try:
-            resp = await raise_for_status(await kube.core.list_namespaced_event(
-                namespace, field_selector=f"involvedObject.name={name}", _preload_content=False))
-            items = (await resp.json()).get("items") or []
-        except (ClusterUnavailable, LookupError, OSError, ValueError):
-            return []  # events are a nicety: the page still shows everything else
-        except Exception as exc:  # noqa: BLE001 - the client's ApiException, e.g. no RBAC to list events
-            if type(exc).__name__ != "ApiException":
-                raise
-            return []
-        return [e for e in items if (e.get("involvedObject") or {}).get("name") == name]
+            return await self.kube.in_namespace(namespace).events(name)
+        except (ClusterUnavailable, LookupError, RuntimeError, OSError, ValueError):
+            return []  # events are a nicety (no RBAC to list them, say): the page shows everything else
 
     async def log_tail(self, namespace: str, name: str) -> list[str]:
-        from splatops.cli.kube import ClusterUnavailable, NotFound
-
-        kube = self._in(namespace)
+        kube = self.kube.in_namespace(namespace)
         try:
             pods = await kube.training_pods(await kube.get_training(name))  # by the training's uid
             text = await kube.pod_log(pods[-1]["metadata"]["name"]) if pods else ""

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
-import inspect
 import json
 import logging
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from splatops import contract, names
@@ -127,10 +128,9 @@ def scene_inputs(source: pathlib.Path) -> dict[str, pathlib.Path | None]:
     if not images.is_dir() and any(p.suffix.lower() in PHOTO_SUFFIXES for p in source.iterdir() if p.is_file()):
         images = source
     colmap_root = source / contract.COLMAP_DIR.split("/")[0]
-    model = source / contract.COLMAP_DIR
     # Linked only when it holds a model: else the trainer would write its reconstruction through
     # the link into the user's folder.
-    has_model = all(any((model / f"{stem}{ext}").is_file() for ext in (".bin", ".txt")) for stem in ("cameras", "images", "points3D"))
+    has_model = contract.has_colmap_model(source / contract.COLMAP_DIR)
     return {contract.IMAGES_DIR: images, colmap_root.name: colmap_root if has_model else None}
 
 
@@ -139,7 +139,7 @@ def link_scene(source: pathlib.Path, target: pathlib.Path) -> None:
     nothing written into the source). Earlier outputs in `target` are kept (the trainer resumes).
     A source without a COLMAP model gets none linked: the trainer reconstructs into the work
     scene's own colmap/ (kept, so the next run reuses it), never into the source."""
-    from splatops.cli.main import scene_problem
+    from splatops.client.scenes import scene_problem
 
     if not source.is_dir():
         raise LocalRunError(f"scene {source}: not a directory")
@@ -203,70 +203,101 @@ LOCAL_OPERATOR_SETTINGS: dict[str, Any] = {
 
 
 class OperatorHandle:
-    """The operator running in this process (a task if `run` is async, else a thread)."""
+    """The operator in this process, on its own thread and event loop, as kopf embeds (a ready
+    flag it raises, a stop flag set from here). Not a task beside the emulator: on stop, kopf
+    cancels every task of its loop it did not start with, which would include the emulator's
+    request handlers and the executor (docs/cluster-sim.md)."""
 
     def __init__(self, settings: Any) -> None:
         from splatops.controller import main as controller_main
 
-        # Prefer the coroutine (same event loop as the emulator); else the blocking entry point.
-        self._run = getattr(controller_main, "operator", None) or controller_main.run
+        self._operator = controller_main.operator
         self._settings = settings
-        self._async = inspect.iscoroutinefunction(self._run)
-        self._task: asyncio.Future[Any] | None = None
-        if self._async:
-            self.ready: Any = asyncio.Event()
-            self.stop: Any = asyncio.Event()
+        self.ready: concurrent.futures.Future[None] = concurrent.futures.Future()  # kopf raises it
+        self._done: concurrent.futures.Future[None] = concurrent.futures.Future()  # the thread's outcome
+        self._stopping = threading.Event()
+        self._stop: asyncio.Event | None = None  # kopf's stop flag, in the operator's loop
+        self._loop: asyncio.AbstractEventLoop | None = None  # the operator's loop
+        self._thread = threading.Thread(target=self._thread_main, name="splatops-operator", daemon=True)
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits the operator
+            self._done.set_exception(exc)
         else:
-            self.ready, self.stop = threading.Event(), threading.Event()
+            self._done.set_result(None)
+
+    async def _run(self) -> None:
+        self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        if self._stopping.is_set():  # stop() came before this loop existed
+            self._stop.set()
+        await self._operator(self._settings, ready_flag=self.ready, stop_flag=self._stop)
 
     def start(self) -> None:
-        if self._async:
-            self._task = asyncio.ensure_future(self._run(self._settings, ready_flag=self.ready, stop_flag=self.stop))
-        else:
-            self._task = asyncio.ensure_future(asyncio.to_thread(
-                self._run, self._settings, ready_flag=self.ready, stop_flag=self.stop))
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask kopf to stop (safe from any thread, before or after it started)."""
+        self._stopping.set()
+        loop, flag = self._loop, self._stop
+        if loop is not None and flag is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has closed: stopped already
+                loop.call_soon_threadsafe(flag.set)
 
     async def wait_ready(self, timeout: float) -> None:
-        assert self._task is not None
-        waiter = (asyncio.ensure_future(self.ready.wait()) if self._async
-                  else asyncio.ensure_future(asyncio.to_thread(self.ready.wait, timeout)))
-        done, _ = await asyncio.wait({waiter, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if self._task in done:
-            waiter.cancel()
-            exc = self._task.exception()
-            raise LocalRunError(f"the operator stopped while starting: {exc!r}")
-        if waiter not in done or (not self._async and not waiter.result()):
-            waiter.cancel()
+        ready, done = asyncio.wrap_future(self.ready), asyncio.wrap_future(self._done)
+        finished, _ = await asyncio.wait({ready, done}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if done in finished:
+            raise LocalRunError(f"the operator stopped while starting: {done.exception()!r}")
+        if ready not in finished:
             raise LocalRunError(f"the operator was not ready within {timeout:.0f}s")
 
     async def guard(self, work: Any) -> Any:
-        """Await `work`, failing fast if the operator stops first (a crash, or Ctrl-C it caught)."""
-        assert self._task is not None
-        job = asyncio.ensure_future(work)
-        await asyncio.wait({job, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        """Await `work`, failing fast if the operator stops first (a crash, or a signal: `stopping_on_signals`)."""
+        job, done = asyncio.ensure_future(work), asyncio.wrap_future(self._done)
+        await asyncio.wait({job, done}, return_when=asyncio.FIRST_COMPLETED)
         if job.done():
             return job.result()
         job.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await job
-        exc = None if self._task.cancelled() else self._task.exception()
+        exc = done.exception()
         raise LocalRunError(f"the operator stopped ({exc!r})" if exc else "the operator stopped")
 
     async def shutdown(self, timeout: float = 15.0) -> None:
-        if self._task is None:
+        """Stop the operator and wait for its thread (a daemon: one that hangs ends with the process)."""
+        if not self._thread.is_alive():
             return
-        self.stop.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except TimeoutError:
-            self._task.cancel()
+        self.stop()
         with contextlib.suppress(BaseException):
-            await self._task
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._done)), timeout)
+            await asyncio.to_thread(self._thread.join, timeout)  # it has returned its outcome: ends now
+
+
+@contextlib.contextmanager
+def stopping_on_signals(operator: OperatorHandle) -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop the operator (then `guard` ends the run), as kopf's own handlers
+    did when it ran on the main thread; back to the defaults afterwards."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, operator.stop)
+            installed.append(sig)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread; no signals here
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 def local_gateway(p: Plan, kubeconfig: pathlib.Path) -> Any:
     """The gateway (REST API and web page) over the embedded API and the local volume."""
-    from splatops.cli.kube import Target
+    from splatops.client.kube import Target
     from splatops.gateway.app import create_app
     from splatops.gateway.settings import GatewaySettings
 
@@ -275,15 +306,22 @@ def local_gateway(p: Plan, kubeconfig: pathlib.Path) -> Any:
     return create_app(settings, target=Target(kubeconfig=str(kubeconfig), namespace=NAMESPACE))
 
 
-async def run_local(p: Plan, *, strategy: str = "default", keep_running: bool = False,
-                    timeout: float = 3600.0, verbose: bool = False, web_port: int = WEB_PORT) -> int:
-    from splatops.cli import original
-    from splatops.cli.download import write_local_volumes
-    from splatops.cli.kube import Target, connect
-    from splatops.cli.progress import ProgressView, WaitTimeout, wait_until_done
-    from splatops.local.cluster import running_cluster
-    from splatops.gateway.web import serving
-    from splatops.local.executor import LocalExecutor
+def local_training(p: Plan, strategy: str) -> dict[str, Any]:
+    """The quick training of the plan's scene."""
+    from splatops.client import original
+
+    return original.build_training(
+        original.run_name(p.scene_id, 1), scene_id=p.scene_id, claim=CLAIM, path=p.scene_path,
+        namespace=NAMESPACE, data_factor=p.data_factor, max_steps=p.max_steps, strategy=strategy,
+        extra_spec={"evalEvery": max(1, p.max_steps // 2)},
+        annotations={original.ANNOTATION_LOCAL_DIR: str(p.scene_dir)}, created_by="splatops-local",
+    )
+
+
+async def prepare_scene(p: Plan, *, verbose: bool) -> None:
+    """The scene in the work volume (generated, or linked from --scene), and the claim -> volume
+    map the CLI reads beside the kubeconfig."""
+    from splatops.client.download import write_local_volumes
 
     p.workdir.mkdir(parents=True, exist_ok=True)
     if p.source is None:
@@ -293,6 +331,14 @@ async def run_local(p: Plan, *, strategy: str = "default", keep_running: bool = 
         link_scene(p.source, p.scene_dir)
         print(f"scene {p.source} (linked into {p.scene_dir}; outputs go there)", flush=True)
     write_local_volumes(p.workdir, {CLAIM: str(p.volume)})
+
+
+async def run_local(p: Plan, *, strategy: str = "default", keep_running: bool = False,
+                    timeout: float = 3600.0, verbose: bool = False, web_port: int = WEB_PORT) -> int:
+    from splatops.local.cluster import running_cluster
+    from splatops.local.executor import LocalExecutor
+
+    await prepare_scene(p, verbose=verbose)
 
     def echo(pod: str, line: str) -> None:
         if verbose:
@@ -309,51 +355,65 @@ async def run_local(p: Plan, *, strategy: str = "default", keep_running: bool = 
         async with executor:
             operator.start()
             try:
-                await operator.wait_ready(60.0)
-                print("operator running; local executor running (device: " + p.device + ")", flush=True)
-                manifest = original.build_training(
-                    original.run_name(p.scene_id, 1), scene_id=p.scene_id, claim=CLAIM, path=p.scene_path,
-                    namespace=NAMESPACE, data_factor=p.data_factor, max_steps=p.max_steps, strategy=strategy,
-                    extra_spec={"evalEvery": max(1, p.max_steps // 2)},
-                    annotations={original.ANNOTATION_LOCAL_DIR: str(p.scene_dir)}, created_by="splatops-local",
-                )
-                async with connect(Target(kubeconfig=str(cluster.kubeconfig), namespace=NAMESPACE)) as kube, \
-                        serving(local_gateway(p, cluster.kubeconfig), port=web_port) as web:
-                    name = manifest["metadata"]["name"]
-                    await kube.create_training(manifest)
-                    print(f"{names.PLURAL}.{names.GROUP}/{name} created "
-                          f"(scene {p.scene_path}, maxSteps {p.max_steps}, dataFactor {p.data_factor})", flush=True)
-                    page = f"{web}trainings/{NAMESPACE}/{name}"
-                    print(f"web page (live while this runs): {page}", flush=True)
-                    view = ProgressView(name)
-                    try:
-                        final = await operator.guard(wait_until_done(
-                            lambda: kube.get_training(name), view, interval=0.5, timeout=timeout))
-                    except WaitTimeout as exc:
-                        print(f"error: {name}: {exc}", file=sys.stderr)
-                        for problem in executor.errors:
-                            print(f"  executor: {problem}", file=sys.stderr)
-                        return EXIT_FAILED
-                    result = original.original_status(final, volume_root=str(p.volume))
-                    print("status: " + json.dumps(result, indent=2), flush=True)
-                    results_ply = p.volume / original.model_path_in_volume(final)
-                    code = _report(result, results_ply)
-                    for problem in executor.errors:
-                        print(f"executor: {problem}", file=sys.stderr)
-                    if not keep_running:
-                        print(f"afterwards: splatops view {results_ply.parent} (or run with --keep-running)", flush=True)
-                    print(f"web page: {page}", flush=True)
-                    if keep_running:
-                        print(f"still running (Ctrl-C stops): splatops --kubeconfig {cluster.kubeconfig} list", flush=True)
-                        with contextlib.suppress(LocalRunError):  # Ctrl-C: kopf stops the operator
-                            await operator.guard(asyncio.Event().wait())
-                        print("stopped", flush=True)
-                    return code
+                with stopping_on_signals(operator):
+                    await operator.wait_ready(60.0)
+                    print("operator running; local executor running (device: " + p.device + ")", flush=True)
+                    return await train(p, cluster.kubeconfig, operator, executor, strategy=strategy,
+                                       keep_running=keep_running, timeout=timeout, web_port=web_port)
             finally:
                 await operator.shutdown()
 
 
-def _report(result: Mapping[str, Any], results_ply: pathlib.Path) -> int:
+async def train(p: Plan, kubeconfig: pathlib.Path, operator: OperatorHandle, executor: Any, *, strategy: str,
+                keep_running: bool, timeout: float, web_port: int) -> int:
+    """Apply the training, show its progress until it ends, report results.ply and the web page."""
+    from splatops.client.kube import Target, connect
+    from splatops.client.progress import ProgressView, WaitTimeout, wait_until_done
+    from splatops.gateway.web import serving
+
+    manifest = local_training(p, strategy)
+    name = manifest["metadata"]["name"]
+    async with connect(Target(kubeconfig=str(kubeconfig), namespace=NAMESPACE)) as kube, \
+            serving(local_gateway(p, kubeconfig), port=web_port) as web:
+        await kube.create_training(manifest)
+        print(f"{names.PLURAL}.{names.GROUP}/{name} created "
+              f"(scene {p.scene_path}, maxSteps {p.max_steps}, dataFactor {p.data_factor})", flush=True)
+        page = f"{web}trainings/{NAMESPACE}/{name}"
+        print(f"web page (live while this runs): {page}", flush=True)
+        try:
+            final = await operator.guard(wait_until_done(
+                lambda: kube.get_training(name), ProgressView(name), interval=0.5, timeout=timeout))
+        except WaitTimeout as exc:
+            print(f"error: {name}: {exc}", file=sys.stderr)
+            for problem in executor.errors:
+                print(f"  executor: {problem}", file=sys.stderr)
+            return EXIT_FAILED
+        code = _report(p, final, executor.errors, keep_running)
+        print(f"web page: {page}", flush=True)
+        if keep_running:
+            print(f"still running (Ctrl-C stops): splatops --kubeconfig {kubeconfig} list", flush=True)
+            with contextlib.suppress(LocalRunError):  # Ctrl-C: the operator stops
+                await operator.guard(asyncio.Event().wait())
+            print("stopped", flush=True)
+        return code
+
+
+def _report(p: Plan, final: Mapping[str, Any], executor_errors: Sequence[str], keep_running: bool) -> int:
+    """The final status, the model's place and size; the exit code."""
+    from splatops.client import original
+
+    result = original.original_status(final, volume_root=str(p.volume))
+    print("status: " + json.dumps(result, indent=2), flush=True)
+    results_ply = p.volume / (original.model_path(final) or contract.RESULT_PLY)  # (a spec we built: valid)
+    code = _result_code(result, results_ply)
+    for problem in executor_errors:
+        print(f"executor: {problem}", file=sys.stderr)
+    if not keep_running:
+        print(f"afterwards: splatops view {results_ply.parent} (or run with --keep-running)", flush=True)
+    return code
+
+
+def _result_code(result: Mapping[str, Any], results_ply: pathlib.Path) -> int:
     if result["status"] != contract.STATUS_COMPLETE:
         print(f"error: training failed: {result.get('error')}", file=sys.stderr, flush=True)
         return EXIT_FAILED

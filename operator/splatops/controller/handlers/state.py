@@ -24,7 +24,7 @@ from splatops import names
 from splatops.api import layout
 from splatops.api.layout import OutputKey, OutputLocation
 from splatops.api.models import Spec, parse_spec
-from splatops.controller.kube import Kube
+from splatops.kubeapi import Kube
 from splatops.controller.metrics import OperatorMetrics
 from splatops.controller.queue import TERMINAL
 from splatops.controller.settings import Settings

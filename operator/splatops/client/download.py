@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import pathlib
@@ -26,13 +27,13 @@ import posixpath
 import secrets
 import sys
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from splatops import names
-from splatops.cli import original
-from splatops.cli.kube import Kube, NotFound
-from splatops.controller.jobs import child_labels, restricted_container_security  # pure; no kopf
+from splatops.api.pods import child_labels, restricted_container_security
+from splatops.client import original
+from splatops.client.kube import ClientKube, NotFound
 
 VOLUMES_FILE = "volumes.json"  # {claimName: local directory}, written by `splatops local`
 DOWNLOAD_IMAGE = os.environ.get("SPLATOPS_DOWNLOAD_IMAGE", "busybox:1.36")
@@ -43,7 +44,7 @@ WS_ERROR = 3
 
 Progress = Callable[[int, int | None], None]  # (bytes so far, total bytes or None)
 Verify = Callable[[int], None]  # raises DownloadError when the byte count is wrong
-ExecFrames = Callable[[Kube, str, Sequence[str]], AsyncIterator[bytes]]  # (kube, pod, command)
+ExecFrames = Callable[[ClientKube, str, Sequence[str]], AsyncIterator[bytes]]  # (kube, pod, command)
 
 
 class DownloadError(RuntimeError):
@@ -86,7 +87,16 @@ def local_model_file(resource: Mapping[str, Any], volumes: Mapping[str, str]) ->
     root = volumes.get(str(claim)) if claim else None
     if root is None:
         return None
-    return pathlib.Path(root) / original.model_path_in_volume(resource)
+    return pathlib.Path(root) / model_path(resource)
+
+
+def model_path(resource: Mapping[str, Any]) -> str:
+    """results.ply of a training, relative to the volume (`original.model_path`)."""
+    path = original.model_path(resource)
+    if path is None:
+        name = (resource.get("metadata") or {}).get("name")
+        raise DownloadError(f"training {name!r} reports no model path and has no valid spec to find it by")
+    return path
 
 
 def expected_bytes(resource: Mapping[str, Any]) -> float | None:
@@ -106,29 +116,47 @@ def check_size(resource: Mapping[str, Any], got: int) -> None:
         )
 
 
+class _Sink:
+    """Counts what is written and reports it (bytes so far, total)."""
+
+    def __init__(self, out: Any, progress: Progress | None, total: int | None) -> None:
+        self.out, self.progress, self.total, self.done = out, progress, total, 0
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.done += len(data)
+        if self.progress:
+            self.progress(self.done, self.total)
+
+
+@contextlib.contextmanager
+def _checked_file(dest: pathlib.Path, progress: Progress | None, total: int | None,
+                  verify: Verify | None) -> Iterator[_Sink]:
+    """Write through the yielded sink into a temp file beside `dest`; verify, then rename it to
+    `dest`: no half-written outputs. Any failure removes the temp file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            sink = _Sink(out, progress, total)
+            yield sink
+        if verify:
+            verify(sink.done)
+        _publish(tmp, dest)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def copy_local(src: pathlib.Path, dest: pathlib.Path, progress: Progress | None = None,
                verify: Verify | None = None) -> int:
     """Copy in chunks to a temp file beside `dest`, verify, then rename: no half-written outputs."""
     if not src.is_file():
         raise DownloadError(f"{src} does not exist (has the training succeeded?)")
-    total = src.stat().st_size
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    done = 0
-    try:
-        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-            while chunk := inp.read(CHUNK):
-                out.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-        if verify:
-            verify(done)
-        _publish(tmp, dest)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    return done
+    with _checked_file(dest, progress, src.stat().st_size, verify) as sink, src.open("rb") as inp:
+        while chunk := inp.read(CHUNK):
+            sink.write(chunk)
+    return sink.done
 
 
 def reader_pod(training: str, claim: str, image: str = DOWNLOAD_IMAGE) -> dict[str, Any]:
@@ -177,7 +205,7 @@ def reader_pod(training: str, claim: str, image: str = DOWNLOAD_IMAGE) -> dict[s
     }
 
 
-async def _wait_running(kube: Kube, name: str, timeout: float = 300.0, interval: float = 1.0,
+async def wait_running(kube: ClientKube, name: str, timeout: float = 300.0, interval: float = 1.0,
                         what: str = "download") -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -195,7 +223,7 @@ async def _wait_running(kube: Kube, name: str, timeout: float = 300.0, interval:
         await asyncio.sleep(interval)
 
 
-def _exec_status_failure(payload: bytes) -> str | None:
+def exec_status_failure(payload: bytes) -> str | None:
     """The failure in an error-channel message (a metav1.Status), None for Success."""
     text = payload.decode(errors="replace").strip()
     try:
@@ -205,6 +233,37 @@ def _exec_status_failure(payload: bytes) -> str | None:
     if not isinstance(status, dict) or status.get("status") == "Success":
         return None
     return str(status.get("message") or text)
+
+
+@dataclasses.dataclass
+class ExecOutcome:
+    """What an exec stream said besides stdout: stderr, and the error channel's verdict."""
+
+    stderr: list[str] = dataclasses.field(default_factory=list)
+    failure: str | None = None  # the failure status's message
+    succeeded: bool = False  # a Success status arrived
+
+    @property
+    def errors(self) -> str:
+        return " ".join(filter(None, ["".join(self.stderr).strip(), self.failure])).strip()
+
+
+async def read_frames(frames: AsyncIterable[bytes], stdout: Callable[[bytes], None]) -> ExecOutcome:
+    """Split exec protocol (v4.channel.k8s.io) messages, one channel byte then the payload: stdout
+    (1) goes to `stdout`; stderr (2) and the error channel's status (3) into the outcome."""
+    outcome = ExecOutcome()
+    async for frame in frames:
+        if not frame:
+            continue
+        channel, payload = frame[0], frame[1:]
+        if channel == WS_STDOUT:
+            stdout(payload)
+        elif channel == WS_STDERR:
+            outcome.stderr.append(payload.decode(errors="replace"))
+        elif channel == WS_ERROR and payload:
+            outcome.failure = exec_status_failure(payload)
+            outcome.succeeded = outcome.failure is None
+    return outcome
 
 
 async def receive(frames: AsyncIterable[bytes], dest: pathlib.Path, *, what: str,
@@ -217,45 +276,21 @@ async def receive(frames: AsyncIterable[bytes], dest: pathlib.Path, *, what: str
     failed. Any failure (a failure status, stderr output without a success status, a broken
     stream, a wrong size) leaves neither the temp file nor anything new under `dest`.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    done, stderr, failure, succeeded = 0, [], None, False
-    try:
-        with os.fdopen(fd, "wb") as out:
-            async for frame in frames:
-                if not frame:
-                    continue
-                channel, payload = frame[0], frame[1:]
-                if channel == WS_STDOUT:
-                    out.write(payload)
-                    done += len(payload)
-                    if progress:
-                        progress(done, int(total) if total else None)
-                elif channel == WS_STDERR:
-                    stderr.append(payload.decode(errors="replace"))
-                elif channel == WS_ERROR and payload:
-                    failure = _exec_status_failure(payload)
-                    succeeded = failure is None
-        errors = " ".join(filter(None, ["".join(stderr).strip(), failure])).strip()
-        if failure or (errors and not succeeded):
-            raise DownloadError(f"{what} failed: {errors}")
-        if verify:
-            verify(done)
-        _publish(tmp, dest)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    return done
+    with _checked_file(dest, progress, int(total) if total else None, verify) as sink:
+        outcome = await read_frames(frames, sink.write)
+        if outcome.failure or (outcome.errors and not outcome.succeeded):
+            raise DownloadError(f"{what} failed: {outcome.errors}")
+    return sink.done
 
 
-async def exec_frames(kube: Kube, pod: str, command: Sequence[str],
+async def exec_frames(kube: ClientKube, pod: str, command: Sequence[str],
                       stdin: AsyncIterable[bytes] | None = None) -> AsyncIterator[bytes]:
     """Run `command` in the pod through the exec API (websocket) and yield its raw frames; `stdin`
     (if any) is sent on channel 0 meanwhile (the command must know when its input ends: the v4
     protocol cannot close stdin).
 
     The only part of a transfer that needs a real cluster (the emulator has no exec): everything
-    it feeds is handled, and tested, in `receive`, `download_via_pod` and `splatops.cli.upload`.
+    it feeds is handled, and tested, in `receive`, `download_via_pod` and `splatops.client.upload`.
     """
     import aiohttp
     from kubernetes_asyncio import client
@@ -300,7 +335,7 @@ async def _send_stdin(ws: Any, stdin: AsyncIterable[bytes]) -> None:
         raise
 
 
-async def download_via_pod(kube: Kube, resource: Mapping[str, Any], dest: pathlib.Path,
+async def download_via_pod(kube: ClientKube, resource: Mapping[str, Any], dest: pathlib.Path,
                            progress: Progress | None = None, image: str = DOWNLOAD_IMAGE, *,
                            frames: ExecFrames = exec_frames, start_timeout: float = 300.0,
                            poll_interval: float = 1.0) -> int:
@@ -311,19 +346,24 @@ async def download_via_pod(kube: Kube, resource: Mapping[str, Any], dest: pathli
     pod = await kube.create_pod(reader_pod(name, claim, image))
     pod_name = pod["metadata"]["name"]
     try:
-        await _wait_running(kube, pod_name, start_timeout, poll_interval)
-        path = posixpath.join(names.SCENE_MOUNT, original.model_path_in_volume(resource))
+        await wait_running(kube, pod_name, start_timeout, poll_interval)
+        path = posixpath.join(names.SCENE_MOUNT, model_path(resource))
         async with contextlib.aclosing(frames(kube, pod_name, ["cat", path])) as stream:
             return await receive(
                 stream, dest, what=f"reading {path} in pod {pod_name}", total=expected_bytes(resource),
                 progress=progress, verify=lambda got: check_size(resource, got),
             )
     finally:
-        try:
-            await kube.delete_pod(pod_name)
-        except NotFound:
-            pass
-        except Exception as exc:  # never hide the download's own outcome behind the cleanup's
-            print(f"warning: could not delete the download pod {pod_name} ({exc}); delete it with "
-                  f"`kubectl delete pod {pod_name} -n {kube.namespace}` (it stops by itself within an hour)",
-                  file=sys.stderr, flush=True)
+        await delete_pod_quietly(kube, pod_name, "download")
+
+
+async def delete_pod_quietly(kube: ClientKube, pod_name: str, what: str) -> None:
+    """Delete a helper pod; a failure only warns: never hide the transfer's own outcome behind it."""
+    try:
+        await asyncio.shield(kube.delete_pod(pod_name))
+    except NotFound:
+        pass
+    except Exception as exc:
+        print(f"warning: could not delete the {what} pod {pod_name} ({exc}); delete it with "
+              f"`kubectl delete pod {pod_name} -n {kube.namespace}` (it stops by itself within an hour)",
+              file=sys.stderr, flush=True)

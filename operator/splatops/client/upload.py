@@ -26,15 +26,14 @@ import os
 import pathlib
 import posixpath
 import secrets
-import sys
 import tarfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any
 
-from splatops import contract, names
-from splatops.cli import download as dl
-from splatops.cli import original
-from splatops.cli.kube import Kube, NotFound
+from splatops import names
+from splatops.client import download as dl
+from splatops.client import original
+from splatops.client.kube import ClientKube
 
 CHUNK = 1 << 20
 BATCH_BYTES = 256 << 20  # one verified commit per batch: an interruption loses at most this much
@@ -175,25 +174,14 @@ async def tar_stream(files: Sequence[LocalFile], progress: Callable[[int], None]
 
 async def run(exec_: Exec, command: Sequence[str], what: str, stdin: AsyncIterable[bytes] | None = None) -> str:
     """Run a command through `exec_` and return its stdout; raise UploadError on any failure."""
-    out, stderr, failure, succeeded = [], [], None, False
+    out: list[bytes] = []
     try:
         async with contextlib.aclosing(exec_(command, stdin)) as frames:
-            async for frame in frames:
-                if not frame:
-                    continue
-                channel, payload = frame[0], frame[1:]
-                if channel == dl.WS_STDOUT:
-                    out.append(payload)
-                elif channel == dl.WS_STDERR:
-                    stderr.append(payload.decode(errors="replace"))
-                elif channel == dl.WS_ERROR and payload:
-                    failure = dl._exec_status_failure(payload)
-                    succeeded = failure is None
+            outcome = await dl.read_frames(frames, out.append)
     except dl.DownloadError as exc:  # the exec stream itself (refused, broken)
         raise UploadError(f"{what} failed: {exc}") from None
-    if failure or not succeeded:
-        errors = " ".join(filter(None, ["".join(stderr).strip(), failure])).strip()
-        raise UploadError(f"{what} failed: {errors or 'the exec stream ended without a status'}")
+    if outcome.failure or not outcome.succeeded:
+        raise UploadError(f"{what} failed: {outcome.errors or 'the exec stream ended without a status'}")
     return b"".join(out).decode(errors="replace")
 
 
@@ -264,7 +252,7 @@ def pod_dir(path: str) -> str:
     return names.SCENE_MOUNT + norm
 
 
-async def upload_via_pod(kube: Kube, claim: str, files: Sequence[LocalFile], path: str, *,
+async def upload_via_pod(kube: ClientKube, claim: str, files: Sequence[LocalFile], path: str, *,
                          progress: Progress | None = None, image: str = dl.DOWNLOAD_IMAGE,
                          frames: Any = None, start_timeout: float = 300.0, poll_interval: float = 1.0,
                          batch_bytes: int = BATCH_BYTES) -> Result:
@@ -274,22 +262,12 @@ async def upload_via_pod(kube: Kube, claim: str, files: Sequence[LocalFile], pat
     pod = await kube.create_pod(uploader_pod(claim, image))
     pod_name = pod["metadata"]["name"]
     try:
-        await dl._wait_running(kube, pod_name, start_timeout, poll_interval, what="upload")
+        await dl.wait_running(kube, pod_name, start_timeout, poll_interval, what="upload")
 
         def exec_(command: Sequence[str], stdin: AsyncIterable[bytes] | None) -> AsyncIterator[bytes]:
             return frames(kube, pod_name, command, stdin)
 
         return await transfer(exec_, files, dest, progress=progress, batch_bytes=batch_bytes)
     finally:
-        await _delete(kube, pod_name)
+        await dl.delete_pod_quietly(kube, pod_name, "upload")
 
-
-async def _delete(kube: Kube, pod_name: str) -> None:
-    try:
-        await asyncio.shield(kube.delete_pod(pod_name))
-    except NotFound:
-        pass
-    except Exception as exc:  # never hide the upload's own outcome behind the cleanup's
-        print(f"warning: could not delete the upload pod {pod_name} ({exc}); delete it with "
-              f"`kubectl delete pod {pod_name} -n {kube.namespace}` (it stops by itself within an hour)",
-              file=sys.stderr, flush=True)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TextIO
 
-from splatops.cli import original
+from splatops.client import original
 
 
 class ProgressView:

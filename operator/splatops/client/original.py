@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from splatops import contract, names
+from splatops.api import layout
+from splatops.api.models import Spec  # the API's single source of truth
 
 # Labels/annotations the CLI and the gateway put on the resources they create.
 LABEL_SCENE = f"{names.GROUP}/scene"  # sanitized scene id (a label value), to find a scene's runs
@@ -46,20 +48,17 @@ def scene_id_of(resource: Mapping[str, Any]) -> str:
     return str(meta.get("name", ""))
 
 
-def model_path_in_volume(resource: Mapping[str, Any]) -> str:
-    """Where results.ply is (or will be) inside the volume: status.modelPath, else where the
-    training's output directory puts it (`splatops.api.layout`, as the operator decides)."""
-    from splatops.api import layout
 
+
+def model_path(resource: Mapping[str, Any]) -> str | None:
+    """results.ply relative to the volume: status.modelPath as the operator reported it (it takes it
+    from `splatops.api.layout`), else, before it has (or for a local run's host path), the layout's
+    `OutputLocation.model_path` itself. None: no report and no valid spec to compute it from."""
     reported = str(_status(resource).get("modelPath") or "")
     if layout.in_volume(reported):
         return layout.volume_relative(reported)
-    # Absent, or a path outside the pod's mount (a local run): the layout's place for it.
     location = layout.location_of(resource)
-    if location is not None:
-        return location.model_path
-    scene = (resource.get("spec") or {}).get("scene") or {}  # not a valid spec: the seed's place
-    return posixpath.join(layout.seed_output_path(scene.get("path") or "."), contract.RESULT_PLY)
+    return location.model_path if location is not None else None
 
 
 def original_config(resource: Mapping[str, Any]) -> dict[str, Any]:
@@ -96,7 +95,7 @@ def original_status(
     sid = scene_id or scene_id_of(resource)
     phase = status.get("phase")
     if phase == "Succeeded":
-        rel = model_path_in_volume(resource)
+        rel = model_path(resource) or ""
         path = posixpath.join(volume_root, rel) if volume_root else rel
         done = {
             "status": contract.STATUS_COMPLETE,
@@ -246,8 +245,6 @@ def build_training(
     `output_path`: spec.output.path (default: the training's own `<path>/gsplat/<name>/`).
     Raises pydantic.ValidationError (or ValueError) with the field that is wrong.
     """
-    from splatops.api.models import Spec  # the API's single source of truth
-
     fields: dict[str, Any] = {"scene": {"claimName": claim, "path": path}}
     if output_path is not None:
         fields["output"] = {"path": output_path}
