@@ -221,11 +221,15 @@ def test_no_directory_means_no_checkpoint(tmp_path: Path) -> None:
 
 
 def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
+    """A checkpoint write cut short leaves atomic_open's temp name, which the start-up cleanup
+    (atomic.remove_stale_temps over the output directory, cli.run) removes."""
+    from splatops_trainer import atomic
+
     cfg = _cfg(tmp_path)
     ck.save_checkpoint(cfg, _ckpt(cfg, 10))
-    stale = ck.checkpoint_dir(cfg) / ".ckpt_000020.pt.abc.tmp"
+    stale = ck.checkpoint_dir(cfg) / ".ckpt_000020.pt.abcd1234.tmp"
     stale.write_bytes(b"half")
-    ck.remove_stale_temps(cfg)
+    assert atomic.remove_stale_temps(cfg.out) == [stale]
     assert not stale.exists()
     assert ck.checkpoint_path(cfg, 10).exists()
     assert os.listdir(ck.checkpoint_dir(cfg)) == ["ckpt_000010.pt"]

@@ -22,6 +22,7 @@ from splatops import contract
 from splatops_trainer import cli, ply
 from splatops_trainer.config import TrainerConfig
 from splatops_trainer.errors import Terminated
+from splatops_trainer.train import TrainingDivergedError
 
 EARLIER_PLY = b"ply\nformat binary_little_endian 1.0\nelement vertex 0\nend_header\n-- an earlier result --"
 
@@ -271,13 +272,6 @@ def test_stale_temp_files_are_removed_at_start(scene: Path, monkeypatch: pytest.
     assert (out / contract.RESULT_PLY).read_bytes() == EARLIER_PLY
 
 
-class _Diverged(RuntimeError):
-    pass
-
-
-_Diverged.__name__ = "TrainingDivergedError"
-
-
 def _raise(exc: BaseException):
     def fake_train(cfg, scene, hooks, device, **_):
         hooks.on_progress(contract.Progress(step=1, max_steps=cfg.max_steps, loss=0.5))
@@ -299,7 +293,7 @@ def _sigterm(cfg, scene, hooks, device, should_stop):
 RUNTIME_FAILURES = [
     ("oom", _raise(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")), 3, contract.Reason.OUT_OF_MEMORY, contract.MSG_OOM),
     ("oom_runtime", _raise(RuntimeError("CUDA error: out of memory")), 3, contract.Reason.OUT_OF_MEMORY, contract.MSG_OOM),
-    ("diverged", _raise(_Diverged("Training diverged: the loss became nan")), 1, contract.Reason.TRAINING_DIVERGED, "Training diverged"),
+    ("diverged", _raise(TrainingDivergedError("Training diverged: the loss became nan")), 1, contract.Reason.TRAINING_DIVERGED, "Training diverged"),
     ("bug", _raise(KeyError("means")), 1, contract.Reason.TRAINER_ERROR, "KeyError: 'means'"),
     ("sigterm", _sigterm, 143, contract.Reason.TERMINATED, "terminated by SIGTERM (node drain or preemption); resumes from step 7"),
 ]

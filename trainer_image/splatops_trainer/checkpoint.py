@@ -85,14 +85,6 @@ def save_checkpoint(cfg: TrainerConfig, ckpt: Checkpoint, retire: list[Path] | t
     return final
 
 
-def remove_stale_temps(cfg: TrainerConfig) -> None:
-    """Drop temp files a killed writer left behind (never a finished checkpoint)."""
-    directory = checkpoint_dir(cfg)
-    if directory.is_dir():
-        for p in directory.glob(".ckpt_*.tmp"):
-            p.unlink(missing_ok=True)
-
-
 def rotate(directory: Path, keep: int) -> list[Path]:
     """Delete all but the newest `keep` checkpoints (keep <= 0 keeps everything)."""
     removed: list[Path] = []

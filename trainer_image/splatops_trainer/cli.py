@@ -194,8 +194,6 @@ def classify(exc: BaseException) -> tuple[contract.Reason, str]:
         return exc.reason, exc.message
     if is_oom(exc):
         return contract.Reason.OUT_OF_MEMORY, contract.MSG_OOM
-    if type(exc).__name__ == "TrainingDivergedError":  # train.py's; matched by name to stay decoupled
-        return contract.Reason.TRAINING_DIVERGED, str(exc)
     if isinstance(exc, Terminated):
         return contract.Reason.TERMINATED, str(exc)
     return contract.Reason.TRAINER_ERROR, f"{type(exc).__name__}: {exc}"
