@@ -318,12 +318,13 @@ def test_without_max_gaussians_densification_stops_where_the_gpu_memory_ends(
     free = int((est.total_bytes - est.gaussian_bytes + cap * per) / memory.AUTO_CAP_SHARE) + 1
     monkeypatch.setattr(train_mod, "_free_gpu_bytes", lambda device: free)
     trainer = train_mod._Trainer(cfg, scene, Recorder(), CPU)
-    limit = trainer.strategy.cap_max if strategy == "mcmc" else trainer.strategy.max_gaussians
+    gsplat_strategy = trainer.strategy.strategy
+    limit = gsplat_strategy.cap_max if strategy == "mcmc" else gsplat_strategy.max_gaussians
     assert limit == memory.auto_cap(trainer.memory_estimate, free) == cap
     outcome = trainer.run()
     assert int(scene.points.shape[0]) < outcome.num_gaussians <= cap
 
     capped = TrainerConfig(scene_dir=tmp_path, output_dir=tmp_path / "out2", max_steps=10, max_gaussians=5000,
                            strategy=strategy)  # type: ignore[arg-type]
-    own = train_mod._Trainer(capped, scene, Recorder(), CPU).strategy
+    own = train_mod._Trainer(capped, scene, Recorder(), CPU).strategy.strategy
     assert (own.cap_max if strategy == "mcmc" else own.max_gaussians) == 5000  # a set cap is never overridden
