@@ -21,7 +21,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from splatops import contract
 
@@ -29,6 +29,9 @@ from . import atomic, disk, outlock
 from .config import TrainerConfig
 from .errors import Terminated, TrainerError, invalid_options
 from .report import Reporter, write_error_log, write_termination_message
+
+if TYPE_CHECKING:  # train imports torch and gsplat: only once the input has passed its checks
+    from .train import TrainOutcome
 
 log = logging.getLogger("splatops_trainer")
 
@@ -233,8 +236,6 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
     data = scene_mod.load_scene(cfg, check)
     log.info("scene %s: %d train / %d test views, %d points", cfg.scene_id, len(data.train), len(data.test), len(data.points))
 
-    from .exports import listed, write_formats
-    from .ply import write_ply
     from .train import train
 
     reporter.start()
@@ -242,6 +243,15 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
         reporter.log(reconstruct.summary_line(sfm))
     with sigterm.deferred() if sigterm is not None else contextlib.nullcontext():
         outcome = train(cfg, data, reporter, device, should_stop=sigterm.requested if sigterm is not None else None)
+    return write_outputs(cfg, outcome, device, sfm, reporter)
+
+
+def write_outputs(cfg: TrainerConfig, outcome: TrainOutcome, device: Any, sfm: dict[str, Any] | None,
+                  reporter: Reporter) -> contract.Result:
+    """results.ply, the other formats and config.json from a finished training; its Result."""
+    from .exports import listed, write_formats
+    from .ply import write_ply
+
     out = cfg.out
     stats = write_ply(out / contract.RESULT_PLY, outcome.splats)
     if stats.dropped:
@@ -262,20 +272,12 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
         + (f" | dropped {stats.dropped} non-finite" if stats.dropped else "")
     )
     return contract.Result(
-        status=contract.STATUS_COMPLETE,
-        model_path=str(stats.path.resolve()),
-        model_size_mb=stats.size_mb,
-        num_gaussians=stats.written,
-        psnr=psnr,
-        ssim=ssim,
-        steps=outcome.steps,
-        duration_s=round(outcome.duration_s, 2),
-        config=config,
-        gpu_seconds=outcome.gpu_seconds,
+        status=contract.STATUS_COMPLETE, model_path=str(stats.path.resolve()), model_size_mb=stats.size_mb,
+        num_gaussians=stats.written, psnr=psnr, ssim=ssim, steps=outcome.steps,
+        duration_s=round(outcome.duration_s, 2), config=config, gpu_seconds=outcome.gpu_seconds,
         peak_gpu_memory_bytes=outcome.peak_gpu_memory_bytes,
         gpu_memory_estimate_bytes=outcome.memory_estimate.total_bytes if outcome.memory_estimate else None,
-        outputs=outputs,
-        reconstruction=sfm,
+        outputs=outputs, reconstruction=sfm,
     )
 
 
