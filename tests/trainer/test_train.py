@@ -167,7 +167,7 @@ def test_checkpoint_of_other_scene_content_is_not_resumed(
 def test_no_resume_starts_over(scene_dir: Path, scene: SceneData, tmp_path: Path) -> None:
     cfg = _cfg(scene_dir, tmp_path, max_steps=10)
     train(cfg, scene, Recorder(), CPU)
-    again = train(dataclasses.replace(cfg, resume=False), scene, Recorder(), CPU)
+    again = train(cfg.replace(resume=False), scene, Recorder(), CPU)
     assert again.resumed_from is None
 
 
