@@ -30,6 +30,11 @@ EARLIER_PLY = b"ply\nformat binary_little_endian 1.0\nelement vertex 0\nend_head
 # --- options -------------------------------------------------------------------------------------
 
 
+def _options(argv: list[str], env: dict[str, str]) -> TrainerConfig:
+    """What main() builds: flags over the given env vars."""
+    return TrainerConfig(**config.read_options(argv, env))
+
+
 @pytest.mark.parametrize(
     ("env", "field", "expected"),
     [
@@ -52,7 +57,7 @@ EARLIER_PLY = b"ply\nformat binary_little_endian 1.0\nelement vertex 0\nend_head
     ],
 )
 def test_env_maps_to_options(env: dict[str, str], field: str, expected: object) -> None:
-    cfg = cli.build_config([], {contract.ENV_SCENE_DIR: "/data/scene", **env})
+    cfg = _options([], {contract.ENV_SCENE_DIR: "/data/scene", **env})
     assert getattr(cfg, field) == expected
 
 
@@ -62,14 +67,14 @@ def test_every_field_has_a_flag_and_an_env_var(capsys: pytest.CaptureFixture[str
     assert env_names <= {config.env_var(n) for n in names}  # the operator's names all exist
     assert (config.flag("max_steps"), config.env_var("max_steps")) == ("--max-steps", contract.ENV_MAX_STEPS)
     with pytest.raises(SystemExit):
-        cli.build_config(["--help"], {})
+        _options(["--help"], {})
     shown = capsys.readouterr().out
     assert all(config.flag(n) in shown for n in names), shown
     values = {"max_steps": "7", "random_background": "true", "scene_id": "x", "formats": "ply"}
     for name in names:  # every option reaches its field from a flag (booleans as --name / --no-name)
         if name in values:
             args = [config.flag(name), values[name]] if name != "random_background" else [config.flag(name)]
-            assert getattr(cli.build_config(["--scene-dir", "/s", *args], {}), name) in (7, True, "x", "ply")
+            assert getattr(_options(["--scene-dir", "/s", *args], {}), name) in (7, True, "x", "ply")
 
 
 @pytest.mark.parametrize(
@@ -83,7 +88,7 @@ def test_every_field_has_a_flag_and_an_env_var(capsys: pytest.CaptureFixture[str
 )
 def test_bad_options_are_named(argv: list[str], env: dict[str, str], words: str) -> None:
     with pytest.raises(TrainerError, match=re.escape(words)) as err:
-        cli.build_config(["--scene-dir", "/s", *argv], env)
+        _options(["--scene-dir", "/s", *argv], env)
     assert err.value.reason is contract.Reason.INVALID_OPTIONS and err.value.message.startswith("Invalid options: ")
 
 
@@ -95,7 +100,7 @@ def test_built_in_code_reads_no_env_vars(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_flags_win_over_env() -> None:
     env = {contract.ENV_SCENE_DIR: "/env/scene", contract.ENV_MAX_STEPS: "10", "SPLATOPS_RESUME": "false"}
-    cfg = cli.build_config(["--scene-dir", "/flag/scene", "--max-steps", "20", "--resume"], env)
+    cfg = _options(["--scene-dir", "/flag/scene", "--max-steps", "20", "--resume"], env)
     assert (cfg.scene_dir, cfg.max_steps, cfg.resume) == (Path("/flag/scene"), 20, True)
 
 

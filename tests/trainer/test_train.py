@@ -129,7 +129,7 @@ def test_resume_skips_corrupt_newest_checkpoint(scene_dir: Path, scene: SceneDat
     resumed = train(cfg, scene, Recorder(), CPU)
     assert resumed.resumed_from == 10
     assert [s for s, _ in ck.list_checkpoints(ck.checkpoint_dir(cfg))] == [30, 20, 10]
-    assert ck.load_latest(cfg, cfg.resume_key(scene.fingerprint)).step == 30  # type: ignore[union-attr]
+    assert ck.find_resumable(cfg, cfg.resume_key(scene.fingerprint)).checkpoint.step == 30  # type: ignore[union-attr]
 
 
 @pytest.mark.slow

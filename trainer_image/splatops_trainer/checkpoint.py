@@ -154,8 +154,3 @@ def find_resumable(cfg: TrainerConfig, want: dict[str, object] | None = None) ->
             len(stale),
         )
     return Found(None, stale)
-
-
-def load_latest(cfg: TrainerConfig, want: dict[str, object] | None = None) -> Checkpoint | None:
-    """The newest readable checkpoint whose resume key matches (default: cfg's, no scene fingerprint)."""
-    return find_resumable(cfg, want).checkpoint

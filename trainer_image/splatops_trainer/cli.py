@@ -33,10 +33,6 @@ if TYPE_CHECKING:  # train imports torch and gsplat: only once the input has pas
 log = logging.getLogger("splatops_trainer")
 
 
-def build_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> TrainerConfig:
-    return TrainerConfig.from_options(argv, os.environ if env is None else env)
-
-
 # --- Running -------------------------------------------------------------------------------------
 
 

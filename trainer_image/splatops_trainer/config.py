@@ -1,10 +1,11 @@
 """The trainer's options: one typed settings model, filled from CLI flags and SPLATOPS_* env vars.
 
 Every field is an option: `--max-steps` / `SPLATOPS_MAX_STEPS`; flags win over env vars, an env var
-set empty (or blank) counts as unset. `TrainerConfig.from_options(argv, env)` reads both (the CLI
-calls it); `TrainerConfig(**values)` builds one in code from the values alone. Either way a bad
-value raises the exit-code-2 `TrainerError` InvalidOptions with every problem in words. Training
-reads it; config.json records it in full (plus scene_id and timestamp, as the original pipeline did).
+set empty (or blank) counts as unset. `read_options(argv, env)` reads both; the CLI passes them to
+`TrainerConfig(**values)`, which itself reads no env var (so code and tests build one from values
+alone). A bad value raises the exit-code-2 `TrainerError` InvalidOptions, every problem in words.
+Training reads it; config.json records it in full (plus scene_id and timestamp, as the original
+pipeline did).
 """
 
 from __future__ import annotations
@@ -78,11 +79,6 @@ class TrainerConfig(BaseSettings):
         cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, **_: PydanticBaseSettingsSource
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)  # flags and env vars are read by from_options only, never by accident
-
-    @classmethod
-    def from_options(cls, argv: Sequence[str] | None, env: Mapping[str, str]) -> TrainerConfig:
-        """Flags over SPLATOPS_* env vars over the defaults."""
-        return cls(**read_options(argv, env))
 
     @field_validator("scene_dir", mode="before")
     @classmethod

@@ -12,10 +12,14 @@ Two things gsplat 1.5.3 gets wrong that we do not inherit:
 
 Hyperparameters are the 3DGS reference's for 30k steps; the refine window scales in proportion
 for other lengths, the opacity-reset period does not (see `default_schedule`).
+
+The training loop drives either through a `StrategyAdapter` (`adapter(build_strategy(cfg))`):
+`DefaultAdapter` or `MCMCAdapter`, the latter taking mcmc_cpu.py's refinement for CPU tensors.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any
 
@@ -198,7 +202,7 @@ def build_strategy(cfg: TrainerConfig) -> DefaultStrategy | MCMCStrategy:
 # `packed`, MCMC the means' learning rate): one adapter each, so the loop has no branches.
 
 
-class StrategyAdapter:
+class StrategyAdapter(abc.ABC):
     """One densification strategy as the loop drives it: `before_backward`, `loss`, `after_step`."""
 
     def __init__(self, strategy: DefaultStrategy | MCMCStrategy) -> None:
@@ -209,12 +213,13 @@ class StrategyAdapter:
         """Whether the render must accumulate `means2d.absgrad` (the strategy reads it)."""
         return bool(getattr(self.strategy, "absgrad", False))
 
+    @abc.abstractmethod
     def initial_state(self, scene_scale: float) -> dict[str, Any]:
-        raise NotImplementedError
+        """The strategy's running state (checkpointed with the splats)."""
 
+    @abc.abstractmethod
     def cap(self, gaussians: int) -> None:
         """Stop densification at this many Gaussians."""
-        raise NotImplementedError
 
     def before_backward(self, splats: Any, optimizers: Any, state: dict[str, Any], step: int, info: dict[str, Any]) -> None:
         """Before `loss.backward()` (the default strategy keeps means2d's gradient)."""
@@ -223,10 +228,10 @@ class StrategyAdapter:
         """The photometric loss plus this strategy's own terms."""
         return loss
 
+    @abc.abstractmethod
     def after_step(self, splats: Any, optimizers: Any, state: dict[str, Any], step: int, info: dict[str, Any],
                    means_lr: float) -> None:
         """After the optimiser step: densify, prune, relocate, as the strategy's schedule says."""
-        raise NotImplementedError
 
 
 class DefaultAdapter(StrategyAdapter):
