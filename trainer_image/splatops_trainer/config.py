@@ -32,10 +32,10 @@ PROG = "splatops-train"
 
 
 class TrainerConfig(BaseSettings):
+    """Every option of a training run; the field's description is its `--help` line."""
+
     model_config = SettingsConfigDict(
-        env_prefix=contract.ENV_PREFIX, extra="forbid", cli_kebab_case=True, cli_implicit_flags=True,
-        cli_exit_on_error=False, cli_prog_name=PROG,
-        cli_use_class_docs_for_groups=False,
+        extra="forbid", cli_kebab_case=True, cli_implicit_flags=True, cli_exit_on_error=False, cli_prog_name=PROG,
     )
 
     scene_dir: Path = Field(description="The scene: images/ and a COLMAP model (sparse/0 or colmap/sparse_initial).")
