@@ -94,15 +94,15 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def profile_window(train_mod: object, steps: str, out: Path) -> None:
-    """Profile training steps A..B (counted by calls of the loss's SSIM, one per step): kernel
+def profile_window(losses_mod: object, steps: str, out: Path) -> None:
+    """Profile training steps A..B (counted by calls of the training loss, one per step): kernel
     times as JSON, for the kernel-family breakdown in gpu_compare.py."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
     start, stop = (int(x) for x in steps.split(":"))
-    real = train_mod.ssim_loss_term  # type: ignore[attr-defined]
+    real = losses_mod.photometric_loss  # type: ignore[attr-defined]
     state: dict[str, object] = {"step": 0, "prof": None}
 
     def counted(*a: object, **k: object) -> object:
@@ -122,7 +122,7 @@ def profile_window(train_mod: object, steps: str, out: Path) -> None:
         state["step"] = step + 1
         return real(*a, **k)
 
-    train_mod.ssim_loss_term = counted  # type: ignore[attr-defined]
+    losses_mod.photometric_loss = counted  # type: ignore[attr-defined]
 
 
 def main() -> int:
@@ -189,7 +189,9 @@ def main() -> int:
     if args.mem_fraction:
         torch.cuda.set_per_process_memory_fraction(args.mem_fraction)
     if args.profile_steps:
-        profile_window(train_mod, args.profile_steps, Path(args.profile_out))
+        from splatops_trainer import losses
+
+        profile_window(losses, args.profile_steps, Path(args.profile_out))
     from splatops_trainer import cli
 
     cli.train = recording_train  # type: ignore[attr-defined]

@@ -176,6 +176,15 @@ RECONSTRUCT_ALWAYS = "Always"
 RECONSTRUCT_NEVER = "Never"
 RECONSTRUCT_MODES = (RECONSTRUCT_IF_MISSING, RECONSTRUCT_ALWAYS, RECONSTRUCT_NEVER)
 
+# --- Training option bounds, shared by the resource's spec (splatops.api.models) and the trainer's
+# options (splatops_trainer.config), so neither accepts what the other refuses.
+DATA_FACTORS = (1, 2, 4, 8)  # image downscale factors
+STRATEGIES = ("default", "mcmc")  # densification strategies
+MIN_STEPS = 1
+MAX_STEPS = 1_000_000  # the spec's limit (the trainer itself takes any number from MIN_STEPS)
+MAX_SH_DEGREE = 4  # spherical-harmonics degrees 0..MAX_SH_DEGREE
+MAX_SEED = 2**31 - 1
+
 # --- Progress events (one JSON object per stdout line) -------------------------------------------
 
 EVENT_PROGRESS = "progress"

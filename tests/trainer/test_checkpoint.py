@@ -64,7 +64,7 @@ def test_failed_write_leaves_previous_checkpoint_intact(tmp_path: Path, monkeypa
     monkeypatch.undo()
     names = sorted(p.name for p in ck.checkpoint_dir(cfg).iterdir())
     assert names == ["ckpt_000010.pt"]
-    assert ck.load_latest(cfg).step == 10  # type: ignore[union-attr]
+    assert ck.find_resumable(cfg).checkpoint.step == 10  # type: ignore[union-attr]
 
 
 def test_corrupt_newest_falls_back_to_previous(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -73,7 +73,7 @@ def test_corrupt_newest_falls_back_to_previous(tmp_path: Path, caplog: pytest.Lo
         ck.save_checkpoint(cfg, _ckpt(cfg, s))
     newest = ck.checkpoint_path(cfg, 20)
     newest.write_bytes(newest.read_bytes()[:100])  # truncated, as after a crash outside our writer
-    loaded = ck.load_latest(cfg)
+    loaded = ck.find_resumable(cfg).checkpoint
     assert loaded is not None and loaded.step == 10
     assert torch.equal(loaded.splats["means"], torch.full((4, 3), 10.0))
     assert "skipping unreadable checkpoint" in caplog.text
@@ -90,9 +90,9 @@ TRAINING_CHANGES = [
 def test_incompatible_checkpoint_is_skipped(tmp_path: Path, change: dict, caplog: pytest.LogCaptureFixture) -> None:
     old = _cfg(tmp_path)
     ck.save_checkpoint(old, _ckpt(old, 10))
-    assert ck.load_latest(old) is not None
+    assert ck.find_resumable(old).checkpoint is not None
     caplog.set_level(logging.WARNING)
-    assert ck.load_latest(_cfg(tmp_path, **change)) is None
+    assert ck.find_resumable(_cfg(tmp_path, **change)).checkpoint is None
     (name,) = change
     assert f"{name} {getattr(old, name)} -> {change[name]}" in caplog.text
     assert "training starts fresh" in caplog.text
@@ -101,7 +101,7 @@ def test_incompatible_checkpoint_is_skipped(tmp_path: Path, change: dict, caplog
 def test_every_training_option_is_in_the_resume_key(tmp_path: Path) -> None:
     """A new TrainerConfig field is in the key unless listed as harmless: this list is the decision."""
     key = _cfg(tmp_path).resume_key("fp")
-    fields = {f.name for f in dataclasses.fields(TrainerConfig)}
+    fields = set(config_mod.option_names())
     assert set(key) == fields - config_mod.NOT_IN_RESUME_KEY | {"scene"}
     assert {c for change in TRAINING_CHANGES for c in change} == set(key) - {"scene"}
     assert config_mod.NOT_IN_RESUME_KEY == {
@@ -116,7 +116,7 @@ def test_every_training_option_is_in_the_resume_key(tmp_path: Path) -> None:
 def test_other_scene_content_is_not_resumed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = _cfg(tmp_path)
     ck.save_checkpoint(cfg, _ckpt(cfg, 10, scene="fingerprint-a"))
-    assert ck.load_latest(cfg, cfg.resume_key("fingerprint-a")) is not None
+    assert ck.find_resumable(cfg, cfg.resume_key("fingerprint-a")).checkpoint is not None
     found = ck.find_resumable(cfg, cfg.resume_key("fingerprint-b"))
     assert found.checkpoint is None and found.stale == [ck.checkpoint_path(cfg, 10)]
     assert "the scene's images or COLMAP model changed" in caplog.text
@@ -134,7 +134,7 @@ def test_unusable_checkpoints_are_retired_only_after_a_new_one_is_written(tmp_pa
     assert ck.checkpoint_path(cfg, 30).exists()  # nothing is deleted before the new run has its own
     ck.save_checkpoint(cfg, _ckpt(cfg, 10, scene="new"), found.stale)
     assert [s for s, _ in ck.list_checkpoints(ck.checkpoint_dir(cfg))] == [10]
-    assert ck.load_latest(cfg, cfg.resume_key("new")).step == 10  # type: ignore[union-attr]
+    assert ck.find_resumable(cfg, cfg.resume_key("new")).checkpoint.step == 10  # type: ignore[union-attr]
 
 
 def test_retiring_never_deletes_the_checkpoint_just_written(tmp_path: Path) -> None:
@@ -144,7 +144,7 @@ def test_retiring_never_deletes_the_checkpoint_just_written(tmp_path: Path) -> N
     found = ck.find_resumable(cfg)
     assert found.stale == [ck.checkpoint_path(cfg, 20)]
     ck.save_checkpoint(cfg, _ckpt(cfg, 20), found.stale)  # the same step replaces the corrupt file
-    assert ck.load_latest(cfg).step == 20  # type: ignore[union-attr]
+    assert ck.find_resumable(cfg).checkpoint.step == 20  # type: ignore[union-attr]
 
 
 # --- safe loading ----------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_a_real_training_checkpoint_loads_with_weights_only(tmp_path: Path) -> N
     # ... and restores every generator exactly
     expect = (torch.rand(3), random.random(), np.random.rand())
     torch.manual_seed(0), random.seed(0), np.random.seed(0)
-    train_mod._set_rng_state(ck.load_latest(cfg).rng, torch.device("cpu"))  # type: ignore[union-attr]
+    train_mod._set_rng_state(ck.find_resumable(cfg).checkpoint.rng, torch.device("cpu"))  # type: ignore[union-attr]
     got = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(got[0], expect[0]) and got[1:] == expect[1:]
 
@@ -173,7 +173,7 @@ def test_a_checkpoint_from_before_the_epoch_view_order_still_resumes(tmp_path: P
     ck.save_checkpoint(cfg, dataclasses.replace(_ckpt(cfg, 10), rng=rng))
     expect = torch.rand(3)
     torch.manual_seed(0)
-    train_mod._set_rng_state(ck.load_latest(cfg).rng, torch.device("cpu"))  # type: ignore[union-attr]
+    train_mod._set_rng_state(ck.find_resumable(cfg).checkpoint.rng, torch.device("cpu"))  # type: ignore[union-attr]
     assert torch.equal(torch.rand(3), expect)
 
 
@@ -192,7 +192,7 @@ def test_a_pickle_payload_is_never_executed(tmp_path: Path, caplog: pytest.LogCa
     payload = {**_ckpt(cfg, 20).to_payload(), "extra": {"x": _Exploit(marker)}}
     with open(ck.checkpoint_path(cfg, 20), "wb") as fh:
         torch.save(payload, fh)
-    loaded = ck.load_latest(cfg)
+    loaded = ck.find_resumable(cfg).checkpoint
     assert not marker.exists()
     assert loaded is not None and loaded.step == 10  # skipped with a warning, never a crash
     assert "skipping unreadable checkpoint" in caplog.text and "ckpt_000020.pt" in caplog.text
@@ -206,26 +206,30 @@ def test_an_old_format_checkpoint_is_ignored(tmp_path: Path, caplog: pytest.LogC
     ck.checkpoint_dir(cfg).mkdir(parents=True)
     with open(ck.checkpoint_path(cfg, 10), "wb") as fh:
         torch.save(old, fh)
-    assert ck.load_latest(cfg) is None
+    assert ck.find_resumable(cfg).checkpoint is None
     assert "skipping unreadable checkpoint" in caplog.text
 
 
 def test_options_outside_resume_key_may_change(tmp_path: Path) -> None:
     old = _cfg(tmp_path)
     ck.save_checkpoint(old, _ckpt(old, 10))
-    assert ck.load_latest(_cfg(tmp_path, progress_every=7, eval_every=3)) is not None
+    assert ck.find_resumable(_cfg(tmp_path, progress_every=7, eval_every=3)).checkpoint is not None
 
 
 def test_no_directory_means_no_checkpoint(tmp_path: Path) -> None:
-    assert ck.load_latest(_cfg(tmp_path)) is None
+    assert ck.find_resumable(_cfg(tmp_path)).checkpoint is None
 
 
 def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
+    """A checkpoint write cut short leaves atomic_open's temp name, which the start-up cleanup
+    (atomic.remove_stale_temps over the output directory, cli.run) removes."""
+    from splatops_trainer import atomic
+
     cfg = _cfg(tmp_path)
     ck.save_checkpoint(cfg, _ckpt(cfg, 10))
-    stale = ck.checkpoint_dir(cfg) / ".ckpt_000020.pt.abc.tmp"
+    stale = ck.checkpoint_dir(cfg) / ".ckpt_000020.pt.abcd1234.tmp"
     stale.write_bytes(b"half")
-    ck.remove_stale_temps(cfg)
+    assert atomic.remove_stale_temps(cfg.out) == [stale]
     assert not stale.exists()
     assert ck.checkpoint_path(cfg, 10).exists()
     assert os.listdir(ck.checkpoint_dir(cfg)) == ["ckpt_000010.pt"]

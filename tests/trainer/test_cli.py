@@ -19,14 +19,20 @@ import pytest
 import torch
 
 from splatops import contract
-from splatops_trainer import cli, ply
+from splatops_trainer import cli, config, ply
 from splatops_trainer.config import TrainerConfig
-from splatops_trainer.errors import Terminated
+from splatops_trainer.errors import Terminated, TrainerError
+from splatops_trainer.train import TrainingDivergedError
 
 EARLIER_PLY = b"ply\nformat binary_little_endian 1.0\nelement vertex 0\nend_header\n-- an earlier result --"
 
 
 # --- options -------------------------------------------------------------------------------------
+
+
+def _options(argv: list[str], env: dict[str, str]) -> TrainerConfig:
+    """What main() builds: flags over the given env vars."""
+    return TrainerConfig(**config.read_options(argv, env))
 
 
 @pytest.mark.parametrize(
@@ -51,21 +57,50 @@ EARLIER_PLY = b"ply\nformat binary_little_endian 1.0\nelement vertex 0\nend_head
     ],
 )
 def test_env_maps_to_options(env: dict[str, str], field: str, expected: object) -> None:
-    cfg = cli.build_config([], {contract.ENV_SCENE_DIR: "/data/scene", **env})
+    cfg = _options([], {contract.ENV_SCENE_DIR: "/data/scene", **env})
     assert getattr(cfg, field) == expected
 
 
-def test_every_field_has_a_flag_and_an_env_var() -> None:
-    opts = {o.name: o for o in cli.options()}
-    assert set(opts) == {f.name for f in dataclasses.fields(TrainerConfig)}
+def test_every_field_has_a_flag_and_an_env_var(capsys: pytest.CaptureFixture[str]) -> None:
+    names = config.option_names()
     env_names = {v for k, v in vars(contract).items() if k.startswith("ENV_") and k != "ENV_PREFIX"}
-    assert env_names <= {o.env for o in opts.values()}  # the operator's names all exist
-    assert opts["max_steps"].flag == "--max-steps" and opts["max_steps"].env == contract.ENV_MAX_STEPS
+    assert env_names <= {config.env_var(n) for n in names}  # the operator's names all exist
+    assert (config.flag("max_steps"), config.env_var("max_steps")) == ("--max-steps", contract.ENV_MAX_STEPS)
+    with pytest.raises(SystemExit):
+        _options(["--help"], {})
+    shown = capsys.readouterr().out
+    assert all(config.flag(n) in shown for n in names), shown
+    values = {"max_steps": "7", "random_background": "true", "scene_id": "x", "formats": "ply"}
+    for name in names:  # every option reaches its field from a flag (booleans as --name / --no-name)
+        if name in values:
+            args = [config.flag(name), values[name]] if name != "random_background" else [config.flag(name)]
+            assert getattr(_options(["--scene-dir", "/s", *args], {}), name) in (7, True, "x", "ply")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "words"),
+    [
+        (["--strategy", "fast"], {}, "strategy: Input should be 'default' or 'mcmc', got 'fast' from --strategy (or SPLATOPS_STRATEGY)"),
+        ([], {contract.ENV_SEED: "x"}, "seed: Input should be a valid integer"),
+        (["--max-steps", "0", "--sh-degree", "5"], {}, "max_steps must be at least 1, got 0; sh_degree must be between 0 and 4"),
+        (["--bogus"], {}, "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_options_are_named(argv: list[str], env: dict[str, str], words: str) -> None:
+    with pytest.raises(TrainerError, match=re.escape(words)) as err:
+        _options(["--scene-dir", "/s", *argv], env)
+    assert err.value.reason is contract.Reason.INVALID_OPTIONS and err.value.message.startswith("Invalid options: ")
+
+
+def test_built_in_code_reads_no_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(contract.ENV_MAX_STEPS, "5")
+    assert TrainerConfig(scene_dir=Path("/s")).max_steps == 30_000
+    assert TrainerConfig(scene_dir=Path("/s")).replace(max_steps=9).max_steps == 9
 
 
 def test_flags_win_over_env() -> None:
     env = {contract.ENV_SCENE_DIR: "/env/scene", contract.ENV_MAX_STEPS: "10", "SPLATOPS_RESUME": "false"}
-    cfg = cli.build_config(["--scene-dir", "/flag/scene", "--max-steps", "20", "--resume"], env)
+    cfg = _options(["--scene-dir", "/flag/scene", "--max-steps", "20", "--resume"], env)
     assert (cfg.scene_dir, cfg.max_steps, cfg.resume) == (Path("/flag/scene"), 20, True)
 
 
@@ -159,8 +194,8 @@ BAD = [
     ("corrupt_model", _corrupt_model, [], contract.Reason.INVALID_MODEL, "could not be read"),
     ("data_factor", None, ["--data-factor", "3"], contract.Reason.INVALID_OPTIONS, "data_factor must be one of 1, 2, 4, 8"),
     ("max_steps", None, ["--max-steps", "0"], contract.Reason.INVALID_OPTIONS, "max_steps must be at least 1"),
-    ("strategy", None, ["--strategy", "fast"], contract.Reason.INVALID_OPTIONS, "invalid choice: 'fast'"),
-    ("not_a_number", None, ["--seed", "abc"], contract.Reason.INVALID_OPTIONS, "invalid int value"),
+    ("strategy", None, ["--strategy", "fast"], contract.Reason.INVALID_OPTIONS, "Input should be 'default' or 'mcmc', got 'fast' from --strategy"),
+    ("not_a_number", None, ["--seed", "abc"], contract.Reason.INVALID_OPTIONS, "seed: Input should be a valid integer"),
 ]
 
 
@@ -271,13 +306,6 @@ def test_stale_temp_files_are_removed_at_start(scene: Path, monkeypatch: pytest.
     assert (out / contract.RESULT_PLY).read_bytes() == EARLIER_PLY
 
 
-class _Diverged(RuntimeError):
-    pass
-
-
-_Diverged.__name__ = "TrainingDivergedError"
-
-
 def _raise(exc: BaseException):
     def fake_train(cfg, scene, hooks, device, **_):
         hooks.on_progress(contract.Progress(step=1, max_steps=cfg.max_steps, loss=0.5))
@@ -299,7 +327,7 @@ def _sigterm(cfg, scene, hooks, device, should_stop):
 RUNTIME_FAILURES = [
     ("oom", _raise(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")), 3, contract.Reason.OUT_OF_MEMORY, contract.MSG_OOM),
     ("oom_runtime", _raise(RuntimeError("CUDA error: out of memory")), 3, contract.Reason.OUT_OF_MEMORY, contract.MSG_OOM),
-    ("diverged", _raise(_Diverged("Training diverged: the loss became nan")), 1, contract.Reason.TRAINING_DIVERGED, "Training diverged"),
+    ("diverged", _raise(TrainingDivergedError("Training diverged: the loss became nan")), 1, contract.Reason.TRAINING_DIVERGED, "Training diverged"),
     ("bug", _raise(KeyError("means")), 1, contract.Reason.TRAINER_ERROR, "KeyError: 'means'"),
     ("sigterm", _sigterm, 143, contract.Reason.TERMINATED, "terminated by SIGTERM (node drain or preemption); resumes from step 7"),
 ]
@@ -455,3 +483,28 @@ def test_changed_scene_is_trained_fresh_not_resumed(
     assert (out / contract.RESULT_PLY).read_bytes() != model_a
     assert [p.name for p in (out / contract.CHECKPOINTS_DIR).iterdir()] == ["ckpt_000020.pt"]
     assert (out / contract.TRAINING_LOG).read_text().count("Training started") == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "refused", "accepted"),
+    [("data_factor", [0, 3, 16], list(contract.DATA_FACTORS)), ("max_steps", [0, -1], [1, 1_000_000]),
+     ("sh_degree", [-1, 5], [0, 4]), ("strategy", ["fast"], list(contract.STRATEGIES))],
+)
+def test_the_trainer_and_the_spec_share_their_bounds(field: str, refused: list, accepted: list) -> None:
+    """What the resource's spec refuses, the trainer's options refuse too, from the same constants
+    (splatops.contract): nobody can start a training the other side would turn down."""
+    from pydantic import ValidationError
+
+    from splatops.api.models import Spec
+
+    def spec(value: object) -> None:
+        Spec.model_validate({"scene": {"claimName": "c", "path": "p"}, field: value})
+
+    for value in refused:
+        with pytest.raises(ValidationError):
+            spec(value)
+        with pytest.raises(TrainerError, match=field):
+            TrainerConfig(scene_dir=Path("/s"), **{field: value})
+    for value in accepted:
+        spec(value)
+        assert getattr(TrainerConfig(scene_dir=Path("/s"), **{field: value}), field) == value

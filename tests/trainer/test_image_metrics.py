@@ -1,4 +1,5 @@
-"""SSIM / PSNR (splatops_trainer.image_metrics): identities, known values, an independent reference."""
+"""SSIM (splatops_trainer.losses, the loss's and evaluation's) and PSNR (image_metrics): identities,
+known values, an independent reference."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from splatops_trainer.image_metrics import psnr, ssim
+from splatops_trainer.image_metrics import psnr
+from splatops_trainer.losses import ssim
 
 
 def _reference_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -43,6 +45,21 @@ def test_ssim_matches_a_direct_2d_window_reference(noise):
     y = (x + noise * torch.randn(x.shape, generator=gen)).clamp(0, 1)
     assert ssim(x, y).item() == pytest.approx(_reference_ssim(x, y).item(), abs=1e-5)
     assert ssim(x, y).item() == pytest.approx(ssim(y, x).item(), abs=1e-6)  # symmetric
+
+
+@pytest.mark.parametrize(("h", "w", "seed"), [(30, 40, 0), (37, 129, 1), (5, 9, 2), (64, 64, 3)])
+def test_banded_ssim_and_its_gradient_match_the_reference(h: int, w: int, seed: int) -> None:
+    """The block-banded blur across block edges (129 > 2 x 64 columns) and for images smaller than
+    the window, forward and backward."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(2, h, w, 3, generator=g, requires_grad=True)
+    b = (a.detach() + 0.1 * torch.randn(2, h, w, 3, generator=g)).clamp(0, 1)
+    a64 = a.detach().double().requires_grad_()
+    ours, ref = ssim(a, b), _reference_ssim(a64, b)
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-6)
+    (ga,) = torch.autograd.grad(ours, a)
+    (gr,) = torch.autograd.grad(ref, a64)
+    torch.testing.assert_close(ga.double(), gr, rtol=1e-3, atol=1e-8)
 
 
 def test_ssim_decreases_with_noise_and_has_finite_gradients():

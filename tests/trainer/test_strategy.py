@@ -177,7 +177,7 @@ def test_relocation_torch_matches_reference_formula(seed: int) -> None:
 
     from gsplat.strategy import MCMCStrategy as M
 
-    from splatops_trainer.strategy import relocation_torch
+    from splatops_trainer.mcmc_cpu import relocation_torch
 
     g = torch.Generator().manual_seed(seed)
     n = 20
@@ -196,3 +196,60 @@ def test_relocation_torch_matches_reference_formula(seed: int) -> None:
         )
         assert float(new_o[j]) == pytest.approx(no, rel=1e-5)
         torch.testing.assert_close(new_s[j], scales[j] * (o / denom), rtol=1e-4, atol=1e-6)
+
+
+def test_importing_the_trainer_patches_nothing_in_gsplat() -> None:
+    """The CPU MCMC path is chosen by the adapter, not by rewriting gsplat's ops at import."""
+    from gsplat.strategy import ops
+
+    import splatops_trainer.strategy  # noqa: F401
+    import splatops_trainer.train  # noqa: F401
+
+    assert not hasattr(ops.compute_relocation, "__wrapped__")
+    assert ops.compute_relocation.__module__ == "gsplat.relocation"
+    assert ops.quat_scale_to_covar_preci.__module__.startswith("gsplat.cuda")
+
+
+def _mcmc_run(post_backward, steps: range) -> tuple[dict[str, torch.Tensor], dict]:
+    torch.manual_seed(7)
+    g = torch.Generator().manual_seed(3)
+    n = 60
+    ps = torch.nn.ParameterDict({
+        "means": torch.nn.Parameter(torch.randn(n, 3, generator=g)),
+        "scales": torch.nn.Parameter(torch.rand(n, 3, generator=g) - 3.0),
+        "quats": torch.nn.Parameter(torch.randn(n, 4, generator=g)),
+        "opacities": torch.nn.Parameter(torch.randn(n, generator=g) * 4.0),  # some below min_opacity
+        "sh0": torch.nn.Parameter(torch.rand(n, 1, 3, generator=g)),
+        "shN": torch.nn.Parameter(torch.zeros(n, 3, 3)),
+    })
+    opts = make_optimizers(ps, scene_scale=1.0)
+    strategy = MCMCStrategy(cap_max=75, refine_start_iter=1, refine_stop_iter=50, refine_every=2)
+    state = strategy.initialize_state()
+    for step in steps:
+        sum((v * v).sum() for v in ps.values()).backward()
+        for o in opts.values():
+            o.step()
+            o.zero_grad(set_to_none=True)
+        post_backward(strategy, ps, opts, state, step)
+    return {k: v.detach().clone() for k, v in ps.items()}, {k: o.state_dict() for k, o in opts.items()}
+
+
+def test_cpu_mcmc_refinement_is_gsplats_with_torch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mcmc_cpu.step_post_backward draws and moves exactly what gsplat's MCMCStrategy does when its
+    two CUDA kernels are swapped (in this test only) for their PyTorch equivalents."""
+    from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
+    from gsplat.strategy import ops
+
+    from splatops_trainer import mcmc_cpu
+
+    steps = range(0, 9)  # refines at 2, 4, 6, 8: relocation and growth; noise every step
+    ours, our_opts = _mcmc_run(lambda s, p, o, st, step: mcmc_cpu.step_post_backward(s, p, o, st, step, lr=1e-3), steps)
+    monkeypatch.setattr(ops, "compute_relocation", mcmc_cpu.relocation_torch)
+    monkeypatch.setattr(ops, "quat_scale_to_covar_preci", _quat_scale_to_covar_preci)
+    ref, ref_opts = _mcmc_run(lambda s, p, o, st, step: s.step_post_backward(p, o, st, step, {}, lr=1e-3), steps)
+    assert ours["means"].shape[0] == ref["means"].shape[0] == 72  # 60, then 5% more at each refine
+    for k in ref:
+        torch.testing.assert_close(ours[k], ref[k], rtol=0, atol=0, msg=k)
+    for k in ref_opts:
+        for key, v in ref_opts[k]["state"][0].items():
+            torch.testing.assert_close(our_opts[k]["state"][0][key], v, rtol=0, atol=0)

@@ -85,14 +85,6 @@ def save_checkpoint(cfg: TrainerConfig, ckpt: Checkpoint, retire: list[Path] | t
     return final
 
 
-def remove_stale_temps(cfg: TrainerConfig) -> None:
-    """Drop temp files a killed writer left behind (never a finished checkpoint)."""
-    directory = checkpoint_dir(cfg)
-    if directory.is_dir():
-        for p in directory.glob(".ckpt_*.tmp"):
-            p.unlink(missing_ok=True)
-
-
 def rotate(directory: Path, keep: int) -> list[Path]:
     """Delete all but the newest `keep` checkpoints (keep <= 0 keeps everything)."""
     removed: list[Path] = []
@@ -162,8 +154,3 @@ def find_resumable(cfg: TrainerConfig, want: dict[str, object] | None = None) ->
             len(stale),
         )
     return Found(None, stale)
-
-
-def load_latest(cfg: TrainerConfig, want: dict[str, object] | None = None) -> Checkpoint | None:
-    """The newest readable checkpoint whose resume key matches (default: cfg's, no scene fingerprint)."""
-    return find_resumable(cfg, want).checkpoint

@@ -1,14 +1,13 @@
 """`splatops-train`: validate, load, train, write results.ply + config.json + the termination message.
 
 Every TrainerConfig field is an option, as a flag (`--max-steps`) and as an environment variable
-(`SPLATOPS_MAX_STEPS`); flags win. Exit codes follow `contract.ExitCode`: 2 for bad input (decided
-before the GPU is touched), 3 for CUDA out of memory, 1 for anything else. An earlier results.ply
+(`SPLATOPS_MAX_STEPS`); flags win (config.py). Exit codes follow `contract.ExitCode`: 2 for bad
+input (decided before the GPU is touched), 3 for CUDA out of memory, 1 for anything else. An earlier results.ply
 is only ever replaced atomically by a new complete one, never deleted or truncated on failure.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -17,148 +16,21 @@ import os
 import signal
 import sys
 import time
-import types
-import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from splatops import contract
 
-from . import atomic, disk, outlock
+from . import atomic, config, disk, outlock
 from .config import TrainerConfig
-from .errors import Terminated, TrainerError, invalid_options
+from .errors import Terminated, TrainerError
 from .report import Reporter, write_error_log, write_termination_message
 
+if TYPE_CHECKING:  # train imports torch and gsplat: only once the input has passed its checks
+    from .train import TrainOutcome
+
 log = logging.getLogger("splatops_trainer")
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-# --- Options -------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Option:
-    name: str  # dataclass field
-    convert: Callable[[str], Any]
-    choices: tuple[str, ...] | None
-    is_bool: bool
-    optional: bool
-    required: bool
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    @property
-    def env(self) -> str:
-        return contract.ENV_PREFIX + self.name.upper()
-
-
-def _parse_bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise ValueError(f"expected true/false, got {text!r}")
-
-
-def options() -> list[Option]:
-    """One Option per TrainerConfig field, derived from its type (so new fields need no CLI code)."""
-    hints = typing.get_type_hints(TrainerConfig)
-    result = []
-    for field in dataclasses.fields(TrainerConfig):
-        tp, optional = hints[field.name], False
-        args = typing.get_args(tp)
-        if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-            optional = type(None) in args
-            (tp,) = [a for a in args if a is not type(None)]
-        choices = None
-        if typing.get_origin(tp) is typing.Literal:
-            choices = tuple(str(a) for a in typing.get_args(tp))
-            convert: Callable[[str], Any] = str
-        elif tp is bool:
-            convert = _parse_bool
-        elif tp in (int, float, str, Path):
-            convert = tp
-        else:  # a field type this generic builder does not know: fail loudly in tests
-            raise TypeError(f"TrainerConfig.{field.name}: unsupported option type {tp!r}")
-        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        result.append(Option(field.name, convert, choices, tp is bool, optional, required))
-    return result
-
-
-_EMPTY = object()  # an empty value given to a required flag
-
-
-def _required(convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    """argparse type for a required option: an empty value is missing, not converted."""
-
-    def parse(text: str) -> Any:
-        return _EMPTY if text.strip() == "" else convert(text)
-
-    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names it in "invalid X value"
-    return parse
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:  # exit code 2 with our reporting, not argparse's
-        raise invalid_options(f"Invalid options: {message}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="splatops-train",
-        description="Train a 3D Gaussian Splatting model (gsplat) from a COLMAP scene. Every option "
-        f"can also be set as an environment variable {contract.ENV_PREFIX}<OPTION> (flags win).",
-    )
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainerConfig)}
-    for opt in options():
-        default = defaults[opt.name]
-        shown = "required" if opt.required else f"default {default}" if default is not None else "default: derived"
-        help_text = f"{shown}; env {opt.env}"
-        if opt.is_bool:
-            parser.add_argument(opt.flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            parser.add_argument(
-                opt.flag, type=_required(opt.convert) if opt.required else opt.convert, choices=opt.choices,
-                default=None, help=help_text,
-                metavar=None if opt.choices else opt.name.upper(),
-            )
-    return parser
-
-
-def resolve_options(argv: Sequence[str] | None, env: Mapping[str, str]) -> dict[str, Any]:
-    """Flags, then SPLATOPS_* env vars, then the dataclass defaults (left out here)."""
-    ns = vars(build_parser().parse_args(argv))
-    values: dict[str, Any] = {}
-    for opt in options():
-        if ns.get(opt.name) is _EMPTY:  # `--scene-dir ''`: not Path('') == Path('.'), the cwd
-            raise invalid_options(f"Invalid options: {opt.flag} (or {opt.env}) is required")
-        if ns.get(opt.name) is not None:
-            values[opt.name] = ns[opt.name]
-            continue
-        raw = env.get(opt.env)
-        if raw is None or raw.strip() == "":
-            continue  # unset, or set empty by a template: the default (a required option stays missing)
-        try:
-            value = opt.convert(raw)
-        except (TypeError, ValueError) as exc:
-            raise invalid_options(f"Invalid options: {opt.env}={raw!r}: {exc}") from exc
-        if opt.choices is not None and str(value) not in opt.choices:
-            raise invalid_options(f"Invalid options: {opt.env}={raw!r}: choose from {', '.join(opt.choices)}")
-        values[opt.name] = value
-    for opt in options():
-        if opt.required and opt.name not in values:
-            raise invalid_options(f"Invalid options: {opt.flag} (or {opt.env}) is required")
-    return values
-
-
-def build_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> TrainerConfig:
-    return TrainerConfig(**resolve_options(argv, os.environ if env is None else env))
 
 
 # --- Running -------------------------------------------------------------------------------------
@@ -194,8 +66,6 @@ def classify(exc: BaseException) -> tuple[contract.Reason, str]:
         return exc.reason, exc.message
     if is_oom(exc):
         return contract.Reason.OUT_OF_MEMORY, contract.MSG_OOM
-    if type(exc).__name__ == "TrainingDivergedError":  # train.py's; matched by name to stay decoupled
-        return contract.Reason.TRAINING_DIVERGED, str(exc)
     if isinstance(exc, Terminated):
         return contract.Reason.TERMINATED, str(exc)
     return contract.Reason.TRAINER_ERROR, f"{type(exc).__name__}: {exc}"
@@ -235,8 +105,6 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
     data = scene_mod.load_scene(cfg, check)
     log.info("scene %s: %d train / %d test views, %d points", cfg.scene_id, len(data.train), len(data.test), len(data.points))
 
-    from .exports import listed, write_formats
-    from .ply import write_ply
     from .train import train
 
     reporter.start()
@@ -244,6 +112,15 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
         reporter.log(reconstruct.summary_line(sfm))
     with sigterm.deferred() if sigterm is not None else contextlib.nullcontext():
         outcome = train(cfg, data, reporter, device, should_stop=sigterm.requested if sigterm is not None else None)
+    return write_outputs(cfg, outcome, device, sfm, reporter)
+
+
+def write_outputs(cfg: TrainerConfig, outcome: TrainOutcome, device: Any, sfm: dict[str, Any] | None,
+                  reporter: Reporter) -> contract.Result:
+    """results.ply, the other formats and config.json from a finished training; its Result."""
+    from .exports import listed, write_formats
+    from .ply import write_ply
+
     out = cfg.out
     stats = write_ply(out / contract.RESULT_PLY, outcome.splats)
     if stats.dropped:
@@ -264,20 +141,12 @@ def run(cfg: TrainerConfig, reporter: Reporter, sigterm: SigtermHandler | None =
         + (f" | dropped {stats.dropped} non-finite" if stats.dropped else "")
     )
     return contract.Result(
-        status=contract.STATUS_COMPLETE,
-        model_path=str(stats.path.resolve()),
-        model_size_mb=stats.size_mb,
-        num_gaussians=stats.written,
-        psnr=psnr,
-        ssim=ssim,
-        steps=outcome.steps,
-        duration_s=round(outcome.duration_s, 2),
-        config=config,
-        gpu_seconds=outcome.gpu_seconds,
+        status=contract.STATUS_COMPLETE, model_path=str(stats.path.resolve()), model_size_mb=stats.size_mb,
+        num_gaussians=stats.written, psnr=psnr, ssim=ssim, steps=outcome.steps,
+        duration_s=round(outcome.duration_s, 2), config=config, gpu_seconds=outcome.gpu_seconds,
         peak_gpu_memory_bytes=outcome.peak_gpu_memory_bytes,
         gpu_memory_estimate_bytes=outcome.memory_estimate.total_bytes if outcome.memory_estimate else None,
-        outputs=outputs,
-        reconstruction=sfm,
+        outputs=outputs, reconstruction=sfm,
     )
 
 
@@ -388,22 +257,16 @@ class _Fallback:
     termination_log: Path
     out_dir: Path | None  # the scene's output directory, if the scene directory exists
 
-
-def _fallback(argv: Sequence[str] | None, env: Mapping[str, str]) -> _Fallback:
-    pre = _Parser(add_help=False)
-    for name in ("scene_dir", "output_dir", "termination_log"):
-        pre.add_argument("--" + name.replace("_", "-"))
-    try:
-        ns = pre.parse_known_args(argv)[0]
-    except TrainerError:  # e.g. `--scene-dir` without a value: fall back to the environment
-        ns = argparse.Namespace(scene_dir=None, output_dir=None, termination_log=None)
-    get = lambda name: getattr(ns, name) or env.get(contract.ENV_PREFIX + name.upper()) or None  # noqa: E731
-    scene_dir = get("scene_dir")
-    out = get("output_dir") or (Path(scene_dir) / contract.OUTPUT_DIR if scene_dir else None)
-    return _Fallback(
-        termination_log=Path(get("termination_log") or contract.TERMINATION_LOG),
-        out_dir=Path(out) if out and scene_dir and Path(scene_dir).is_dir() else None,
-    )
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> _Fallback:
+        """From the options as given (flags over env vars), unchecked."""
+        get = lambda name: str(raw[name]).strip() if raw.get(name) is not None and str(raw[name]).strip() else None  # noqa: E731
+        scene_dir = get("scene_dir")
+        out = get("output_dir") or (Path(scene_dir) / contract.OUTPUT_DIR if scene_dir else None)
+        return cls(
+            termination_log=Path(get("termination_log") or contract.TERMINATION_LOG),
+            out_dir=Path(out) if out and scene_dir and Path(scene_dir).is_dir() else None,
+        )
 
 
 def _fail(cfg: TrainerConfig | None, fallback: _Fallback, exc: BaseException, reporter: Reporter | None,
@@ -436,6 +299,7 @@ def _fail(cfg: TrainerConfig | None, fallback: _Fallback, exc: BaseException, re
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg: TrainerConfig | None = None
+    raw: dict[str, Any] = {}
     reporter: Reporter | None = None
     lock: outlock.OutputLock | None = None
     # Signal handlers can only be installed from the main thread (tests may call main() elsewhere).
@@ -444,7 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_native_libraries()  # first: pycolmap's glog would replace a handler installed before
         if sigterm is not None:
             sigterm.install()
-        cfg = build_config(argv)
+        raw = config.env_options(os.environ)  # what the failure report falls back on if the flags are bad
+        raw = config.read_options(argv, os.environ)
+        cfg = TrainerConfig(**raw)
         reporter = Reporter(cfg)
         if cfg.scene_dir.is_dir() or cfg.scene_source:  # else the scene check fails; no directory for a wrong path
             # Before anything in the output directory is written; held until the process ends.
@@ -456,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_termination_message(cfg.termination_log, result)
         return int(contract.ExitCode.COMPLETE)
     except (Exception, Terminated) as exc:  # noqa: BLE001 - every failure is reported, then exits non-zero
-        return _fail(cfg, _fallback(argv, os.environ), exc, reporter, lock)
+        return _fail(cfg, _Fallback.of(raw), exc, reporter, lock)
     finally:
         if reporter is not None:
             reporter.close()

@@ -44,13 +44,7 @@ def default_backend(device: torch.device | str) -> Backend:
 
 
 def rasterize(
-    means: Tensor,
-    quats: Tensor,
-    scales: Tensor,
-    opacities: Tensor,
-    colors: Tensor,
-    viewmats: Tensor,
-    Ks: Tensor,
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, viewmats: Tensor, Ks: Tensor,
     width: int,
     height: int,
     *,
@@ -92,23 +86,9 @@ def rasterize(
         from gsplat import rasterization  # lazy: loads (or JIT-builds) the CUDA extension
 
         return rasterization(
-            means=means,
-            quats=quats,
-            scales=scales,
-            opacities=opacities,
-            colors=colors,
-            viewmats=viewmats,
-            Ks=Ks,
-            width=width,
-            height=height,
-            near_plane=near_plane,
-            far_plane=far_plane,
-            eps2d=eps2d,
-            sh_degree=sh_degree,
-            packed=packed,
-            tile_size=tile_size,
-            backgrounds=backgrounds,
-            absgrad=absgrad,
+            means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats, Ks=Ks,
+            width=width, height=height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
+            sh_degree=sh_degree, packed=packed, tile_size=tile_size, backgrounds=backgrounds, absgrad=absgrad,
             rasterize_mode=rasterize_mode,
         )
     if backend != "cpu":
@@ -165,13 +145,7 @@ def _check_inputs(
 
 
 def _rasterize_cpu(
-    means: Tensor,
-    quats: Tensor,
-    scales: Tensor,
-    opacities: Tensor,
-    colors: Tensor,
-    viewmats: Tensor,
-    Ks: Tensor,
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, viewmats: Tensor, Ks: Tensor,
     width: int,
     height: int,
     *,
@@ -185,55 +159,33 @@ def _rasterize_cpu(
     tile_size: int,
     rasterize_mode: str,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    from gsplat.cuda._torch_impl import (  # pure PyTorch: never touches the CUDA extension
-        _fully_fused_projection,
-        _isect_offset_encode,
-        _quat_scale_to_covar_preci,
-        _spherical_harmonics,
-    )
-
     if rasterize_mode not in ("classic", "antialiased"):
         raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
     n, c = means.shape[0], viewmats.shape[0]
-    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)
-    radii, means2d, depths, conics, compensations = _fully_fused_projection(
-        means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
-        far_plane=far_plane, calc_compensations=rasterize_mode == "antialiased",
+    radii, means2d, depths, conics, opac = _project(
+        means, quats, scales, opacities, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
+        far_plane=far_plane, antialiased=rasterize_mode == "antialiased",
     )  # fmt: skip
-    opac = opacities[None, :].expand(c, n)
-    if compensations is not None:
-        opac = opac * compensations
-
-    if sh_degree is not None:
-        campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
-        dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
-        n_bases = (sh_degree + 1) ** 2
-        shs = colors[None, :, :n_bases, :].expand(c, n, n_bases, 3)
-        rgb = torch.clamp_min(_spherical_harmonics(sh_degree, dirs, shs) + 0.5, 0.0)  # gsplat's offset
-    elif colors.dim() == 2:
-        rgb = colors[None].expand(c, n, colors.shape[-1])
-    else:
-        rgb = colors
-
+    rgb = _view_colors(means, colors, viewmats, sh_degree)
     camera_ids = gaussian_ids = None
     if packed:
         camera_ids, gaussian_ids = (radii > 0).all(dim=-1).nonzero(as_tuple=True)
-        radii, means2d, depths = radii[camera_ids, gaussian_ids], means2d[camera_ids, gaussian_ids], depths[camera_ids, gaussian_ids]  # fmt: skip
-        conics, opac, rgb = conics[camera_ids, gaussian_ids], opac[camera_ids, gaussian_ids], rgb[camera_ids, gaussian_ids]  # fmt: skip
+        radii, means2d, depths, conics, opac, rgb = (
+            t[camera_ids, gaussian_ids] for t in (radii, means2d, depths, conics, opac, rgb)
+        )
         image_ids = camera_ids
-        flat_means2d, flat_radii, flat_depths = means2d, radii, depths
-        flat_conics, flat_opac, flat_rgb = conics, opac, rgb
+        flat = (means2d, radii, depths, conics, opac, rgb)
     else:
         image_ids = torch.arange(c, device=means.device).repeat_interleave(n)
-        flat_means2d, flat_radii, flat_depths = means2d.reshape(c * n, 2), radii.reshape(c * n, 2), depths.reshape(c * n)  # fmt: skip
-        flat_conics, flat_opac, flat_rgb = conics.reshape(c * n, 3), opac.reshape(c * n), rgb.reshape(c * n, -1)
+        flat = (means2d.reshape(c * n, 2), radii.reshape(c * n, 2), depths.reshape(c * n),
+                conics.reshape(c * n, 3), opac.reshape(c * n), rgb.reshape(c * n, -1))  # fmt: skip
+    flat_means2d, flat_radii, flat_depths, flat_conics, flat_opac, flat_rgb = flat
 
     tile_width = math.ceil(width / tile_size)
     tile_height = math.ceil(height / tile_size)
     tiles_per_gauss, isect_ids, flatten_ids = isect_tiles(
         flat_means2d, flat_radii, flat_depths, image_ids, tile_size, tile_width, tile_height, n_images=c
     )
-    isect_offsets = _isect_offset_encode(isect_ids, c, tile_width, tile_height)  # [C, th, tw]
     if not packed:
         tiles_per_gauss = tiles_per_gauss.reshape(c, n)
 
@@ -243,29 +195,59 @@ def _rasterize_cpu(
         n_images=c, width=width, height=height, tile_size=tile_size, backgrounds=backgrounds,
         absgrad_sink=absgrad_sink,
     )  # fmt: skip
-
     info: dict[str, Any] = {
-        "batch_ids": None,
-        "camera_ids": camera_ids,
-        "gaussian_ids": gaussian_ids,
-        "radii": radii,
-        "means2d": means2d,
-        "depths": depths,
-        "conics": conics,
-        "opacities": opac,
-        "tile_width": tile_width,
-        "tile_height": tile_height,
-        "tiles_per_gauss": tiles_per_gauss,
-        "isect_ids": isect_ids,
-        "flatten_ids": flatten_ids,
-        "isect_offsets": isect_offsets,
-        "width": width,
-        "height": height,
-        "tile_size": tile_size,
-        "n_batches": 1,
-        "n_cameras": c,
+        "batch_ids": None, "camera_ids": camera_ids, "gaussian_ids": gaussian_ids, "radii": radii,
+        "means2d": means2d, "depths": depths, "conics": conics, "opacities": opac,
+        "tile_width": tile_width, "tile_height": tile_height, "tiles_per_gauss": tiles_per_gauss,
+        "isect_ids": isect_ids, "flatten_ids": flatten_ids,
+        "isect_offsets": _isect_offsets(isect_ids, c, tile_width, tile_height),  # [C, th, tw]
+        "width": width, "height": height, "tile_size": tile_size, "n_batches": 1, "n_cameras": c,
     }
     return render_colors, render_alphas, info
+
+
+def _project(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor,
+    width: int, height: int, *, eps2d: float, near_plane: float, far_plane: float, antialiased: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Every Gaussian in every camera, with gsplat's reference projection: radii [C, N, 2],
+    means2d [C, N, 2], depths [C, N], conics [C, N, 3], opacities [C, N] (antialiased: compensated)."""
+    from gsplat.cuda._torch_impl import (  # pure PyTorch: never touches the CUDA extension
+        _fully_fused_projection,
+        _quat_scale_to_covar_preci,
+    )
+
+    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)
+    radii, means2d, depths, conics, compensations = _fully_fused_projection(
+        means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
+        far_plane=far_plane, calc_compensations=antialiased,
+    )  # fmt: skip
+    opac = opacities[None, :].expand(viewmats.shape[0], means.shape[0])
+    if compensations is not None:
+        opac = opac * compensations
+    return radii, means2d, depths, conics, opac
+
+
+def _view_colors(means: Tensor, colors: Tensor, viewmats: Tensor, sh_degree: int | None) -> Tensor:
+    """[C, N, D] colours: SH evaluated towards each camera (sh_degree set), else the given colours."""
+    from gsplat.cuda._torch_impl import _spherical_harmonics
+
+    n, c = means.shape[0], viewmats.shape[0]
+    if sh_degree is not None:
+        campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
+        dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
+        n_bases = (sh_degree + 1) ** 2
+        shs = colors[None, :, :n_bases, :].expand(c, n, n_bases, 3)
+        return torch.clamp_min(_spherical_harmonics(sh_degree, dirs, shs) + 0.5, 0.0)  # gsplat's offset
+    if colors.dim() == 2:
+        return colors[None].expand(c, n, colors.shape[-1])
+    return colors
+
+
+def _isect_offsets(isect_ids: Tensor, n_images: int, tile_width: int, tile_height: int) -> Tensor:
+    from gsplat.cuda._torch_impl import _isect_offset_encode
+
+    return _isect_offset_encode(isect_ids, n_images, tile_width, tile_height)
 
 
 @torch.no_grad()
@@ -345,53 +327,15 @@ def composite(
     tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
     tiles_per_image = tile_width * tile_height
     n_tiles = n_images * tiles_per_image
-    tile_bits = tiles_per_image.bit_length()
     p = tile_size * tile_size
-
-    with torch.no_grad():
-        key = isect_ids >> 32
-        g = (key >> tile_bits) * tiles_per_image + (key & ((1 << tile_bits) - 1))  # global tile index
-        counts = torch.bincount(g, minlength=n_tiles)
-        active = counts.nonzero().squeeze(1)  # tiles with at least one Gaussian
-        # busiest first: a chunk pads its tiles to its own first tile's count, not the global max
-        active = active[torch.argsort(counts[active], descending=True, stable=True)]
-        slot = torch.full((n_tiles,), -1, dtype=torch.long, device=device)
-        slot[active] = torch.arange(active.shape[0], device=device)
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(g.shape[0], device=device) - starts[g]
-        m_max = int(counts.max()) if active.numel() else 0
-        # [A, M] index into the flat entries; x = a padding entry with zero opacity.
-        gather = torch.full((active.shape[0], max(m_max, 1)), x, dtype=torch.long, device=device)
-        gather[slot[g], rank] = flatten_ids.long()
-        tile_ids = torch.arange(n_tiles, device=device) % tiles_per_image
-        # tile centres: pixel coordinates relative to them stay within +-tile_size/2 (float32 headroom)
-        origins = (torch.stack([tile_ids % tile_width, tile_ids // tile_width], dim=-1).to(dtype) + 0.5) * tile_size
-        feats = _pixel_features(tile_size, device, dtype)  # [P, 6]
-
-    pad = lambda t: torch.cat([t, t.new_zeros((1,) + t.shape[1:])])  # noqa: E731
-    m_pad, con_pad, op_pad, col_pad = pad(means2d), pad(conics), pad(opacities), pad(colors)
+    layout = _TileLayout(isect_ids, flatten_ids, x, n_tiles, tiles_per_image, tile_width, tile_size, dtype)
 
     tile_colors = torch.zeros(n_tiles, p, d, device=device, dtype=dtype)
     tile_alphas = torch.zeros(n_tiles, p, 1, device=device, dtype=dtype)
-    if active.numel():
-        out_c, out_a = [], []
-        s = 0
-        while s < active.shape[0]:
-            m_here = max(int(counts[active[s]]), 1)
-            per_chunk = max(1, _CHUNK_ELEMENTS // (p * m_here))
-            # ...and stops where tiles have less than half as many (bounds the padding waste)
-            per_chunk = min(per_chunk, int((counts[active[s:]] * 2 > m_here).sum()))
-            idx = gather[s : s + per_chunk, :m_here]
-            tiles = active[s : s + per_chunk]
-            s += per_chunk
-            c_, a_ = _composite_tiles(
-                m_pad[idx] - origins[tiles][:, None, :], con_pad[idx], op_pad[idx], col_pad[idx], feats,
-                absgrad=(absgrad_sink, idx, x) if absgrad_sink is not None else None,
-            )  # fmt: skip
-            out_c.append(c_)
-            out_a.append(a_)
-        tile_colors = tile_colors.index_copy(0, active, torch.cat(out_c))
-        tile_alphas = tile_alphas.index_copy(0, active, torch.cat(out_a))
+    if layout.active.numel():
+        out_c, out_a = _composite_active(layout, means2d, conics, opacities, colors, tile_size, absgrad_sink)
+        tile_colors = tile_colors.index_copy(0, layout.active, out_c)
+        tile_alphas = tile_alphas.index_copy(0, layout.active, out_a)
     else:  # nothing visible: stay in the graph (zero gradients) so loss.backward() still works
         zero = (means2d.sum() + conics.sum() + opacities.sum() + colors.sum()) * 0.0
         tile_colors, tile_alphas = tile_colors + zero, tile_alphas + zero
@@ -406,6 +350,63 @@ def composite(
         return t[:, :height, :width, :]
 
     return untile(tile_colors), untile(tile_alphas)
+
+
+class _TileLayout:
+    """Which entries each tile composites, front to back: the tiles with at least one Gaussian
+    (`active`, busiest first), their entry counts, and `gather` [A, M], each active tile's entries
+    padded with `x` (an extra entry of zero opacity) to the busiest tile's count."""
+
+    @torch.no_grad()
+    def __init__(self, isect_ids: Tensor, flatten_ids: Tensor, x: int, n_tiles: int, tiles_per_image: int,
+                 tile_width: int, tile_size: int, dtype: torch.dtype) -> None:
+        device = isect_ids.device
+        tile_bits = tiles_per_image.bit_length()
+        key = isect_ids >> 32
+        g = (key >> tile_bits) * tiles_per_image + (key & ((1 << tile_bits) - 1))  # global tile index
+        self.counts = counts = torch.bincount(g, minlength=n_tiles)
+        active = counts.nonzero().squeeze(1)  # tiles with at least one Gaussian
+        # busiest first: a chunk pads its tiles to its own first tile's count, not the global max
+        self.active = active = active[torch.argsort(counts[active], descending=True, stable=True)]
+        slot = torch.full((n_tiles,), -1, dtype=torch.long, device=device)
+        slot[active] = torch.arange(active.shape[0], device=device)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(g.shape[0], device=device) - starts[g]
+        m_max = int(counts.max()) if active.numel() else 0
+        self.gather = torch.full((active.shape[0], max(m_max, 1)), x, dtype=torch.long, device=device)
+        self.gather[slot[g], rank] = flatten_ids.long()
+        self.x = x
+        tile_ids = torch.arange(n_tiles, device=device) % tiles_per_image
+        # tile centres: pixel coordinates relative to them stay within +-tile_size/2 (float32 headroom)
+        self.origins = (torch.stack([tile_ids % tile_width, tile_ids // tile_width], dim=-1).to(dtype) + 0.5) * tile_size
+        self.feats = _pixel_features(tile_size, device, dtype)  # [P, 6]
+
+
+def _composite_active(
+    layout: _TileLayout, means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, tile_size: int,
+    absgrad_sink: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """[A, P, D] colours and [A, P, 1] alphas of the active tiles, in chunks of similar counts."""
+    pad = lambda t: torch.cat([t, t.new_zeros((1,) + t.shape[1:])])  # noqa: E731
+    m_pad, con_pad, op_pad, col_pad = pad(means2d), pad(conics), pad(opacities), pad(colors)
+    active, counts, p = layout.active, layout.counts, tile_size * tile_size
+    out_c, out_a = [], []
+    s = 0
+    while s < active.shape[0]:
+        m_here = max(int(counts[active[s]]), 1)
+        per_chunk = max(1, _CHUNK_ELEMENTS // (p * m_here))
+        # ...and stops where tiles have less than half as many (bounds the padding waste)
+        per_chunk = min(per_chunk, int((counts[active[s:]] * 2 > m_here).sum()))
+        idx = layout.gather[s : s + per_chunk, :m_here]
+        tiles = active[s : s + per_chunk]
+        s += per_chunk
+        c_, a_ = _composite_tiles(
+            m_pad[idx] - layout.origins[tiles][:, None, :], con_pad[idx], op_pad[idx], col_pad[idx], layout.feats,
+            absgrad=(absgrad_sink, idx, layout.x) if absgrad_sink is not None else None,
+        )  # fmt: skip
+        out_c.append(c_)
+        out_a.append(a_)
+    return torch.cat(out_c), torch.cat(out_a)
 
 
 def _pixel_features(tile_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:

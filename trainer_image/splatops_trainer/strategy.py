@@ -12,19 +12,22 @@ Two things gsplat 1.5.3 gets wrong that we do not inherit:
 
 Hyperparameters are the 3DGS reference's for 30k steps; the refine window scales in proportion
 for other lengths, the opacity-reset period does not (see `default_schedule`).
+
+The training loop drives either through a `StrategyAdapter` (`adapter(build_strategy(cfg))`):
+`DefaultAdapter` or `MCMCAdapter`, the latter taking mcmc_cpu.py's refinement for CPU tensors.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any
 
 import torch
-from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
 from gsplat.strategy import DefaultStrategy, MCMCStrategy
-from gsplat.strategy import ops as _ops
 from gsplat.strategy.ops import reset_opa
 
+from . import losses, mcmc_cpu
 from .config import TrainerConfig
 
 REFERENCE_STEPS = 30_000
@@ -172,46 +175,6 @@ class FixedDefaultStrategy(DefaultStrategy):
             state["radii"] = torch.maximum(state["radii"], r.amax(dim=0))
 
 
-# --- CPU support for MCMC ------------------------------------------------------------------------
-# gsplat's MCMC ops call two CUDA-only kernels (noise injection's covariance, relocation). On the
-# CPU (CI's tiny training runs) they would trigger a CUDA JIT build and fail, so the ops module's
-# references are wrapped to dispatch on the tensor's device: CUDA tensors take gsplat's kernels
-# unchanged, CPU tensors take the pure-PyTorch equivalents below.
-
-
-def relocation_torch(
-    opacities: torch.Tensor, scales: torch.Tensor, ratios: torch.Tensor, binoms: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MCMC paper eq. 9 (what gsplat's `relocation` kernel computes), vectorised in PyTorch.
-
-    A Gaussian cloned into n copies gets opacity 1-(1-o)^(1/n) and its scale multiplied by
-    o / sum_{i=1..n} sum_{k=0..i-1} C(i-1,k) (-1)^k / sqrt(k+1) * new_o^(k+1).
-    """
-    n_max = binoms.shape[0]
-    n = ratios.clamp(min=1, max=n_max).to(opacities.dtype)
-    new_o = 1.0 - torch.pow(1.0 - opacities, 1.0 / n)
-    k = torch.arange(n_max, device=opacities.device, dtype=opacities.dtype)
-    term = ((-1.0) ** k) / torch.sqrt(k + 1.0) * new_o[:, None] ** (k + 1.0)  # [N, K]
-    inner = term @ binoms.to(term.dtype).T  # [N, I]: column i-1 sums k = 0..i-1 (binoms is 0 beyond)
-    i = torch.arange(1, n_max + 1, device=opacities.device, dtype=opacities.dtype)
-    denom = torch.where(i[None, :] <= n[:, None], inner, 0.0).sum(dim=1)
-    return new_o, scales * (opacities / denom)[:, None]
-
-
-def _dispatching(cuda_fn: Any, torch_fn: Any) -> Any:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        first = args[0] if args else next(iter(kwargs.values()))
-        return (cuda_fn if first.is_cuda else torch_fn)(*args, **kwargs)
-
-    call.__wrapped__ = cuda_fn  # type: ignore[attr-defined]
-    return call
-
-
-if not hasattr(_ops.compute_relocation, "__wrapped__"):
-    _ops.compute_relocation = _dispatching(_ops.compute_relocation, relocation_torch)
-    _ops.quat_scale_to_covar_preci = _dispatching(_ops.quat_scale_to_covar_preci, _quat_scale_to_covar_preci)
-
-
 def build_strategy(cfg: TrainerConfig) -> DefaultStrategy | MCMCStrategy:
     if cfg.strategy == "default":
         s = default_schedule(cfg.max_steps)
@@ -233,7 +196,81 @@ def build_strategy(cfg: TrainerConfig) -> DefaultStrategy | MCMCStrategy:
     raise ValueError(f"unknown strategy {cfg.strategy!r}: use 'default' or 'mcmc'")
 
 
-def initial_state(strategy: DefaultStrategy | MCMCStrategy, scene_scale: float) -> dict[str, Any]:
-    if isinstance(strategy, MCMCStrategy):
-        return strategy.initialize_state()
-    return strategy.initialize_state(scene_scale=scene_scale)
+# --- What the training loop calls ----------------------------------------------------------------
+# The two strategies differ in their hooks (only the default one acts before backward), in the
+# loss (MCMC adds its regularisers) and in their arguments after the step (the default one takes
+# `packed`, MCMC the means' learning rate): one adapter each, so the loop has no branches.
+
+
+class StrategyAdapter(abc.ABC):
+    """One densification strategy as the loop drives it: `before_backward`, `loss`, `after_step`."""
+
+    def __init__(self, strategy: DefaultStrategy | MCMCStrategy) -> None:
+        self.strategy = strategy
+
+    @property
+    def absgrad(self) -> bool:
+        """Whether the render must accumulate `means2d.absgrad` (the strategy reads it)."""
+        return bool(getattr(self.strategy, "absgrad", False))
+
+    @abc.abstractmethod
+    def initial_state(self, scene_scale: float) -> dict[str, Any]:
+        """The strategy's running state (checkpointed with the splats)."""
+
+    @abc.abstractmethod
+    def cap(self, gaussians: int) -> None:
+        """Stop densification at this many Gaussians."""
+
+    def before_backward(self, splats: Any, optimizers: Any, state: dict[str, Any], step: int, info: dict[str, Any]) -> None:
+        """Before `loss.backward()` (the default strategy keeps means2d's gradient)."""
+
+    def loss(self, loss: torch.Tensor, splats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The photometric loss plus this strategy's own terms."""
+        return loss
+
+    @abc.abstractmethod
+    def after_step(self, splats: Any, optimizers: Any, state: dict[str, Any], step: int, info: dict[str, Any],
+                   means_lr: float) -> None:
+        """After the optimiser step: densify, prune, relocate, as the strategy's schedule says."""
+
+
+class DefaultAdapter(StrategyAdapter):
+    strategy: FixedDefaultStrategy
+
+    def initial_state(self, scene_scale: float) -> dict[str, Any]:
+        return self.strategy.initialize_state(scene_scale=scene_scale)
+
+    def cap(self, gaussians: int) -> None:
+        self.strategy.max_gaussians = gaussians
+
+    def before_backward(self, splats: Any, optimizers: Any, state: dict[str, Any], step: int, info: dict[str, Any]) -> None:
+        self.strategy.step_pre_backward(splats, optimizers, state, step, info)
+
+    def after_step(self, splats: Any, optimizers: Any, state: dict[str, Any], step: int, info: dict[str, Any],
+                   means_lr: float) -> None:
+        self.strategy.step_post_backward(splats, optimizers, state, step, info, packed=False)
+
+
+class MCMCAdapter(StrategyAdapter):
+    strategy: MCMCStrategy
+
+    def initial_state(self, scene_scale: float) -> dict[str, Any]:
+        return self.strategy.initialize_state()
+
+    def cap(self, gaussians: int) -> None:
+        self.strategy.cap_max = min(self.strategy.cap_max, gaussians)
+
+    def loss(self, loss: torch.Tensor, splats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return losses.mcmc_regularised(loss, splats)
+
+    def after_step(self, splats: Any, optimizers: Any, state: dict[str, Any], step: int, info: dict[str, Any],
+                   means_lr: float) -> None:
+        # gsplat's MCMC ops call two CUDA-only kernels; CPU tensors take mcmc_cpu's equivalents.
+        if splats["means"].is_cuda:
+            self.strategy.step_post_backward(splats, optimizers, state, step, info, lr=means_lr)
+        else:
+            mcmc_cpu.step_post_backward(self.strategy, splats, optimizers, state, step, lr=means_lr)
+
+
+def adapter(strategy: DefaultStrategy | MCMCStrategy) -> StrategyAdapter:
+    return MCMCAdapter(strategy) if isinstance(strategy, MCMCStrategy) else DefaultAdapter(strategy)

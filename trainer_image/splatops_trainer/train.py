@@ -21,27 +21,21 @@ from typing import Any, NoReturn, Protocol
 
 import numpy as np
 import torch
-from gsplat.strategy import MCMCStrategy
 
 from splatops.contract import EVENT_EVAL, EVENT_PROGRESS, MSG_OOM, Progress, Reason
 
 from . import checkpoint as ckpt_mod
-from . import memory
+from . import losses, memory
 from .config import TrainerConfig
 from .dataset import SceneData, View
 from .errors import Terminated, TrainerError
-from .image_metrics import SSIM_SIGMA, SSIM_WINDOW
 from .image_metrics import psnr as psnr_fn
-from .image_metrics import ssim as ssim_fn
 from .preview import PreviewView, pick
 from .render import default_backend, rasterize
 from .splats import empty_splats, init_splats, make_optimizers, means_lr
-from .strategy import build_strategy, initial_state
+from .strategy import adapter, build_strategy
 
 log = logging.getLogger(__name__)
-
-MCMC_OPACITY_REG = 0.01
-MCMC_SCALE_REG = 0.01
 
 # On SIGTERM the loop writes a checkpoint of the current step only when that is expected to take
 # at most this long (the previous checkpoint write's time, else the state's size at the assumed
@@ -221,91 +215,6 @@ def _configure_backends(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-class BandedBlur:
-    """The SSIM's 11-tap Gaussian filter ("same", zero padding) as block-banded fp32 matmuls.
-
-    cuDNN's grouped 1-D convolutions took ~1.4 ms of GPU time per step (forward + backward) on a
-    538x960 image, more than the rasteriser; cutting the row into blocks of 64 outputs turns each
-    pass into one small dense matmul ([.., 74] @ [74, 64]) at ~1/13 of a full banded matmul's work.
-    Same numbers as `image_metrics.ssim`'s convolution (tested), on every device.
-    """
-
-    BLOCK = 64
-
-    def __init__(self, taps: torch.Tensor) -> None:
-        self.taps = int(taps.numel())
-        self.pad = self.taps // 2
-        span = self.BLOCK + self.taps - 1
-        m = torch.zeros(span, self.BLOCK, dtype=taps.dtype, device=taps.device)
-        for j in range(self.BLOCK):
-            m[j : j + self.taps, j] = taps
-        self.matrix = m
-
-    def _along_last(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[-1]
-        blocks = -(-n // self.BLOCK)
-        xp = torch.nn.functional.pad(x, (self.pad, blocks * self.BLOCK - n + self.pad))
-        span = self.BLOCK + self.taps - 1
-        windows = xp.unfold(-1, span, self.BLOCK)  # [..., blocks, span], a strided view
-        # One 2-D mm over all rows (not a batched matmul): fewer launches, better GEMM shape.
-        out = windows.reshape(-1, span) @ self.matrix
-        return out.view(*windows.shape[:-1], self.BLOCK).flatten(-2)[..., :n]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Blur the last two dims."""
-        x = self._along_last(x)
-        return self._along_last(x.transpose(-1, -2)).transpose(-1, -2)
-
-
-_BLURS: dict[tuple[torch.device, torch.dtype], BandedBlur] = {}
-
-
-def ssim_loss_term(img: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of channels-last [B, H, W, C] images: `image_metrics.ssim`'s definition, faster."""
-    key = (img.device, img.dtype)
-    if key not in _BLURS:
-        x = torch.arange(SSIM_WINDOW, dtype=torch.float64) - (SSIM_WINDOW - 1) / 2.0
-        g = torch.exp(-(x * x) / (2.0 * SSIM_SIGMA * SSIM_SIGMA))
-        _BLURS[key] = BandedBlur((g / g.sum()).to(device=img.device, dtype=img.dtype))
-    blur = _BLURS[key]
-    a, b = img.permute(0, 3, 1, 2), ref.permute(0, 3, 1, 2)
-    ch = a.shape[1]
-    mu1, mu2, e11, e22, e12 = blur(torch.cat([a, b, a * a, b * b, a * b], dim=1)).split(ch, dim=1)
-    mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
-    c1, c2 = 0.01**2, 0.03**2
-    num = (2 * mu12 + c1) * (2 * (e12 - mu12) + c2)
-    den = (mu1_sq + mu2_sq + c1) * (e11 - mu1_sq + e22 - mu2_sq + c2)
-    return (num / den).mean()
-
-
-@torch.no_grad()
-def fused_adam_step(optimizers: dict[str, torch.optim.Optimizer]) -> None:
-    """`opt.step(); opt.zero_grad(set_to_none=True)` for single-parameter Adams, minus the overhead.
-
-    Runs the kernel `torch.optim.Adam(fused=True)` runs, on the optimizer's own state (same keys,
-    same dtypes), so state_dict(), checkpoints and gsplat's strategy ops see no difference.
-    """
-    for opt in optimizers.values():
-        group = opt.param_groups[0]
-        p = group["params"][0]
-        if p.grad is None:
-            continue
-        state = opt.state[p]
-        if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["step"] += 1
-        beta1, beta2 = group["betas"]
-        torch._fused_adam_(
-            [p], [p.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
-            lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-            eps=group["eps"], amsgrad=False, maximize=False,
-        )
-        p.grad = None
-
-
-
 class _Trainer:
     def __init__(
         self, cfg: TrainerConfig, scene: SceneData, hooks: TrainHooks, device: torch.device,
@@ -333,12 +242,10 @@ class _Trainer:
             )
         self.train_views = _DeviceViews.upload(scene.train, device, images_on_device=on_device)
         self.test_views = _DeviceViews.upload(scene.test, device, images_on_device=on_device)
-        self.strategy = build_strategy(cfg)
+        self.strategy = adapter(build_strategy(cfg))
         self._apply_auto_cap()
-        self.is_mcmc = isinstance(self.strategy, MCMCStrategy)
         self.start_step = 0
         self.resumed_from: int | None = None
-        ckpt_mod.remove_stale_temps(cfg)
         self.resume_key = cfg.resume_key(scene.fingerprint)
         if cfg.resume:
             found = ckpt_mod.find_resumable(cfg, self.resume_key)
@@ -356,17 +263,16 @@ class _Trainer:
                 device=device,
             )
             self.optimizers = make_optimizers(self.splats, scene.scene_scale)
-            self.strategy_state = initial_state(self.strategy, scene.scene_scale)
-        self.strategy.check_sanity(self.splats, self.optimizers)
-        # torch.optim's per-call Python overhead (~0.14 ms x 6 optimizers) dominated the CPU side
-        # of a GPU step; the same fused kernel is called directly there.
-        self.direct_adam = device.type == "cuda"
+            self.strategy_state = self.strategy.initial_state(scene.scene_scale)
+        self.strategy.strategy.check_sanity(self.splats, self.optimizers)
+        self.direct_adam = device.type == "cuda"  # losses.optimizer_step says why
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt")
         self._pending: concurrent.futures.Future[Any] | None = None
         self._pending_step = 0
         self.saved_step = self.resumed_from  # the newest checkpoint of this state on disk
         self._last_save_s: float | None = None  # how long the last checkpoint write took
         self.should_stop = should_stop
+        self.metrics: tuple[float | None, float | None] = (None, None)  # the last evaluation's PSNR, SSIM
 
     def _apply_auto_cap(self) -> None:
         """No maxGaussians set and a GPU that the expected model would fill: stop densification
@@ -376,10 +282,7 @@ class _Trainer:
         cap = memory.auto_cap(self.memory_estimate, self.gpu_free_bytes)
         if cap <= 0:
             return
-        if isinstance(self.strategy, MCMCStrategy):
-            self.strategy.cap_max = min(self.strategy.cap_max, cap)
-        else:
-            self.strategy.max_gaussians = cap
+        self.strategy.cap(cap)
         log.warning("GPU memory: no maxGaussians set; densification stops at %d Gaussians, where the "
                     "estimate reaches %d%% of the %.2f GiB free", cap, round(memory.AUTO_CAP_SHARE * 100),
                     (self.gpu_free_bytes or 0) / memory.GIB)
@@ -460,7 +363,7 @@ class _Trainer:
             height=height,
             sh_degree=sh_degree,
             packed=False,
-            absgrad=bool(getattr(self.strategy, "absgrad", False)),  # the strategy reads .absgrad
+            absgrad=self.strategy.absgrad,
             backend=self.backend,
         )
 
@@ -475,7 +378,7 @@ class _Trainer:
             pred = colors.clamp(0.0, 1.0)
             gt = self.test_views.target(i)
             psnrs.append(psnr_fn(pred, gt).reshape(()))
-            ssims.append(ssim_fn(pred, gt).reshape(()))
+            ssims.append(losses.ssim(pred, gt).reshape(()))
             if i in previewed:
                 shown.append((i, pred))
         on_preview = getattr(self.hooks, "on_preview", None)
@@ -495,104 +398,20 @@ class _Trainer:
 
     def run(self) -> TrainOutcome:
         cfg = self.cfg
-        t0 = time.perf_counter()
+        self.t0 = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        lam = cfg.ssim_lambda
-        loss_sum = torch.zeros((), device=self.device)
-        window_start, window_t = self.start_step, time.perf_counter()
-        last_loss = float("nan")
-        last_rate = 0.0
-        psnr = ssim = None
-        evaluated_at = -1
+        self.window = _LossWindow(self.start_step, self.device)
         loop_t0 = time.perf_counter()
         try:
             for step in range(self.start_step, cfg.max_steps):
                 if self.should_stop is not None and self.should_stop():
                     self._stop(step)
-                done = step + 1
-                sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
-                i = self.view_order(step)
-                means_lr_now = means_lr(step, cfg.max_steps, self.scene.scene_scale)
-                self.optimizers["means"].param_groups[0]["lr"] = means_lr_now
-
-                colors, alphas, info = self._render(self.train_views, i, sh_degree)
-                if cfg.random_background:  # penalises transparency: gt has no alpha to match
-                    bg = torch.rand(3, device=self.device)
-                    colors = colors + bg * (1.0 - alphas)
-                gt = self.train_views.target(i)
-                if not self.is_mcmc:
-                    self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, step, info)
-                l1 = (colors - gt).abs().mean()
-                loss = (1.0 - lam) * l1 + lam * (1.0 - ssim_loss_term(colors, gt))
-                if self.is_mcmc:
-                    loss = loss + MCMC_OPACITY_REG * torch.sigmoid(self.splats["opacities"]).mean()
-                    loss = loss + MCMC_SCALE_REG * torch.exp(self.splats["scales"]).mean()
-                loss.backward()
-                loss_sum += loss.detach()
-
-                if self.direct_adam:
-                    fused_adam_step(self.optimizers)
-                else:
-                    for opt in self.optimizers.values():
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
-                if self.is_mcmc:
-                    self.strategy.step_post_backward(
-                        self.splats, self.optimizers, self.strategy_state, step, info, lr=means_lr_now
-                    )
-                else:
-                    self.strategy.step_post_backward(
-                        self.splats, self.optimizers, self.strategy_state, step, info, packed=False
-                    )
-
-                is_last = done == cfg.max_steps
-                report = is_last or (cfg.progress_every > 0 and done % cfg.progress_every == 0)
-                save = is_last or (cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0)
-                evaluate = is_last or (cfg.eval_every > 0 and done % cfg.eval_every == 0)
-                if not (report or save or evaluate):
-                    continue
-                # Report steps are the only place the loop syncs with the device.
-                window_loss = float(loss_sum) / max(done - window_start, 1)
-                if not math.isfinite(window_loss):
-                    raise TrainingDivergedError(
-                        f"Training diverged: the loss became {window_loss} between steps "
-                        f"{window_start + 1} and {done}. Check the scene's poses and images, or "
-                        "try the other densification strategy."
-                    )
-                now = time.perf_counter()
-                last_rate = (done - window_start) / max(now - window_t, 1e-9)
-                last_loss = window_loss
-                num = int(self.splats["means"].shape[0])
-                if save:
-                    self._save(done)
-                if evaluate:
-                    psnr, ssim = self.evaluate(sh_degree, done)
-                    evaluated_at = done
-                    self.hooks.on_eval(
-                        Progress(
-                            event=EVENT_EVAL, step=done, max_steps=cfg.max_steps, loss=window_loss,
-                            num_gaussians=num, steps_per_sec=round(last_rate, 2),
-                            elapsed_s=round(time.perf_counter() - t0, 2), psnr=psnr, ssim=ssim,
-                        )
-                    )
-                if report:
-                    self.hooks.on_progress(
-                        Progress(
-                            event=EVENT_PROGRESS, step=done, max_steps=cfg.max_steps, loss=window_loss,
-                            num_gaussians=num, steps_per_sec=round(last_rate, 2),
-                            elapsed_s=round(time.perf_counter() - t0, 2),
-                            psnr=psnr if evaluated_at == done else None,
-                            ssim=ssim if evaluated_at == done else None,
-                        )
-                    )
-                loss_sum.zero_()
-                window_start, window_t = done, time.perf_counter()
+                sh_degree = self.step(step)
+                self.cadence(step + 1, sh_degree)
             loop_s = time.perf_counter() - loop_t0
             if self.start_step >= cfg.max_steps:  # resumed a finished run: just evaluate
-                psnr, ssim = self.evaluate(
-                    min(cfg.sh_degree, (cfg.max_steps - 1) // max(cfg.sh_degree_interval, 1)), cfg.max_steps
-                )
+                self.metrics = self.evaluate(_active_sh_degree(cfg, cfg.max_steps - 1), cfg.max_steps)
             self._wait_pending()
         finally:
             # Never leave a half-written checkpoint behind a crash: finish the pending write.
@@ -600,21 +419,110 @@ class _Trainer:
                 self._wait_pending()
             finally:
                 self._writer.shutdown(wait=True)
-        ran = cfg.max_steps - self.start_step
+        return self._outcome(loop_s)
+
+    def step(self, step: int) -> int:
+        """Optimisation step `step` (0-based): render one view, loss, backward, Adam, densify.
+        Returns the SH degree it rendered with. Never waits for the device."""
+        cfg = self.cfg
+        sh_degree = _active_sh_degree(cfg, step)
+        i = self.view_order(step)
+        lr = means_lr(step, cfg.max_steps, self.scene.scene_scale)
+        self.optimizers["means"].param_groups[0]["lr"] = lr
+        colors, alphas, info = self._render(self.train_views, i, sh_degree)
+        if cfg.random_background:  # penalises transparency: gt has no alpha to match
+            colors = colors + torch.rand(3, device=self.device) * (1.0 - alphas)
+        gt = self.train_views.target(i)
+        self.strategy.before_backward(self.splats, self.optimizers, self.strategy_state, step, info)
+        loss = self.strategy.loss(losses.photometric_loss(colors, gt, cfg.ssim_lambda), self.splats)
+        loss.backward()
+        self.window.add(loss)
+        losses.optimizer_step(self.optimizers, fused=self.direct_adam)
+        self.strategy.after_step(self.splats, self.optimizers, self.strategy_state, step, info, lr)
+        return sh_degree
+
+    def cadence(self, done: int, sh_degree: int) -> None:
+        """After `done` steps: checkpoint, evaluate and report where their intervals fall (all three
+        after the last step). The only place the loop syncs with the device."""
+        cfg = self.cfg
+        last = done == cfg.max_steps
+        report = last or _every(done, cfg.progress_every)
+        save = last or _every(done, cfg.checkpoint_every)
+        evaluate = last or _every(done, cfg.eval_every)
+        if not (report or save or evaluate):
+            return
+        self.window.close(done)  # raises TrainingDivergedError on a non-finite loss
+        psnr = ssim = None
+        if save:
+            self._save(done)
+        if evaluate:
+            psnr, ssim = self.metrics = self.evaluate(sh_degree, done)
+            self.hooks.on_eval(self._progress(EVENT_EVAL, done, psnr, ssim))
+        if report:
+            self.hooks.on_progress(self._progress(EVENT_PROGRESS, done, psnr, ssim))
+        self.window.restart(done)
+
+    def _progress(self, event: str, done: int, psnr: float | None, ssim: float | None) -> Progress:
+        return Progress(
+            event=event, step=done, max_steps=self.cfg.max_steps, loss=self.window.loss,
+            num_gaussians=int(self.splats["means"].shape[0]), steps_per_sec=round(self.window.rate, 2),
+            elapsed_s=round(time.perf_counter() - self.t0, 2), psnr=psnr, ssim=ssim,
+        )
+
+    def _outcome(self, loop_s: float) -> TrainOutcome:
+        ran = self.cfg.max_steps - self.start_step
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        psnr, ssim = self.metrics
         return TrainOutcome(
             splats={k: v.detach().cpu() for k, v in self.splats.items()},
-            steps=cfg.max_steps,
+            steps=self.cfg.max_steps,
             psnr=psnr,
             ssim=ssim,
             num_gaussians=int(self.splats["means"].shape[0]),
-            duration_s=time.perf_counter() - t0,
+            duration_s=time.perf_counter() - self.t0,
             steps_per_sec=ran / loop_s if ran > 0 and loop_s > 0 else 0.0,
-            final_loss=last_loss,
+            final_loss=self.window.loss,
             resumed_from=self.resumed_from,
             peak_gpu_memory_bytes=peak,
             memory_estimate=self.memory_estimate,
         )
+
+
+def _active_sh_degree(cfg: TrainerConfig, step: int) -> int:
+    """The SH degree step `step` renders with: one more every sh_degree_interval steps."""
+    return min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
+
+
+def _every(done: int, interval: int) -> bool:
+    return interval > 0 and done % interval == 0
+
+
+class _LossWindow:
+    """The loss summed on the device over the steps since the last report (no sync per step)."""
+
+    def __init__(self, start: int, device: torch.device) -> None:
+        self.sum = torch.zeros((), device=device)
+        self.start, self.t = start, time.perf_counter()
+        self.loss = float("nan")  # the mean of the last closed window
+        self.rate = 0.0  # its steps per second
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.sum += loss.detach()
+
+    def close(self, done: int) -> None:
+        """Mean loss and step rate of the window that ends after step `done` (a device sync)."""
+        mean = float(self.sum) / max(done - self.start, 1)
+        if not math.isfinite(mean):
+            raise TrainingDivergedError(
+                f"Training diverged: the loss became {mean} between steps {self.start + 1} and {done}. "
+                "Check the scene's poses and images, or try the other densification strategy."
+            )
+        self.rate = (done - self.start) / max(time.perf_counter() - self.t, 1e-9)
+        self.loss = mean
+
+    def restart(self, done: int) -> None:
+        self.sum.zero_()
+        self.start, self.t = done, time.perf_counter()
 
 
 def _timed_save(cfg: TrainerConfig, snap: ckpt_mod.Checkpoint, retire: list[Any], since: float) -> float:

@@ -378,17 +378,17 @@ class Spec(_Model):
     output: Output | None = Field(
         None, description="Where the outputs go (same volume). Default: <scene.path>/gsplat/<training name>/."
     )
-    data_factor: Literal[1, 2, 4, 8] = Field(1, description="Image downscale factor: 1, 2, 4 or 8. Higher trains faster on less memory.")
-    max_steps: int = Field(30000, ge=1, le=1_000_000, description="Training iterations (1 to 1,000,000).")
-    strategy: Literal["default", "mcmc"] = Field("default", description="Densification strategy: `default` (3DGS) or `mcmc`.")
-    sh_degree: int = Field(3, ge=0, le=4, description="Spherical-harmonics degree of the Gaussians' colour (0 to 4).")
+    data_factor: Literal[contract.DATA_FACTORS] = Field(1, description="Image downscale factor: 1, 2, 4 or 8. Higher trains faster on less memory.")
+    max_steps: int = Field(30000, ge=contract.MIN_STEPS, le=contract.MAX_STEPS, description="Training iterations (1 to 1,000,000).")
+    strategy: Literal[contract.STRATEGIES] = Field("default", description="Densification strategy: `default` (3DGS) or `mcmc`.")
+    sh_degree: int = Field(3, ge=0, le=contract.MAX_SH_DEGREE, description="Spherical-harmonics degree of the Gaussians' colour (0 to 4).")
     eval_every: int | None = Field(
         None, ge=0, le=1_000_000, description="Evaluate PSNR/SSIM on held-out views every N steps (0 = only at the end). Default: the trainer's."
     )
     checkpoint_every: int | None = Field(
         None, ge=0, le=1_000_000, description="Write a resumable checkpoint every N steps (0 = only at the end). Default: the trainer's."
     )
-    seed: int = Field(42, ge=0, le=2**31 - 1, description="Random seed.")
+    seed: int = Field(42, ge=0, le=contract.MAX_SEED, description="Random seed.")
     max_gaussians: int | None = Field(
         None, ge=1000, le=100_000_000,
         description="Densification never grows the model past this many Gaussians (both strategies; "
