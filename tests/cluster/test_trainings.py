@@ -50,7 +50,7 @@ def test_example_trains_to_succeeded_through_the_job_controller(cluster: Cluster
     path = cluster.scene("mijato", synthetic_scene)
     example["spec"].update(scene={**example["spec"]["scene"], "path": path}, dataFactor=1, maxSteps=STEPS)
     cluster.apply(example)
-    cluster.kubectl("wait", f"--for=condition=Succeeded", f"gst/{name}", "--timeout=300s", timeout=320)
+    cluster.kubectl("wait", "--for=condition=Succeeded", f"gst/{name}", "--timeout=300s", timeout=320)
     status = cluster.status(name)
     model = status["modelPath"]
     assert status["phase"] == "Succeeded" and model.startswith(f"{path}/gsplat/") and model.endswith("results.ply"), status

@@ -10,7 +10,6 @@ import pytest
 
 from splatops import contract
 from splatops.api import layout
-from splatops.client import original
 from splatops.client.kube import Target, connect
 from splatops.gateway import web
 from splatops.gateway.app import create_app

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 
 import kubernetes_validate
-import pytest
 import yaml
 
 import helm_env
