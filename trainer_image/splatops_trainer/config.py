@@ -25,6 +25,11 @@ from .errors import invalid_options
 
 Strategy = Literal[contract.STRATEGIES]  # type: ignore[valid-type]
 Device = Literal["auto", "cuda", "cpu"]
+CompileLoss = Literal["auto", "always", "never"]
+# compile_loss "auto": on CUDA for runs of at least this many steps. The one-off compile (about
+# 25 s with a warm cache on the H200's host, more cold) pays back over a long run's GPU time
+# (a quarter less per step), not over a quick 7k one (benchmarks/README.md).
+COMPILE_LOSS_MIN_STEPS = 15_000
 # Structure-from-motion (reconstruct.py).
 Reconstruct = Literal[contract.RECONSTRUCT_MODES]  # type: ignore[valid-type]
 
@@ -67,6 +72,8 @@ class TrainerConfig(BaseSettings):
     formats: str = Field(",".join(contract.DEFAULT_FORMATS), description="Model files beside results.ply (always written).")
     reconstruct: Reconstruct = Field("IfMissing", description="SfM when the scene has images but no COLMAP model.")
     reconstruct_only: bool = Field(False, description="Stop after the reconstruction (the REST API's colmap_ba).")
+    compile_loss: CompileLoss = Field(
+        "auto", description=f"torch.compile the loss: auto = on CUDA for runs of {COMPILE_LOSS_MIN_STEPS:,}+ steps.")
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -105,6 +112,12 @@ class TrainerConfig(BaseSettings):
     def to_dict(self) -> dict[str, object]:
         """JSON-ready: every field, paths as strings (config.json, the termination message)."""
         return self.model_dump(mode="json")
+
+    def loss_compiled(self, device_type: str) -> bool:
+        """Whether training on `device_type` compiles its loss (see COMPILE_LOSS_MIN_STEPS)."""
+        if self.compile_loss != "auto":
+            return self.compile_loss == "always"
+        return device_type == "cuda" and self.max_steps >= COMPILE_LOSS_MIN_STEPS
 
     @property
     def format_list(self) -> list[str]:
@@ -188,6 +201,7 @@ NOT_IN_RESUME_KEY = frozenset(
         "keep_checkpoints", "progress_every", "metrics_port", "termination_log", "resume", "formats",
         "scene_source", "output_uri",  # where the scene comes from / outputs go, not what is trained
         "reconstruct", "reconstruct_only",  # the model they make is in the key (the scene fingerprint)
+        "compile_loss",  # the same loss, compiled or not
     }
 )
 

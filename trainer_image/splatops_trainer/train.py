@@ -266,6 +266,7 @@ class _Trainer:
             self.strategy_state = self.strategy.initial_state(scene.scene_scale)
         self.strategy.strategy.check_sanity(self.splats, self.optimizers)
         self.direct_adam = device.type == "cuda"  # losses.optimizer_step says why
+        self.loss_fn = losses.loss_function(cfg.loss_compiled(device.type))
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt")
         self._pending: concurrent.futures.Future[Any] | None = None
         self._pending_step = 0
@@ -434,7 +435,7 @@ class _Trainer:
             colors = colors + torch.rand(3, device=self.device) * (1.0 - alphas)
         gt = self.train_views.target(i)
         self.strategy.before_backward(self.splats, self.optimizers, self.strategy_state, step, info)
-        loss = self.strategy.loss(losses.photometric_loss(colors, gt, cfg.ssim_lambda), self.splats)
+        loss = self.strategy.loss(self.loss_fn(colors, gt, cfg.ssim_lambda), self.splats)
         loss.backward()
         self.window.add(loss)
         losses.optimizer_step(self.optimizers, fused=self.direct_adam)
