@@ -406,7 +406,7 @@ async def test_train_skip_pvc_check_creates_without_looking(kube, capsys):
     assert await run("train", "fox", "--pvc", "nope", "--skip-pvc-check", *flags(kube)) == 0
     assert kube.emulator.read(c.TRAINING_RESOURCE, NS, "fox")["spec"]["scene"]["claimName"] == "nope"
     assert not any(r.resource is not None and r.resource.plural == "persistentvolumeclaims"
-                   for r in kube.emulator._requests)
+                   for r in kube.emulator)  # kmock's public view: iterating it yields the requests served
 
 
 async def test_train_without_permission_to_read_claims_warns_and_continues(kube, capsys):

@@ -8,6 +8,7 @@ import json
 import aiohttp
 import pytest
 import yaml
+from testkit import training
 
 from splatops import names
 from splatops.local import cluster as c
@@ -33,8 +34,9 @@ CRD = {
 
 
 def gst(name: str = "t1", **spec: object) -> dict:
-    return {"apiVersion": names.API_VERSION, "kind": names.KIND,
-            "metadata": {"name": name}, "spec": {"scene": {"claimName": "pvc"}, **spec}}
+    body = training(name, namespace=None, claim="pvc", **spec)
+    del body["spec"]["scene"]["path"]  # left to the CRD's default
+    return body
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ from typing import Any
 import aiohttp.web
 import kmock
 import pytest
+import testkit
 import yaml
 
-from splatops import names
+import splatops.controller.main  # noqa: F401  (a broken operator fails collection, never a skip)
 from splatops.local import cluster as c
 from splatops.local.kubelet import SimCluster
 
@@ -42,11 +43,7 @@ BASE_ENV = {
 }
 
 def training(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": names.API_VERSION, "kind": names.KIND,
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"scene": {"claimName": SCENE_CLAIM, "path": f"scenes/{name}"}, "maxSteps": 300, **spec},
-    }
+    return testkit.training(name, namespace=NS, claim=SCENE_CLAIM, **{"maxSteps": 300, **spec})
 
 
 def caller(request: kmock.Request) -> str:
@@ -76,6 +73,7 @@ class Emulator(c.SplatopsEmulator):
         # answers (code, reason, message), one used per matching request, then served normally.
         self.fail_next: dict[tuple[str, str, bool], list[tuple[int, str, str]]] = {}
 
+    # kmock private API (_handle, _render_error, _serve_fetch overrides): pinned kmock==0.8 in pyproject.toml
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         who, key = caller(request), self._key(request.resource)
         method = str(getattr(request.method, "value", request.method))

@@ -13,8 +13,6 @@ from splatops.local import cluster as c
 
 from .conftest import NS, Harness, eventually, sample
 
-pytest.importorskip("splatops.controller.main", reason="the operator is not built yet")
-
 pytestmark = pytest.mark.timeout(60)
 
 

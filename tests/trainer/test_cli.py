@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -73,23 +72,12 @@ def test_flags_win_over_env() -> None:
 
 
 @pytest.fixture
-def scene(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """A valid synthetic scene with an earlier results.ply that must survive failures.
-
-    conftest's `scene_copy` (a copy of the session's synthetic scene) when it exists, else one
-    generated here.
-    """
-    try:
-        copy = request.getfixturevalue("scene_copy")
-    except pytest.FixtureLookupError:
-        from splatops_trainer.synthetic import make_synthetic_scene
-
-        copy = make_synthetic_scene(tmp_path / "scene")
-    root = Path(copy if isinstance(copy, (str, os.PathLike)) else copy.root)
-    out = root / contract.OUTPUT_DIR
+def scene(scene_copy: Path) -> Path:
+    """A valid synthetic scene (conftest's `scene_copy`) with an earlier results.ply that must survive failures."""
+    out = scene_copy / contract.OUTPUT_DIR
     out.mkdir(exist_ok=True)
     (out / contract.RESULT_PLY).write_bytes(EARLIER_PLY)
-    return root
+    return scene_copy
 
 
 @pytest.fixture
@@ -323,16 +311,6 @@ def test_training_failures(scene: Path, monkeypatch: pytest.MonkeyPatch, fake, c
 # --- a real run ------------------------------------------------------------------------------------
 
 
-def _train_missing() -> str | None:
-    try:
-        importlib.import_module("splatops_trainer.train")
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").startswith("splatops_trainer"):
-            return f"train.py is not complete yet ({exc.name} missing)"
-        raise
-    return None
-
-
 
 def _check_web_outputs(scene: Path, out: Path, result: contract.Result) -> None:
     """preview.png, metrics.jsonl and the model formats beside results.ply, listed in the result."""
@@ -366,9 +344,6 @@ def _check_web_outputs(scene: Path, out: Path, result: contract.Result) -> None:
 
 @pytest.mark.slow
 def test_end_to_end_cpu(scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    missing = _train_missing()
-    if missing:
-        pytest.skip(missing)
     (scene / contract.OUTPUT_DIR / contract.ERROR_LOG).write_text("an earlier failure")
     # MCMC with a cap keeps the CPU cost fixed (the default strategy's growth is what costs on a CPU).
     args = (
@@ -425,9 +400,6 @@ def test_changed_scene_is_trained_fresh_not_resumed(
     from splatops_trainer import report
     from splatops_trainer.synthetic import make_synthetic_scene
 
-    missing = _train_missing()
-    if missing:
-        pytest.skip(missing)
     args = (
         "--max-steps", "20", "--progress-every", "10", "--checkpoint-every", "10", "--keep-checkpoints", "1",
         "--test-every", "4", "--sh-degree", "0", "--data-factor", "2",
