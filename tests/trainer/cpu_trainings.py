@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from splatops import contract  # (no gsplat, no torch: safe before the child's import blocker)
+
 BLOCKED = ("gsplat.cuda._backend", "gsplat.csrc")
 RESULT_PREFIX = "RESULT "
 RUN_PREFIX = "RUN "
@@ -50,8 +52,6 @@ class Run:
 
     @property
     def out(self) -> Path:
-        from splatops import contract
-
         return self.scene / contract.OUTPUT_DIR
 
 
@@ -65,8 +65,6 @@ class CpuTrainings:
 
 def train_all(root: Path, scene: Path, timeout: float = 900) -> CpuTrainings:
     """Copy `scene` once per run under `root`, seed an earlier result there, train them all."""
-    from splatops import contract
-
     argvs, runs = {}, {}
     for name, args in ARGS.items():
         dst = root / name / "scene"
