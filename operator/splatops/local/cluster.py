@@ -224,7 +224,8 @@ class SplatopsEmulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         for key, info in RESOURCES.items():
             self.resources[key] = kmock.ResourceInfo(verbs=set(_VERBS), **info)
-        self._builtin_reactions = len(self._payloads)  # kmock's private _payloads: kmock pinned ==0.8 in pyproject.toml
+        # kmock private API (_payloads): pinned kmock==0.8 in pyproject.toml
+        self._builtin_reactions = len(self._payloads)
 
     # -- request routing ---------------------------------------------------------------------
 
