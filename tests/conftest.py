@@ -9,20 +9,22 @@ directory in tmp_path, free to modify.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
+import PIL.Image  # noqa: F401  (before pycolmap: pycolmap's zlib symbols break Pillow's PNG encoder)
 import pytest
 
-try:  # Pillow must load before pycolmap (pycolmap's zlib symbols break Pillow's PNG encoder)
-    import PIL.Image  # noqa: F401
-except ImportError:  # the operator-only install has neither
-    pass
+# tests/helpers/testkit.py (the manifest builder, the fake Kube's Protocol) importable by name from
+# every directory, as the directories' own helpers are (pytest runs with --import-mode=importlib).
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 
 
 @pytest.fixture(scope="session")
 def synthetic_scene_info(tmp_path_factory: pytest.TempPathFactory):  # -> SyntheticScene
     """The default synthetic scene (12 views, 64x48, PINHOLE, binary model, seed 0)."""
-    synthetic = pytest.importorskip("splatops_trainer.synthetic")
+    from splatops_trainer import synthetic
+
     return synthetic.make_synthetic_scene(tmp_path_factory.mktemp("synthetic") / "scene", seed=0)
 
 

@@ -162,10 +162,19 @@ async def test_namespace_comes_from_the_context_unless_given(kube, capsys):
 
 
 async def _play(kube, name: str, final: dict) -> None:
+    """Play the operator: each status once `wait` has read the one before (a GET of the training
+    received after that write), so none is missed however slow the machine."""
+    reads = ("GET", names.PLURAL, "")
     for status in ({"phase": "Pending", "message": "waiting for a GPU node"}, progress(100, 0.08),
                    progress(200, 0.04, psnr=27.5, etaSeconds=12.0), final):
-        await asyncio.sleep(0.15)
         await set_status(kube, name, status)
+        before = kube.emulator.request_counts[reads]
+        for _ in range(2000):
+            if kube.emulator.request_counts[reads] > before:
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError(f"`wait` did not read {name} after its status became {status}")
 
 
 @pytest.mark.parametrize("final, code, out_has, err_has", [
@@ -432,7 +441,7 @@ async def test_train_skip_pvc_check_creates_without_looking(kube, capsys):
     assert await run("train", "fox", "--pvc", "nope", "--skip-pvc-check", *flags(kube)) == 0
     assert kube.emulator.read(c.TRAINING_RESOURCE, NS, "fox")["spec"]["scene"]["claimName"] == "nope"
     assert not any(r.resource is not None and r.resource.plural == "persistentvolumeclaims"
-                   for r in kube.emulator._requests)
+                   for r in kube.emulator)  # kmock's public view: iterating it yields the requests served
 
 
 async def test_train_without_permission_to_read_claims_warns_and_continues(kube, capsys):

@@ -11,6 +11,7 @@ import re
 import sys
 
 import pytest
+import testkit
 import yaml
 
 from splatops import contract
@@ -25,9 +26,7 @@ STEPS = 30  # a tiny CPU training
 
 
 def training(name: str, path: str, **spec) -> dict:
-    return {"apiVersion": "splatops.dev/v1alpha1", "kind": "GaussianSplatTraining",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"scene": {"claimName": "scenes", "path": path}, "maxSteps": STEPS, **spec}}
+    return testkit.training(name, namespace=NS, path=path, **{"maxSteps": STEPS, **spec})
 
 
 def job_of(cluster: Cluster, name: str) -> dict | None:

@@ -8,6 +8,7 @@ import json
 import aiohttp
 import pytest
 import yaml
+from testkit import training
 
 from splatops import names
 from splatops.local import cluster as c
@@ -33,8 +34,9 @@ CRD = {
 
 
 def gst(name: str = "t1", **spec: object) -> dict:
-    return {"apiVersion": names.API_VERSION, "kind": names.KIND,
-            "metadata": {"name": name}, "spec": {"scene": {"claimName": "pvc"}, **spec}}
+    body = training(name, namespace=None, claim="pvc", **spec)
+    del body["spec"]["scene"]["path"]  # left to the CRD's default
+    return body
 
 
 @pytest.fixture
@@ -180,14 +182,20 @@ async def test_watch_filters_by_label_and_streams_changes(kube):
                     if ev["type"] == "DELETED":
                         return
 
+    # A matching pod from before the watch: once the watch streams it, the watch is live.
+    await cl.emulator.create(c.POD_RESOURCE, {"metadata": {"name": "w", "namespace": NS, "labels": {"app": "a"}}})
     task = asyncio.create_task(watch())
-    await asyncio.sleep(0.2)
+    for _ in range(500):
+        if ("ADDED", "w") in seen or task.done():
+            break
+        await asyncio.sleep(0.01)
+    assert seen == [("ADDED", "w")], seen
     await cl.emulator.create(c.POD_RESOURCE, {"metadata": {"name": "x", "namespace": NS, "labels": {"app": "b"}}})
     await cl.emulator.create(c.POD_RESOURCE, {"metadata": {"name": "y", "namespace": NS, "labels": {"app": "a"}}})
     await cl.emulator.patch(c.POD_RESOURCE, NS, "y", {"status": {"phase": "Running"}}, subresource="status")
     await cl.emulator.delete(c.POD_RESOURCE, NS, "y")
-    await asyncio.wait_for(task, 5)
-    assert seen == [("ADDED", "y"), ("MODIFIED", "y"), ("DELETED", "y")]
+    await asyncio.wait_for(task, 5)  # y's deletion came after x's creation: x was filtered, not late
+    assert seen == [("ADDED", "w"), ("ADDED", "y"), ("MODIFIED", "y"), ("DELETED", "y")]
 
 
 async def test_finalizers_block_deletion_until_removed(kube):

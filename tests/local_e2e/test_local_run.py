@@ -6,7 +6,6 @@ results.ply. Training is tiny (a few dozen steps) to respect the CI budget.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import re
@@ -22,18 +21,8 @@ E2E_STEPS = 30
 E2E_TIMEOUT = 130
 
 
-def _missing() -> str | None:
-    for module, what in (("splatops.controller.main", "the operator"), ("splatops.local.executor", "the local executor"),
-                         ("splatops_trainer.synthetic", "the synthetic scene generator"),
-                         ("splatops_trainer.cli", "the trainer")):
-        if importlib.util.find_spec(module) is None:
-            return f"{what} ({module}) does not exist yet"
-    if not SPLATOPS.exists():
-        return f"{SPLATOPS} is not installed (pip install -e .)"
-    return None
-
-
 def splatops(*argv: str, cwd: pathlib.Path, timeout: float = E2E_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    assert SPLATOPS.exists(), f"{SPLATOPS} is not installed (bash scripts/setup: pip install -e .)"
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     return subprocess.run([str(SPLATOPS), *argv], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
@@ -42,9 +31,6 @@ def splatops(*argv: str, cwd: pathlib.Path, timeout: float = E2E_TIMEOUT) -> sub
 @pytest.mark.slow
 @pytest.mark.timeout(E2E_TIMEOUT + 20)
 def test_local_trains_a_synthetic_scene_end_to_end(tmp_path):
-    reason = _missing()
-    if reason:
-        pytest.skip(f"splatops local cannot run yet: {reason}")
     proc = splatops("local", "--max-steps", str(E2E_STEPS), "--device", "cpu", cwd=tmp_path)
     out = proc.stdout
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{proc.stderr[-4000:]}"
@@ -105,9 +91,6 @@ def test_plan_quick_defaults(tmp_path, scene, device, has_gpu, steps, factor):
 def test_local_reports_a_training_failure_with_its_message(tmp_path):
     """A scene that passes the quick checks but whose COLMAP model is garbage: the trainer
     fails, the resource goes Failed, and `splatops local` exits 1 with the actionable message."""
-    reason = _missing()
-    if reason:
-        pytest.skip(f"splatops local cannot run yet: {reason}")
     scene = tmp_path / "broken"
     for rel in ("colmap/sparse_initial/cameras.bin", "colmap/sparse_initial/images.bin",
                 "colmap/sparse_initial/points3D.bin", "images/a.jpg"):
@@ -140,9 +123,6 @@ def test_link_scene_links_inputs_and_never_writes_the_source(tmp_path):
 def test_local_trains_a_plain_folder_of_photos(tmp_path):
     """Photos in, model out: a folder of JPEGs (no images/, no COLMAP model) is reconstructed by
     the trainer (status shows it), then trained; the folder itself is never written to."""
-    reason = _missing()
-    if reason:
-        pytest.skip(f"splatops local cannot run yet: {reason}")
     from splatops_trainer.synthetic import make_textured_scene
 
     make_textured_scene(tmp_path / "shoot", n_views=12)

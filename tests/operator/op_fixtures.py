@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
+
+import testkit
 
 from splatops import contract, names
 
@@ -13,17 +14,11 @@ T0_EPOCH = 1767225600.0
 
 
 def training(name: str = "fox", **spec: Any) -> dict[str, Any]:
-    body = {
-        "apiVersion": names.API_VERSION,
-        "kind": names.KIND,
-        "metadata": {
-            "name": name, "namespace": "default", "uid": f"uid-{name}", "generation": 1, "creationTimestamp": T0,
-            "labels": {"app.kubernetes.io/instance": "argo-app", "argocd.argoproj.io/instance": "app"},
-            "annotations": {"argocd.argoproj.io/tracking-id": "app:splatops.dev/GaussianSplatTraining:default/fox"},
-        },
-        "spec": {"scene": {"claimName": "scenes", "path": "scenes/fox"}},
-    }
-    body["spec"].update(copy.deepcopy(spec))
+    """testkit's manifest as stored, applied by Argo CD (its labels and tracking annotation, which
+    the Job must not copy). The scene path stays scenes/fox whatever the name."""
+    body = testkit.stored(testkit.training(name, path="scenes/fox", **spec), created=T0)
+    body["metadata"]["labels"] = {"app.kubernetes.io/instance": "argo-app", "argocd.argoproj.io/instance": "app"}
+    body["metadata"]["annotations"] = {"argocd.argoproj.io/tracking-id": "app:splatops.dev/GaussianSplatTraining:default/fox"}
     return body
 
 

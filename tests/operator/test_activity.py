@@ -75,6 +75,7 @@ def test_the_peering_daemon_watches_the_peering_kind_kopf_reads_and_adds_no_fina
     assert activity.peering_plural(settings) == plural
     registry = kopf.OperatorRegistry()
     register(registry, settings)
+    # kopf private API (registry._spawning): pinned kopf==1.45.2 in pyproject.toml
     daemons = [h for h in registry._spawning.get_all_handlers() if h.id == "peering"]
     if plural is None:
         assert daemons == []

@@ -3,12 +3,15 @@ before a Job is created (scene PVC, API rejections) and the 409 adoption of crea
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import typing
 from typing import Any
 
 import kopf
 import pytest
+import testkit
 from kubernetes_asyncio.client.exceptions import ApiException
 from op_fixtures import job_for, training
 
@@ -170,7 +173,7 @@ def test_api_error_message() -> None:
 
 
 class FakeKube:
-    """The handful of Kube calls the creation path makes; each answer set by the test."""
+    """testkit.JobCreationKube: the Kube calls of the creation path, each answer set by the test."""
 
     def __init__(self, *, pvc: Exception | None = None, create: Exception | None = None,
                  existing: dict[str, Any] | None = None) -> None:
@@ -193,6 +196,28 @@ class FakeKube:
         return self.existing
 
 
+def real_kube_class() -> type:
+    """The class of Runtime.kube, the client the operator really uses (wherever it lives)."""
+    (cls,) = [t for t in typing.get_args(typing.get_type_hints(Runtime)["kube"]) if t is not type(None)]
+    return cls
+
+
+@pytest.mark.parametrize("impl", [real_kube_class(), FakeKube], ids=["real", "fake"])
+def test_fake_and_real_kube_match_the_protocol(impl: type) -> None:
+    """The fake stands in for the real client only while both have the Protocol's signatures."""
+    members = [n for n in vars(testkit.JobCreationKube) if not n.startswith("_")]
+    assert members == ["read_pvc", "create_job", "read_job"]
+    for name in members:
+        want, got = inspect.signature(getattr(testkit.JobCreationKube, name)), inspect.signature(getattr(impl, name))
+        assert inspect.iscoroutinefunction(getattr(impl, name)), name
+        assert list(got.parameters) == list(want.parameters), (name, got, want)
+
+
+def use(rt: Runtime, fake: testkit.JobCreationKube) -> Runtime:
+    rt.kube = typing.cast(Any, fake)  # the Protocol is the part of Kube these paths call
+    return rt
+
+
 SPEC = parse_spec(training()["spec"])
 
 
@@ -207,14 +232,14 @@ SPEC = parse_spec(training()["spec"])
 )
 async def test_scene_problem(error: Exception | None, reason: str | None) -> None:
     rt = runtime()
-    rt.kube = FakeKube(pvc=error)  # type: ignore[assignment]
+    use(rt, FakeKube(pvc=error))
     problem = await training_handlers.scene_problem(rt, "default", SPEC, LOG)
     assert (problem.reason if problem else None) == reason
 
 
 async def test_scene_problem_retries_on_server_errors() -> None:
     rt = runtime()
-    rt.kube = FakeKube(pvc=api_error(500, "Internal Server Error"))  # type: ignore[assignment]
+    use(rt, FakeKube(pvc=api_error(500, "Internal Server Error")))
     with pytest.raises(ApiException):
         await training_handlers.scene_problem(rt, "default", SPEC, LOG)
 
@@ -226,7 +251,7 @@ MANIFEST = job_for(training(), Settings())
 async def test_rejected_job_is_not_retried(code: int) -> None:
     rt = runtime()
     message = 'Job.batch "gst-fox" is invalid: spec.template.spec.affinity.nodeAffinity: Invalid value'
-    rt.kube = FakeKube(create=api_error(code, "Invalid", "Invalid", message))  # type: ignore[assignment]
+    use(rt, FakeKube(create=api_error(code, "Invalid", "Invalid", message)))
     with pytest.raises(training_handlers.JobRejected) as err:
         await training_handlers.create_or_adopt(rt, "default", MANIFEST, "uid-fox", LOG)
     assert str(err.value) == f"the API server rejected Job gst-fox: {message}"
@@ -235,10 +260,10 @@ async def test_rejected_job_is_not_retried(code: int) -> None:
 async def test_409_adopts_our_own_job() -> None:
     rt = runtime()
     ours = job_for(training(), Settings())
-    rt.kube = FakeKube(create=api_error(409, "Conflict", "AlreadyExists"), existing=ours)  # type: ignore[assignment]
+    use(rt, FakeKube(create=api_error(409, "Conflict", "AlreadyExists"), existing=ours))
     job, created = await training_handlers.create_or_adopt(rt, "default", MANIFEST, "uid-fox", LOG)
     assert job is ours and created is False
-    rt.kube = FakeKube()  # type: ignore[assignment]
+    use(rt, FakeKube())
     assert (await training_handlers.create_or_adopt(rt, "default", MANIFEST, "uid-fox", LOG))[1] is True
 
 
@@ -246,7 +271,7 @@ async def test_409_of_another_owner_is_not_adopted() -> None:
     rt = runtime()
     theirs = job_for(training(), Settings())
     theirs["metadata"]["ownerReferences"][0]["uid"] = "uid-of-a-deleted-namesake"
-    rt.kube = FakeKube(create=api_error(409, "Conflict", "AlreadyExists"), existing=theirs)  # type: ignore[assignment]
+    use(rt, FakeKube(create=api_error(409, "Conflict", "AlreadyExists"), existing=theirs))
     with pytest.raises(training_handlers.ForeignJob) as err:
         await training_handlers.create_or_adopt(rt, "default", MANIFEST, "uid-fox", LOG)
     assert err.value.job is theirs

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import itertools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,10 +16,13 @@ from typing import Any
 
 import aiohttp.web
 import kmock
+import kopf
 import pytest
+import testkit
 import yaml
 
 from splatops import names
+from splatops.controller import main as operator_main  # a broken operator fails collection, never a skip
 from splatops.local import cluster as c
 from splatops.local.kubelet import SimCluster
 
@@ -41,12 +45,14 @@ BASE_ENV = {
     "SPLATOPS_OPERATOR_MAX_CONCURRENT": "0",
 }
 
+# Harness.handled's token: an annotation the test writes on a training, and the reason (message:
+# the token) of the Event the observer posts once the operator has handled that version.
+BARRIER = "test.splatops.dev/barrier"
+MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
+
+
 def training(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": names.API_VERSION, "kind": names.KIND,
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"scene": {"claimName": SCENE_CLAIM, "path": f"scenes/{name}"}, "maxSteps": 300, **spec},
-    }
+    return testkit.training(name, namespace=NS, claim=SCENE_CLAIM, **{"maxSteps": 300, **spec})
 
 
 def caller(request: kmock.Request) -> str:
@@ -76,6 +82,7 @@ class Emulator(c.SplatopsEmulator):
         # answers (code, reason, message), one used per matching request, then served normally.
         self.fail_next: dict[tuple[str, str, bool], list[tuple[int, str, str]]] = {}
 
+    # kmock private API (_handle, _render_error, _serve_fetch overrides): pinned kmock==0.8 in pyproject.toml
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         who, key = caller(request), self._key(request.resource)
         method = str(getattr(request.method, "value", request.method))
@@ -117,6 +124,62 @@ class Harness:
     sim: SimCluster
     monkeypatch: pytest.MonkeyPatch
     _operators: list[tuple[threading.Thread, threading.Event]] = dataclasses.field(default_factory=list)
+    # (plural, name, event type, barrier token) of each watch event the operators' handlers have handled
+    seen: list[tuple[str, str, str, str | None]] = dataclasses.field(default_factory=list)
+    _tokens: Any = dataclasses.field(default_factory=itertools.count)
+
+    def register_with_observer(self, register: Callable[..., Any]) -> Callable[..., Any]:
+        """The operator's `register`, then an observer: one more kopf event handler per kind, registered
+        last. kopf handles one object's events in order, each event's handlers in registration
+        order, so an event the observer saw was handled by the operator first, as was every
+        earlier event of that object. Seeing a barrier token, it posts an Event: kopf posts one
+        object's Events in order, so that Event's arrival means the earlier ones arrived too."""
+
+        async def observe(type: str | None, body: kopf.Body, resource: kopf.Resource, name: str, **_: Any) -> None:
+            token = (body.get("metadata", {}).get("annotations") or {}).get(BARRIER)
+            self.seen.append((resource.plural, name, str(type), token))
+            if token is not None and resource.plural == names.PLURAL and type != "DELETED":
+                kopf.event(dict(body), type="Normal", reason="TestBarrier", message=token)
+
+        def register_all(registry: kopf.OperatorRegistry, *args: Any, **kwargs: Any) -> Any:
+            runtime = register(registry, *args, **kwargs)
+            for group, version, plural, labels in ((names.GROUP, names.VERSION, names.PLURAL, None),
+                                                   ("batch", "v1", "jobs", MANAGED), ("", "v1", "pods", MANAGED)):
+                kopf.on.event(group, version, plural, labels=labels, id="test_observer", registry=registry)(observe)
+            return runtime
+
+        return register_all
+
+    async def handled(self, name: str, *, events: bool = False) -> None:
+        """Wait until the operator has handled every watch event of training `name` so far (and,
+        with `events`, posted every Event it queued for it): the observable proof that it had its
+        chance to act, before a test asserts that it did not."""
+        token = await self._barrier(c.TRAINING_RESOURCE, names.PLURAL, name)
+        if events:
+            await eventually(lambda: any(e.get("reason") == "TestBarrier" and e.get("message") == token
+                                         for e in self.emulator.list_objects(c.EVENT_RESOURCE, NS)),
+                             f"the Event of barrier {token} for {name}")
+
+    async def settled(self, name: str) -> None:
+        """`handled` for the training's Job and pods, then for the training with its Events: whatever
+        their events made the operator write has been written."""
+        for job in self.sim.jobs(name):
+            await self._barrier(c.JOB_RESOURCE, "jobs", job["metadata"]["name"])
+            for pod in self.sim.pods(job["metadata"]["name"]):
+                await self._barrier(c.POD_RESOURCE, "pods", pod["metadata"]["name"])
+        await self.handled(name, events=True)
+
+    async def _barrier(self, resource: str, plural: str, name: str) -> str:
+        token = f"b{next(self._tokens)}"
+        await self.emulator.patch(resource, NS, name, {"metadata": {"annotations": {BARRIER: token}}})
+        await eventually(lambda: (plural, name, token) in {(p, n, t) for p, n, _, t in self.seen},
+                         f"the operator to handle {plural} {name}'s watch event carrying {BARRIER}={token}")
+        return token
+
+    async def deletion_handled(self, plural: str, name: str) -> None:
+        """Wait until the operator has handled the DELETED watch event of `name` (a Job or pod)."""
+        await eventually(lambda: (plural, name, "DELETED") in {(p, n, t) for p, n, t, _ in self.seen},
+                         f"the operator to handle the deletion of {plural} {name}")
 
     @property
     def emulator(self) -> Emulator:
@@ -129,7 +192,6 @@ class Harness:
 
         With `caller`, the operator uses its own kubeconfig whose token is `caller` (its requests
         are told apart in `Emulator.calls`). Returns its stop flag."""
-        from splatops.controller import main
         from splatops.controller.settings import Settings
 
         if caller is not None:
@@ -146,7 +208,7 @@ class Harness:
 
         def target() -> None:
             try:
-                main.run(settings, ready_flag=ready, stop_flag=stop)
+                operator_main.run(settings, ready_flag=ready, stop_flag=stop)
             except BaseException as exc:  # noqa: BLE001 - reported to the test below
                 errors.append(exc)
 
@@ -239,6 +301,7 @@ async def kube(tmp_path, monkeypatch) -> AsyncIterator[Harness]:
             monkeypatch.setenv(key, value)
         sim = SimCluster(cluster.emulator, NS, controller_lag=CONTROLLER_LAG)
         harness = Harness(cluster, sim, monkeypatch)
+        monkeypatch.setattr(operator_main, "register", harness.register_with_observer(operator_main.register))
         try:
             yield harness
         finally:

@@ -3,7 +3,6 @@ verdict, the affinity's shape, a Job that already exists), and its /metrics and 
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import socket
 
@@ -32,7 +31,7 @@ async def test_missing_scene_pvc_fails_at_once_with_what_to_do(kube: Harness):
     assert status["reason"] == "ScenePVCNotFound", status
     for words in ('"no-such-claim"', f'namespace "{NS}"', "spec.scene.claimName", "Create it"):
         assert words in status["message"], status["message"]
-    await asyncio.sleep(0.5)
+    await kube.handled("nopvc")  # it handled the events after its Failed write too
     assert_no_job(kube, "nopvc")  # never a Job whose pod could not start
 
 
@@ -112,7 +111,7 @@ async def test_409_adopts_the_existing_job_of_this_training(kube: Harness):
     await kube.start_operator()
     status = await kube.wait_phase("adopt", "Pending")
     assert status["jobName"] == job["metadata"]["name"]
-    await asyncio.sleep(0.5)
+    await kube.handled("adopt")
     (only,) = kube.emulator.list_objects(c.JOB_RESOURCE, NS)
     assert only["metadata"]["uid"] == job["metadata"]["uid"]
     assert sample("splatops_trainings_started_total", namespace=NS) == started  # counted by its creator
@@ -131,7 +130,11 @@ async def test_job_of_a_deleted_namesake_is_waited_for(kube: Harness, monkeypatc
     await kube.emulator.patch(c.JOB_RESOURCE, NS, old["metadata"]["name"], {"status": {
         "conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}}, subresource="status")
     await kube.start_operator()
-    await asyncio.sleep(1.5)  # a few retries
+    await eventually(lambda: any(e.get("reason") == "JobNameTaken" and e["involvedObject"]["name"] == "reborn"
+                                 for e in kube.emulator.list_objects(c.EVENT_RESOURCE, NS)),
+                     "the Warning Event: the Job's name is taken")  # it saw the old Job and waits
+    for _ in range(2):  # and tried again on later events
+        await kube.handled("reborn")
     assert [j["metadata"]["uid"] for j in kube.emulator.list_objects(c.JOB_RESOURCE, NS)] == [old["metadata"]["uid"]]
     assert kube.status("reborn").get("phase") in (None, "Pending"), kube.status("reborn")  # not the old Job's Succeeded
     await kube.emulator.delete(c.JOB_RESOURCE, NS, old["metadata"]["name"])

@@ -13,8 +13,6 @@ from splatops.local import cluster as c
 
 from .conftest import NS, Harness, eventually, sample
 
-pytest.importorskip("splatops.controller.main", reason="the operator is not built yet")
-
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -86,7 +84,7 @@ async def test_create_gives_exactly_one_job_with_expected_spec(kube: Harness):
     assert spec["template"]["spec"]["automountServiceAccountToken"] is False
     status = await kube.wait_phase("t1", "Pending")
     assert status["jobName"] == meta["name"]
-    await asyncio.sleep(0.5)  # more reconciles: still one Job
+    await kube.handled("t1")  # more reconciles: still one Job
     kube.job_of("t1")
 
 
@@ -120,7 +118,7 @@ async def test_success_gives_model_path(kube: Harness):
     # One Event per phase change, reason = the new phase, and no more (kopf posts them in the background).
     expected = ["Pending", "Running", "Succeeded"]
     await eventually(lambda: phase_events(kube, "t3") == expected, lambda: f"Events {expected}, got {phase_events(kube, 't3')}")
-    await asyncio.sleep(0.5)
+    await kube.settled("t3")  # every event handled, every Event it queued posted
     assert phase_events(kube, "t3") == expected
     assert moved(before, outcome_metrics()) == {"started": 1, "succeeded": 1, "duration_succeeded": 1, "queue_wait": 1}
 
@@ -260,15 +258,16 @@ async def test_job_deleted_by_ttl_keeps_the_terminal_status(kube: Harness):
     pod = await kube.running_pod("ttl", progress(300))
     await kube.sim.terminate(pod, 0, complete())
     await kube.wait_phase("ttl", "Succeeded")
-    await asyncio.sleep(0.5)  # let the last writes land
+    await kube.settled("ttl")  # the last writes have landed
     final = kube.status("ttl")
     await kube.emulator.delete(c.JOB_RESOURCE, NS, job_name)  # the TTL controller; the pods go with it
     await eventually(lambda: kube.sim.job(job_name) is None and not kube.sim.pods(job_name), "the Job and its pods gone")
-    await asyncio.sleep(1.0)  # reconciles of the deletion, timer ticks
+    await kube.deletion_handled("jobs", job_name)
+    await kube.handled("ttl")  # and a reconcile of the training after it
     assert (kube.status("ttl"), kube.sim.jobs("ttl")) == (final, [])
     await kube.stop_operators()
     await kube.start_operator()  # its initial listing runs the training handler again
-    await asyncio.sleep(1.0)
+    await kube.handled("ttl")
     assert (kube.status("ttl"), kube.sim.jobs("ttl")) == (final, [])
     assert phase_events(kube, "ttl") == ["Pending", "Running", "Succeeded"]
 

@@ -29,8 +29,6 @@ from splatops.local import cluster as c
 
 from .conftest import NS, Harness, eventually
 
-pytest.importorskip("splatops.controller.main", reason="the operator is not built yet")
-
 pytestmark = pytest.mark.timeout(60)
 
 CRDS = pathlib.Path(__file__).resolve().parents[2] / "crds" / "kopf-peering.yaml"

@@ -11,8 +11,6 @@ from splatops import contract
 from .conftest import Harness, eventually
 from .test_operator import complete, condition, progress
 
-pytest.importorskip("splatops.controller.main", reason="the operator is not built yet")
-
 pytestmark = pytest.mark.timeout(60)
 
 

@@ -46,6 +46,7 @@ FOREIGN_RESOURCES = {
 HELM_RELEASE_ANNOTATION = "meta.helm.sh/release-name"  # Helm's ownership mark on release objects
 
 
+# kmock private API (overrides of _serve_version, _serve_server_version, _serve_watch, _handle): pinned kmock==0.8 in pyproject.toml
 class _Emulator(kmock.KubernetesEmulator):
     """kmock's emulator, with the core group's discovery fixed for Go clients, and CRDs that serve.
 

@@ -15,6 +15,7 @@ import celpy
 import helm_env
 import kubernetes_validate
 import pytest
+import testkit
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -75,8 +76,7 @@ def evaluate(vap: dict[str, Any], obj: dict[str, Any]) -> list[str]:
 
 
 def training(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": "t", "namespace": "default"},
-            "spec": {"scene": {"claimName": "scenes", "path": "scenes/t"}, **spec}}
+    return testkit.training("t", **spec)
 
 
 @pytest.mark.parametrize(("extra", "expected"), [(c[1], c[2]) for c in CASES], ids=[c[0] for c in CASES])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -23,7 +22,8 @@ from splatops_trainer.config import TrainerConfig
 from splatops_trainer.errors import Terminated, TrainerError
 from splatops_trainer.train import TrainingDivergedError
 
-EARLIER_PLY = b"ply\nformat binary_little_endian 1.0\nelement vertex 0\nend_header\n-- an earlier result --"
+from cpu_trainings import EARLIER_PLY, CpuTrainings
+
 
 
 # --- options -------------------------------------------------------------------------------------
@@ -107,23 +107,12 @@ def test_flags_win_over_env() -> None:
 
 
 @pytest.fixture
-def scene(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """A valid synthetic scene with an earlier results.ply that must survive failures.
-
-    conftest's `scene_copy` (a copy of the session's synthetic scene) when it exists, else one
-    generated here.
-    """
-    try:
-        copy = request.getfixturevalue("scene_copy")
-    except pytest.FixtureLookupError:
-        from splatops_trainer.synthetic import make_synthetic_scene
-
-        copy = make_synthetic_scene(tmp_path / "scene")
-    root = Path(copy if isinstance(copy, (str, os.PathLike)) else copy.root)
-    out = root / contract.OUTPUT_DIR
+def scene(scene_copy: Path) -> Path:
+    """A valid synthetic scene (conftest's `scene_copy`) with an earlier results.ply that must survive failures."""
+    out = scene_copy / contract.OUTPUT_DIR
     out.mkdir(exist_ok=True)
     (out / contract.RESULT_PLY).write_bytes(EARLIER_PLY)
-    return root
+    return scene_copy
 
 
 @pytest.fixture
@@ -350,16 +339,6 @@ def test_training_failures(scene: Path, monkeypatch: pytest.MonkeyPatch, fake, c
 # --- a real run ------------------------------------------------------------------------------------
 
 
-def _train_missing() -> str | None:
-    try:
-        importlib.import_module("splatops_trainer.train")
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").startswith("splatops_trainer"):
-            return f"train.py is not complete yet ({exc.name} missing)"
-        raise
-    return None
-
-
 
 def _check_web_outputs(scene: Path, out: Path, result: contract.Result) -> None:
     """preview.png, metrics.jsonl and the model formats beside results.ply, listed in the result."""
@@ -392,26 +371,18 @@ def _check_web_outputs(scene: Path, out: Path, result: contract.Result) -> None:
 
 
 @pytest.mark.slow
-def test_end_to_end_cpu(scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    missing = _train_missing()
-    if missing:
-        pytest.skip(missing)
-    (scene / contract.OUTPUT_DIR / contract.ERROR_LOG).write_text("an earlier failure")
-    # MCMC with a cap keeps the CPU cost fixed (the default strategy's growth is what costs on a CPU).
-    args = (
-        "--max-steps", "200", "--progress-every", "50", "--eval-every", "100", "--checkpoint-every", "100",
-        "--test-every", "4", "--sh-degree", "1", "--scene-id", "synthetic", "--strategy", "mcmc", "--cap-max", "600",
-        "--data-factor", "2", "--formats", "ply,spz,splat,ply_compressed",
-    )
-    code, result = run_main(scene, *args)
-    captured = capsys.readouterr()
-    assert code == 0, captured.err[-3000:]
-    out = scene / contract.OUTPUT_DIR
+def test_end_to_end_cpu(cpu_trainings: CpuTrainings) -> None:
+    """The shared MCMC run (cpu_trainings.py: 200 steps, cap 600, every model format) over a scene
+    that held an earlier result and error.log: its exit, termination message and outputs."""
+    run = cpu_trainings.runs["mcmc"]
+    assert run.code == 0, cpu_trainings.stderr[-3000:]
+    out = run.out
     ply_path = out / contract.RESULT_PLY
     assert ply_path.read_bytes() != EARLIER_PLY
 
     # termination message in the original words
-    assert result.status == "complete" and result.steps == 200
+    result = contract.parse_result(run.termination_log.read_text())
+    assert result is not None and result.status == "complete" and result.steps == 200
     assert result.model_path == str(ply_path.resolve())
     assert result.model_size_mb == round(ply_path.stat().st_size / 2**20, 2)
     assert isinstance(result.psnr, float) and isinstance(result.ssim, float)
@@ -429,17 +400,26 @@ def test_end_to_end_cpu(scene: Path, capsys: pytest.CaptureFixture[str]) -> None
     iterations = re.findall(r"^Iteration (\d+)/200 \| Loss: \d+\.\d{4}$", log, re.M)
     assert iterations == ["50", "100", "150", "200"]
     assert re.search(r"^Eval at iteration 200/200 \| PSNR: \d+\.\d\d dB", log, re.M)
-    assert list((out / contract.CHECKPOINTS_DIR).iterdir())
-    progress = [contract.parse_progress_line(line) for line in captured.out.splitlines()]
+    assert [p.name for p in sorted((out / contract.CHECKPOINTS_DIR).iterdir())] == ["ckpt_000100.pt", "ckpt_000200.pt"]
+    progress = [contract.parse_progress_line(line) for line in run.stdout]
     assert [p.step for p in progress if p and p.event == "progress"] == [50, 100, 150, 200]
     assert not (out / contract.ERROR_LOG).exists()
-    _check_web_outputs(scene, out, result)
+    _check_web_outputs(run.scene, out, result)
 
-    # Run again (a retried pod): resumes from the final checkpoint, only evaluates, same answer.
-    code, again = run_main(scene, *args)
-    assert code == 0 and again.steps == 200 and again.num_gaussians == result.num_gaussians
-    assert again.psnr == pytest.approx(result.psnr, abs=1e-3)
-    assert (out / contract.TRAINING_LOG).read_text().count("Training started") == 2
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_training_resumes_and_only_evaluates(cpu_trainings: CpuTrainings, tmp_path: Path) -> None:
+    """A retried pod after the shared MCMC run finished: resumes from the final checkpoint, only
+    evaluates, same answer (on a copy: the shared run stays as it was)."""
+    run = cpu_trainings.runs["mcmc"]
+    first = contract.parse_result(run.termination_log.read_text())
+    assert first is not None and first.steps == 200
+    scene = tmp_path / "scene"
+    shutil.copytree(run.scene, scene, symlinks=True)
+    code, again = run_main(scene, *run.args)
+    assert code == 0 and again is not None and again.steps == 200 and again.num_gaussians == first.num_gaussians
+    assert again.psnr == pytest.approx(first.psnr, abs=1e-3)
+    assert (scene / contract.OUTPUT_DIR / contract.TRAINING_LOG).read_text().count("Training started") == 2
 
 
 @pytest.mark.slow
@@ -452,9 +432,6 @@ def test_changed_scene_is_trained_fresh_not_resumed(
     from splatops_trainer import report
     from splatops_trainer.synthetic import make_synthetic_scene
 
-    missing = _train_missing()
-    if missing:
-        pytest.skip(missing)
     args = (
         "--max-steps", "20", "--progress-every", "10", "--checkpoint-every", "10", "--keep-checkpoints", "1",
         "--test-every", "4", "--sh-degree", "0", "--data-factor", "2",

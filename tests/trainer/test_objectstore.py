@@ -17,14 +17,13 @@ import time
 import uuid
 from pathlib import Path
 
+import boto3
+import moto.server as moto_server
 import pytest
 
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
-
-from splatops import contract  # noqa: E402
-from splatops_trainer import objectstore  # noqa: E402
-from splatops_trainer.errors import TrainerError  # noqa: E402
+from splatops import contract
+from splatops_trainer import objectstore
+from splatops_trainer.errors import TrainerError
 
 R = contract.Reason
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -279,7 +278,6 @@ def test_trainer_fetches_the_scene_and_uploads_its_outputs(s3, synthetic_scene, 
     sets them: the scene comes from S3 into the (empty) scene directory on the claim, a short CPU
     training runs, and results.ply, config.json and training_log.txt land in S3, listed with their
     sha256 in the termination message."""
-    pytest.importorskip("gsplat")
     name = bucket()
     put_tree(synthetic_scene, name, "scenes/fox/")
     scene_dir, term = tmp_path / "claim" / "fox", tmp_path / "term"

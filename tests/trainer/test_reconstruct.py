@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,20 @@ class Trainer(TrainerProcess):
 trainers = started_by(Trainer)
 
 
+@pytest.fixture(scope="module")
+def reconstructed(photos_master: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Trainer]]:
+    """The photos reconstructed, then trained 3 steps, by one trainer process (finished): the one
+    structure-from-motion run the tests below read. Read-only: copy the scene to change it."""
+    scene = tmp_path_factory.mktemp("reconstructed") / "scene"
+    shutil.copytree(photos_master, scene)
+    trainer = Trainer(scene, "--max-steps", "3")
+    try:
+        trainer.finish()
+        yield scene, trainer
+    finally:
+        trainer.kill()
+
+
 def _no_half_models(scene: Path) -> None:
     colmap = scene / "colmap"
     leftovers = [p.name for p in colmap.iterdir()] if colmap.is_dir() else []
@@ -82,10 +97,9 @@ def _no_half_models(scene: Path) -> None:
 # --- photos in, model out, training starts ------------------------------------------------------------
 
 
-def test_photos_become_a_model_and_training_starts(photos: Path, trainers) -> None:
-    trainer = trainers(photos, "--max-steps", "3")
-    code = trainer.finish()
-    assert code == 0, trainer.stderr()[-3000:]
+def test_photos_become_a_model_and_training_starts(reconstructed: tuple[Path, Trainer]) -> None:
+    photos, trainer = reconstructed
+    assert trainer.proc.returncode == 0, trainer.stderr()[-3000:]
     messages = [s.message for s in trainer.stages()]
     assert messages[0] == f"Extracting features 0/{N_VIEWS}"
     assert any(m.startswith("Matching (exhaustive)") for m in messages)
@@ -116,9 +130,11 @@ def test_photos_become_a_model_and_training_starts(photos: Path, trainers) -> No
 
 
 @pytest.mark.slow
-def test_a_scene_with_a_model_is_not_reconstructed(photos: Path, trainers) -> None:
-    first = trainers(photos, "--reconstruct-only")
-    assert first.finish() == 0, first.stderr()[-3000:]
+def test_a_scene_with_a_model_is_not_reconstructed(reconstructed: tuple[Path, Trainer], tmp_path: Path, trainers) -> None:
+    source, first = reconstructed  # the model made by this output directory's own run
+    assert first.proc.returncode == 0, first.stderr()[-3000:]
+    photos = tmp_path / "scene"
+    shutil.copytree(source, photos, symlinks=True)
     before = (photos / contract.COLMAP_DIR / "points3D.bin").read_bytes()
     again = trainers(photos, "--reconstruct-only")  # IfMissing: the model is there now
     assert again.finish() == 0, again.stderr()[-3000:]

@@ -224,6 +224,7 @@ class SplatopsEmulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         for key, info in RESOURCES.items():
             self.resources[key] = kmock.ResourceInfo(verbs=set(_VERBS), **info)
+        # kmock private API (_payloads): pinned kmock==0.8 in pyproject.toml
         self._builtin_reactions = len(self._payloads)
 
     # -- request routing ---------------------------------------------------------------------
@@ -238,6 +239,7 @@ class SplatopsEmulator(kmock.KubernetesEmulator):
             raw_request = raw_request.clone(rel_url=alias.with_query(raw_request.rel_url.query))
         return await super().__call__(raw_request)
 
+    # kmock private API (KubernetesScaffold._handle, _requests, _render_error, _serve_*): pinned kmock==0.8 in pyproject.toml
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if request.resource is not None and request.resource.plural == _NS_ALIAS:
             fixed = attrs.evolve(request, resource=kmock.resource(NAMESPACE_RESOURCE))
@@ -416,6 +418,7 @@ class SplatopsEmulator(kmock.KubernetesEmulator):
                 continue
             yield event
 
+    # kmock private API (_serve_fetch override): pinned kmock==0.8 in pyproject.toml
     async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
         if request.subresource == "log" and self._key(request.resource) == POD_RESOURCE:
             if self.read(POD_RESOURCE, request.namespace, request.name or "") is None:

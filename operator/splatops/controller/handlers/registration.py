@@ -82,6 +82,7 @@ def without_finalizer(registry: kopf.OperatorRegistry, handler_id: str) -> None:
     must never block the deletion of kopf's peering object (the chart's hook re-creates it).
     kopf stops either when it sees the deletion event.
     """
+    # kopf private API (registry._spawning._handlers): pinned kopf==1.45.2 in pyproject.toml
     handlers = registry._spawning._handlers  # no public API to opt a daemon or timer out of its finalizer
     found = [i for i, handler in enumerate(handlers) if handler.id == handler_id]
     if not found:  # e.g. kopf suffixes the id of a handler with a field filter
