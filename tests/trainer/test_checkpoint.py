@@ -110,6 +110,7 @@ def test_every_training_option_is_in_the_resume_key(tmp_path: Path) -> None:
         "scene_source", "output_uri",  # where the scene comes from (its content is the fingerprint), where outputs go
         "formats",  # which files are exported at the end, not what is trained
         "reconstruct", "reconstruct_only",  # the model they make is in the key: the scene fingerprint
+        "compile_loss",  # the same loss and gradient, compiled or not
     }
 
 
