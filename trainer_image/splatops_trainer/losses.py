@@ -15,6 +15,7 @@ Three entry points:
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -118,6 +119,9 @@ class CompiledLoss:
     """
 
     def __init__(self) -> None:
+        # fp32 matmuls on purpose (the blur's variances are differences of nearly equal moments):
+        # Inductor's hint to enable TF32 would only be noise in the training log.
+        warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores", category=UserWarning)
         self._fn: LossFn = torch.compile(photometric_loss, dynamic=False)
         self.failed: str | None = None
 
