@@ -272,13 +272,18 @@ def render_views(
     return out.permute(0, 2, 3, 1).contiguous()
 
 
-def _write_images(images_dir: Path, names: list[str], images: torch.Tensor) -> None:
+def write_image(images_dir: Path, name: str, rgb: np.ndarray, fmt: str = "PNG", quality: int = 95) -> None:
+    """One [H, W, 3] float image in [0, 1] as an 8-bit PNG or JPEG, written atomically."""
     images_dir.mkdir(parents=True, exist_ok=True)
-    arr = (images * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
-    for name, a in zip(names, arr, strict=True):
-        tmp = images_dir / f".{name}.tmp"
-        PILImage.fromarray(a).save(tmp, format="PNG")
-        os.replace(tmp, images_dir / name)
+    tmp = images_dir / f".{name}.tmp"
+    pixels = (np.asarray(rgb) * 255.0).round().clip(0, 255).astype(np.uint8)
+    PILImage.fromarray(pixels).save(tmp, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    os.replace(tmp, images_dir / name)
+
+
+def _write_images(images_dir: Path, names: list[str], images: torch.Tensor) -> None:
+    for name, rgb in zip(names, images.numpy(), strict=True):
+        write_image(images_dir, name, rgb)
 
 
 def _write_model(
@@ -292,9 +297,12 @@ def _write_model(
     points: np.ndarray,
     point_colors: np.ndarray,
     text_model: bool,
+    visible: np.ndarray | None = None,
 ) -> None:
     """COLMAP model with one camera (trivial rig), one trivially-framed image per view, and the
-    points with tracks; written to a temp dir beside model_dir, then swapped in."""
+    points with tracks; written to a temp dir beside model_dir, then swapped in.
+
+    visible: [P, V] bool, which views see each point (occlusion); default every view it projects into."""
     import pycolmap
 
     rec = pycolmap.Reconstruction()
@@ -311,6 +319,8 @@ def _write_model(
         xy = np.zeros((len(P), 2))
         xy[in_front] = np.asarray(cam.img_from_cam(pc[in_front]), dtype=np.float64)[:, :2]
         seen = in_front & (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
+        if visible is not None:
+            seen &= visible[:, i]
         idx = np.nonzero(seen)[0]
         image = pycolmap.Image(name=name, keypoints=xy[idx], camera_id=1, image_id=image_id)
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(Rt))
@@ -417,9 +427,7 @@ def make_textured_scene(
         dirs = rays_cam @ m[:3, :3]  # camera-to-world rotation is R^T: rows of R map back
         rgb = _ray_cast(eye.double().numpy(), dirs, textures).reshape(height, width, 3)
         name = f"photo_{i:03d}.jpg"
-        tmp = images_dir / f".{name}.tmp"
-        PILImage.fromarray((rgb * 255).round().clip(0, 255).astype(np.uint8)).save(tmp, format="JPEG", quality=92)
-        os.replace(tmp, images_dir / name)
+        write_image(images_dir, name, rgb, "JPEG", quality=92)
         names.append(name)
     return names
 
