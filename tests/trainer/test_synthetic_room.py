@@ -11,7 +11,6 @@ import PIL.Image  # before pycolmap (see tests/conftest.py)
 import pycolmap
 import pytest
 import torch
-
 from splatops_trainer import synthetic_room as room_mod
 from splatops_trainer.config import TrainerConfig
 from splatops_trainer.scene import load_scene
@@ -97,7 +96,7 @@ def test_the_seed_decides_the_scene(tmp_path: Path) -> None:
     s1 = room_mod.make_room_scene(tmp_path / "a", seed=1, **kw)
     s2 = room_mod.make_room_scene(tmp_path / "b", seed=1, **kw)
     s3 = room_mod.make_room_scene(tmp_path / "c", seed=2, **kw)
-    files = lambda s: [f.read_bytes() for d in ("images", "sparse/0") for f in sorted((s.root / d).iterdir())]  # noqa: E731
+    files = lambda s: [f.read_bytes() for d in ("images", "sparse/0") for f in sorted((s.root / d).iterdir())]
     assert files(s1) == files(s2)
     assert files(s1)[0] != files(s3)[0] and not np.array_equal(s1.points, s3.points)
 

@@ -34,7 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .synthetic import TEXTURE_SIZE, _camera_params, _texture, _write_model, look_at, write_image
+from .synthetic import (
+    TEXTURE_SIZE,
+    _camera_params,
+    _texture,
+    _write_model,
+    look_at,
+    write_image,
+)
 
 ROOM_HALF = (4.0, 3.0)  # the room spans [-4, 4] x [-3, 3] in x, y
 ROOM_HEIGHT = 3.0
@@ -122,7 +129,7 @@ class Room:
         tex = np.stack([_texture(rng) for _ in range(6)])  # [T, S, S, 3]
         self.textures = torch.from_numpy(tex).float().to(device).reshape(-1, 3)  # texel (t, y, x) flat
         self.device = device
-        f = lambda x: torch.tensor(x, dtype=torch.float32, device=device)  # noqa: E731
+        f = lambda x: torch.tensor(x, dtype=torch.float32, device=device)
         self.box_lo, self.box_hi = f([b[0] for b in BOXES]), f([b[1] for b in BOXES])
         self.box_mat = torch.tensor([b[2] for b in BOXES], device=device)
         self.sph_c, self.sph_r = f([s[0] for s in SPHERES]), f([s[1] for s in SPHERES])
@@ -159,7 +166,9 @@ class Room:
             t, which = t_all.min(dim=1)
             return self._hits(o, d, t, which, axis, room_mat, near_axis)
 
-    def _hits(self, o, d, t, which, room_axis, room_mat, box_axis) -> Hits:  # noqa: ANN001
+    def _hits(self, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, which: torch.Tensor, room_axis: torch.Tensor,
+              room_mat: torch.Tensor, box_axis: torch.Tensor) -> Hits:
+        """Hit details for the winning primitive (`which`: 0 the room, then boxes, then spheres)."""
         n_box = len(BOXES)
         p = o + t[:, None] * d
         is_box = (which >= 1) & (which <= n_box)
@@ -187,7 +196,7 @@ class Room:
         x0, y0 = x0.long() % s, y0.long() % s
         x1, y1 = (x0 + 1) % s, (y0 + 1) % s
         base = self.mat_tex[hits.material] * s * s
-        tex = lambda y, x: self.textures[base + y * s + x]  # noqa: E731
+        tex = lambda y, x: self.textures[base + y * s + x]
         rgb = (tex(y0, x0) * (1 - fx) + tex(y0, x1) * fx) * (1 - fy) + (tex(y1, x0) * (1 - fx) + tex(y1, x1) * fx) * fy
         m = hits.material
         return self.mat["tint"][m] * (1.0 + self.mat["contrast"][m][:, None] * (2.0 * rgb - 1.0))
@@ -292,7 +301,7 @@ def _render_all(room: Room, images_dir: Path, names: list[str], viewmats: torch.
 
 
 def make_room_scene(
-    out_dir: Path, *, n_views: int = 150, width: int = 960, height: int = 540, n_points: int = 20_000,
+    out_dir: Path, *, n_views: int = 150, width: int = 960, height: int = 540, n_points: int = 12_000,
     seed: int = 0, supersample: int = 1, quality: int = 95, device: str = "auto",
 ) -> RoomScene:
     """Render the room into `out_dir` (images/ and sparse/0/; existing files there are replaced)."""
@@ -332,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", type=int, default=150)
     ap.add_argument("--width", type=int, default=960)
     ap.add_argument("--height", type=int, default=540)
-    ap.add_argument("--points", type=int, default=20_000, help="sparse points sampled (those seen twice are kept)")
+    ap.add_argument("--points", type=int, default=12_000, help="sparse points sampled (those seen twice are kept)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--supersample", type=int, default=1, metavar="N", help="N x N rays per pixel (anti-aliasing)")
     ap.add_argument("--quality", type=int, default=95, help="JPEG quality")
