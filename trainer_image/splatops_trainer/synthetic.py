@@ -123,7 +123,7 @@ def make_synthetic_scene(
     gaussians = make_object(n_gaussians, gen)
     viewmats = orbit_viewmats(n_views, gen)
     focal = 1.4 * height  # the object spans ~70% of the image height
-    params = _camera_params(camera_model, focal, width, height)
+    params = colmap_camera_params(camera_model, focal, width, height)
     K = torch.tensor([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
     Ks = K.expand(n_views, 3, 3).clone()
 
@@ -136,7 +136,7 @@ def make_synthetic_scene(
     noise = 0.02 * OBJECT_RADIUS * torch.randn(n_pts, 3, generator=gen)
     points = (gaussians.means[pick] + noise).double().numpy()
     point_colors = (gaussians.rgb[pick] * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
-    _write_model(
+    write_colmap_model(
         out_dir / MODEL_SUBDIR, names, width, height, camera_model, params, viewmats, points, point_colors, text_model
     )
     return SyntheticScene(
@@ -217,7 +217,7 @@ def orbit_viewmats(n_views: int, gen: torch.Generator) -> torch.Tensor:
     return torch.stack(mats)
 
 
-def _camera_params(model: str, focal: float, width: int, height: int) -> list[float]:
+def colmap_camera_params(model: str, focal: float, width: int, height: int) -> list[float]:
     cx, cy = width / 2.0, height / 2.0
     if model == "SIMPLE_PINHOLE":
         return [focal, cx, cy]
@@ -286,7 +286,7 @@ def _write_images(images_dir: Path, names: list[str], images: torch.Tensor) -> N
         write_image(images_dir, name, rgb)
 
 
-def _write_model(
+def write_colmap_model(
     model_dir: Path,
     names: list[str],
     width: int,
@@ -354,7 +354,7 @@ _GROUND_HALF = 2.5  # the ground plane spans [-2.5, 2.5]^2 at z = 0
 _BOX = (np.array([-0.6, -0.45, 0.0]), np.array([0.6, 0.45, 0.9]))  # axis-aligned box corners
 
 
-def _texture(rng: np.random.Generator) -> np.ndarray:
+def block_texture(rng: np.random.Generator) -> np.ndarray:
     """[T, T, 3] float texture: random coloured blocks at 3 scales plus fine grain."""
     tex = np.zeros((TEXTURE_SIZE, TEXTURE_SIZE, 3))
     for cells, weight in ((8, 0.45), (32, 0.35), (128, 0.2)):
@@ -412,7 +412,7 @@ def make_textured_scene(
     if n_views < 2 or width < 32 or height < 32:
         raise ValueError(f"make_textured_scene: need at least 2 views of 32x32, got {n_views} of {width}x{height}")
     rng = np.random.default_rng(seed)
-    textures = [_texture(rng) for _ in range(4)]
+    textures = [block_texture(rng) for _ in range(4)]
     focal = 0.9 * width
     v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
     rays_cam = np.stack([(u - width / 2) / focal, (v - height / 2) / focal, np.ones_like(u)], axis=-1).reshape(-1, 3)

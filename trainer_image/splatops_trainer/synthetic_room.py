@@ -36,10 +36,10 @@ import torch.nn.functional as F
 
 from .synthetic import (
     TEXTURE_SIZE,
-    _camera_params,
-    _texture,
-    _write_model,
+    block_texture,
+    colmap_camera_params,
     look_at,
+    write_colmap_model,
     write_image,
 )
 
@@ -117,7 +117,7 @@ class RoomScene:
     points: np.ndarray  # [P, 3]
     point_colors: np.ndarray  # [P, 3] uint8
     visible: np.ndarray  # [P, V] bool: the tracks
-    render_s: float  # rendering and writing the images
+    render_s: float  # rendering and writing the images, sampling the sparse points
     duration_s: float  # everything
 
 
@@ -126,7 +126,7 @@ class Room:
 
     def __init__(self, seed: int, device: torch.device) -> None:
         rng = np.random.default_rng(seed)
-        tex = np.stack([_texture(rng) for _ in range(6)])  # [T, S, S, 3]
+        tex = np.stack([block_texture(rng) for _ in range(6)])  # [T, S, S, 3]
         self.textures = torch.from_numpy(tex).float().to(device).reshape(-1, 3)  # texel (t, y, x) flat
         self.device = device
         f = lambda x: torch.tensor(x, dtype=torch.float32, device=device)
@@ -326,8 +326,8 @@ def make_room_scene(
     points_np = points[keep].double().cpu().numpy()
     colors_np = (colors[keep] * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
     vis_np = vis[keep].cpu().numpy()
-    params = _camera_params("PINHOLE", focal, width, height)
-    _write_model(Path(out_dir) / MODEL_SUBDIR, names, width, height, "PINHOLE", params, viewmats, points_np, colors_np,
+    params = colmap_camera_params("PINHOLE", focal, width, height)
+    write_colmap_model(Path(out_dir) / MODEL_SUBDIR, names, width, height, "PINHOLE", params, viewmats, points_np, colors_np,
                  text_model=False, visible=vis_np)
     return RoomScene(root=Path(out_dir), image_names=names, width=width, height=height, K=K, viewmats=viewmats,
                      points=points_np, point_colors=colors_np, visible=vis_np, render_s=render_s,
