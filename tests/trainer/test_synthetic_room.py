@@ -101,7 +101,7 @@ def test_the_seed_decides_the_scene(tmp_path: Path) -> None:
     assert files(s1)[0] != files(s3)[0] and not np.array_equal(s1.points, s3.points)
 
 
-def test_cli_small_and_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_a_scene_and_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert room_mod.main([str(tmp_path / "bad"), "--views", "1"]) == 2
     assert "need >= 2 views" in capsys.readouterr().err
     assert room_mod.main([str(tmp_path / "s"), "--views", "3", "--width", "32", "--height", "18", "--points", "60",
