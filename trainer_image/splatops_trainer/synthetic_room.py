@@ -3,9 +3,10 @@
 Fox (43 training views, no specular surfaces) rewards over-fitting and never exercises SH degrees
 above 0. This scene is generated, so nothing licence-restricted enters the repository: a closed
 room (8 x 6 x 3 m) with procedurally textured walls, floor and ceiling, and a table, boxes and
-spheres in it. Shading is Lambert plus Blinn-Phong specular from a point light: the glossy spheres,
-a glossy box and the floor change colour with the view direction (what SH degree > 0 must learn);
-walls, ceiling and the other boxes are diffuse. The cameras walk a loop around the table at
+spheres in it. Shading is Lambert plus Blinn-Phong specular from a point light: sharp highlights
+on the glossy spheres, broad sheens on the floor, the table, the glossy boxes and two satin walls
+change colour with the view direction (what SH degree > 0 must learn); the other two walls, the
+ceiling, a matt sphere and the matt boxes are diffuse. The cameras walk a loop around the table at
 varying height, looking at a wandering point on it, as a hand-held capture does. Layout:
 
     OUT/images/frame_0000.jpg ...    JPEG (quality 95)
@@ -67,15 +68,15 @@ class Material:
 # Materials, by index. Room faces are 0..5 (-x, +x, -y, +y, floor, ceiling).
 _WALL_A, _WALL_B = (0.85, 0.80, 0.70), (0.70, 0.78, 0.85)
 MATERIALS = (
-    Material(1, 1.6, _WALL_A, 0.6), Material(1, 1.6, _WALL_A, 0.6),  # walls x
-    Material(2, 1.6, _WALL_B, 0.6), Material(2, 1.6, _WALL_B, 0.6),  # walls y
-    Material(0, 1.2, (0.62, 0.45, 0.30), 0.7, ks=0.3, shininess=40.0),  # glossy wooden floor
+    Material(1, 1.6, _WALL_A, 0.6), Material(1, 1.6, _WALL_A, 0.6),  # walls x: matt paint
+    Material(2, 1.6, _WALL_B, 0.6, ks=0.12, shininess=4.0), Material(2, 1.6, _WALL_B, 0.6, ks=0.12, shininess=4.0),  # walls y: satin paint, a broad sheen
+    Material(0, 1.2, (0.62, 0.45, 0.30), 0.7, ks=0.35, shininess=10.0),  # varnished wooden floor
     Material(3, 2.0, (0.92, 0.92, 0.90), 0.3),  # ceiling
-    Material(4, 0.8, (0.55, 0.38, 0.25), 0.8),  # table (diffuse)
-    Material(5, 0.5, (0.25, 0.45, 0.75), 0.7, ks=0.4, shininess=25.0),  # glossy box
-    Material(3, 0.6, (0.75, 0.70, 0.45), 0.8),  # diffuse box
-    Material(5, 2.0, (0.80, 0.25, 0.20), 0.6, ks=0.7, shininess=80.0),  # glossy spheres
-    Material(4, 3.0, (0.35, 0.70, 0.40), 0.8),  # diffuse sphere
+    Material(4, 0.8, (0.55, 0.38, 0.25), 0.8, ks=0.2, shininess=20.0),  # table
+    Material(5, 0.5, (0.25, 0.45, 0.75), 0.7, ks=0.4, shininess=12.0),  # glossy box
+    Material(3, 0.6, (0.75, 0.70, 0.45), 0.8),  # matt box
+    Material(5, 2.0, (0.80, 0.25, 0.20), 0.6, ks=0.7, shininess=80.0),  # glossy spheres: sharp highlights
+    Material(4, 3.0, (0.35, 0.70, 0.40), 0.8),  # matt sphere
 )
 GLOSSY = frozenset(i for i, m in enumerate(MATERIALS) if m.ks > 0)
 # (lo corner, hi corner, material)
