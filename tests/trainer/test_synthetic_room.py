@@ -108,6 +108,9 @@ def test_cli_writes_a_scene_and_rejects_bad_options(tmp_path: Path, capsys: pyte
                           "--device", "cpu"]) == 0
     assert len(list((tmp_path / "s" / "images").glob("*.jpg"))) == 3
     assert "3 views 32x18" in capsys.readouterr().out
+    assert room_mod.main([str(tmp_path / "s"), "--views", "2", "--width", "32", "--height", "18", "--points", "60",
+                          "--device", "cpu"]) == 0  # again, shorter: no view of the earlier walk is left behind
+    assert sorted(p.name for p in (tmp_path / "s" / "images").iterdir()) == ["frame_0000.jpg", "frame_0001.jpg"]
 
 
 @pytest.mark.slow

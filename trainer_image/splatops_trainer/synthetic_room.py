@@ -316,6 +316,9 @@ def make_room_scene(
     focal = 0.72 * width  # about 70 degrees across, a phone's main camera
     K = torch.tensor([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
     names = [f"frame_{i:04d}.jpg" for i in range(n_views)]
+    for stale in sorted((Path(out_dir) / "images").glob("frame_*.jpg")):  # an earlier, longer walk's views
+        if stale.name not in names:
+            stale.unlink()
     _render_all(room, Path(out_dir) / "images", names, viewmats, K, width, height, supersample, quality)
     gen = torch.Generator().manual_seed(seed)
     pts, cols = zip(*(_sample_points(room, viewmats[i], K, width, height, n_points // n_views + (i < n_points % n_views), gen)
