@@ -49,6 +49,7 @@ ROOM_HEIGHT = 3.0
 LIGHT = (0.6, -0.4, 2.6)  # a point light below the ceiling
 LIGHT_RGB = (1.0, 0.96, 0.88)
 AMBIENT = 0.35
+SPECULAR_GAIN = 1.6  # highlights may saturate, as in photos
 EPS = 1e-4
 MODEL_SUBDIR = Path("sparse") / "0"  # where gsplat's reference parser (and ours) looks first
 CHUNK = 1 << 16  # rays per batch: the [rays, boxes, 3] temporaries stay in cache on a CPU
@@ -58,7 +59,7 @@ SMALL = {"n_views": 24, "width": 128, "height": 72, "n_points": 3000}
 @dataclasses.dataclass(frozen=True)
 class Material:
     texture: int  # index into the scene's textures
-    repeat: float  # metres per texture repeat (sphere: repeats around it)
+    repeat: float  # metres per texture repeat; spheres: 2 / repeat repeats around (whole: no seam)
     tint: tuple[float, float, float]  # base colour; the texture modulates it by +-contrast
     contrast: float
     ks: float = 0.0  # specular strength (0 = diffuse)
@@ -69,14 +70,15 @@ class Material:
 _WALL_A, _WALL_B = (0.85, 0.80, 0.70), (0.70, 0.78, 0.85)
 MATERIALS = (
     Material(1, 1.6, _WALL_A, 0.6), Material(1, 1.6, _WALL_A, 0.6),  # walls x: matt paint
-    Material(2, 1.6, _WALL_B, 0.6, ks=0.12, shininess=4.0), Material(2, 1.6, _WALL_B, 0.6, ks=0.12, shininess=4.0),  # walls y: satin paint, a broad sheen
+    Material(2, 1.6, _WALL_B, 0.6, ks=0.12, shininess=4.0),  # walls y: satin paint, a broad sheen
+    Material(2, 1.6, _WALL_B, 0.6, ks=0.12, shininess=4.0),
     Material(0, 1.2, (0.62, 0.45, 0.30), 0.7, ks=0.35, shininess=10.0),  # varnished wooden floor
     Material(3, 2.0, (0.92, 0.92, 0.90), 0.3),  # ceiling
     Material(4, 0.8, (0.55, 0.38, 0.25), 0.8, ks=0.2, shininess=20.0),  # table
     Material(5, 0.5, (0.25, 0.45, 0.75), 0.7, ks=0.4, shininess=12.0),  # glossy box
     Material(3, 0.6, (0.75, 0.70, 0.45), 0.8),  # matt box
     Material(5, 2.0, (0.80, 0.25, 0.20), 0.6, ks=0.7, shininess=80.0),  # glossy spheres: sharp highlights
-    Material(4, 3.0, (0.35, 0.70, 0.40), 0.8),  # matt sphere
+    Material(4, 1.0, (0.35, 0.70, 0.40), 0.8),  # matt sphere
 )
 GLOSSY = frozenset(i for i, m in enumerate(MATERIALS) if m.ks > 0)
 # (lo corner, hi corner, material)
@@ -144,28 +146,25 @@ class Room:
     def cast(self, o: torch.Tensor, d: torch.Tensor) -> Hits:
         """Nearest hit of rays from o [N, 3] or [3] along unit d [N, 3]; every ray hits (closed room)."""
         o = o.expand_as(d)
+        inv = 1.0 / torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
         # The room, from inside: the first wall each ray leaves through.
-        with torch.no_grad():
-            inv = 1.0 / torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
-            t_room_axes = torch.where(d > 0, (self.room_hi - o) * inv, (self.room_lo - o) * inv)
-            t_room, axis = t_room_axes.min(dim=1)
-            room_mat = 2 * axis + (d.gather(1, axis[:, None])[:, 0] > 0).long()
-            # Boxes (slab test): [N, B].
-            t1 = (self.box_lo[None] - o[:, None]) * inv[:, None]
-            t2 = (self.box_hi[None] - o[:, None]) * inv[:, None]
-            t_near, near_axis = torch.minimum(t1, t2).max(dim=2)
-            t_far = torch.maximum(t1, t2).min(dim=2).values
-            box_hit = (t_near <= t_far) & (t_near > EPS)
-            t_box = torch.where(box_hit, t_near, torch.inf)
-            # Spheres: [N, S].
-            oc = o[:, None] - self.sph_c[None]
-            b = (oc * d[:, None]).sum(-1)
-            disc = b * b - ((oc * oc).sum(-1) - self.sph_r[None] ** 2)
-            t_sph = -b - disc.clamp(min=0).sqrt()
-            t_sph = torch.where((disc > 0) & (t_sph > EPS), t_sph, torch.inf)
-            t_all = torch.cat([t_room[:, None], t_box, t_sph], dim=1)
-            t, which = t_all.min(dim=1)
-            return self._hits(o, d, t, which, axis, room_mat, near_axis)
+        t_room_axes = torch.where(d > 0, (self.room_hi - o) * inv, (self.room_lo - o) * inv)
+        t_room, axis = t_room_axes.min(dim=1)
+        room_mat = 2 * axis + (d.gather(1, axis[:, None])[:, 0] > 0).long()
+        # Boxes (slab test): [N, B].
+        t1 = (self.box_lo[None] - o[:, None]) * inv[:, None]
+        t2 = (self.box_hi[None] - o[:, None]) * inv[:, None]
+        t_near, near_axis = torch.minimum(t1, t2).max(dim=2)
+        t_far = torch.maximum(t1, t2).min(dim=2).values
+        t_box = torch.where((t_near <= t_far) & (t_near > EPS), t_near, torch.inf)
+        # Spheres (the nearer root; no camera is inside one): [N, S].
+        oc = o[:, None] - self.sph_c[None]
+        b = (oc * d[:, None]).sum(-1)
+        disc = b * b - ((oc * oc).sum(-1) - self.sph_r[None] ** 2)
+        t_sph = -b - disc.clamp(min=0).sqrt()
+        t_sph = torch.where((disc > 0) & (t_sph > EPS), t_sph, torch.inf)
+        t, which = torch.cat([t_room[:, None], t_box, t_sph], dim=1).min(dim=1)
+        return self._hits(o, d, t, which, axis, room_mat, near_axis)
 
     def _hits(self, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, which: torch.Tensor, room_axis: torch.Tensor,
               room_mat: torch.Tensor, box_axis: torch.Tensor) -> Hits:
@@ -215,7 +214,7 @@ class Room:
         m = hits.material
         spec = (n * h).sum(1, keepdim=True).clamp(min=0) ** self.mat["shininess"][m][:, None]
         spec = spec * self.mat["ks"][m][:, None] * falloff * ((n * l_dir).sum(1, keepdim=True) > 0)
-        rgb = self.albedo(hits) * (AMBIENT + (1.0 - AMBIENT) * diffuse) + spec * 1.6
+        rgb = self.albedo(hits) * (AMBIENT + (1.0 - AMBIENT) * diffuse) + SPECULAR_GAIN * spec
         return (rgb * self.light_rgb).clamp(0.0, 1.0)
 
     def render(self, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int, ss: int = 1) -> torch.Tensor:
