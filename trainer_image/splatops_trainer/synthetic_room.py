@@ -330,8 +330,8 @@ def make_room_scene(
     colors_np = (colors[keep] * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
     vis_np = vis[keep].cpu().numpy()
     params = colmap_camera_params("PINHOLE", focal, width, height)
-    write_colmap_model(Path(out_dir) / MODEL_SUBDIR, names, width, height, "PINHOLE", params, viewmats, points_np, colors_np,
-                 text_model=False, visible=vis_np)
+    write_colmap_model(Path(out_dir) / MODEL_SUBDIR, names, width, height, "PINHOLE", params, viewmats, points_np,
+                       colors_np, text_model=False, visible=vis_np)
     return RoomScene(root=Path(out_dir), image_names=names, width=width, height=height, K=K, viewmats=viewmats,
                      points=points_np, point_colors=colors_np, visible=vis_np, render_s=render_s,
                      duration_s=time.perf_counter() - t0)
