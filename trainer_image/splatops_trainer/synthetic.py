@@ -123,7 +123,7 @@ def make_synthetic_scene(
     gaussians = make_object(n_gaussians, gen)
     viewmats = orbit_viewmats(n_views, gen)
     focal = 1.4 * height  # the object spans ~70% of the image height
-    params = _camera_params(camera_model, focal, width, height)
+    params = colmap_camera_params(camera_model, focal, width, height)
     K = torch.tensor([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
     Ks = K.expand(n_views, 3, 3).clone()
 
@@ -136,7 +136,7 @@ def make_synthetic_scene(
     noise = 0.02 * OBJECT_RADIUS * torch.randn(n_pts, 3, generator=gen)
     points = (gaussians.means[pick] + noise).double().numpy()
     point_colors = (gaussians.rgb[pick] * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
-    _write_model(
+    write_colmap_model(
         out_dir / MODEL_SUBDIR, names, width, height, camera_model, params, viewmats, points, point_colors, text_model
     )
     return SyntheticScene(
@@ -217,7 +217,7 @@ def orbit_viewmats(n_views: int, gen: torch.Generator) -> torch.Tensor:
     return torch.stack(mats)
 
 
-def _camera_params(model: str, focal: float, width: int, height: int) -> list[float]:
+def colmap_camera_params(model: str, focal: float, width: int, height: int) -> list[float]:
     cx, cy = width / 2.0, height / 2.0
     if model == "SIMPLE_PINHOLE":
         return [focal, cx, cy]
@@ -272,16 +272,21 @@ def render_views(
     return out.permute(0, 2, 3, 1).contiguous()
 
 
-def _write_images(images_dir: Path, names: list[str], images: torch.Tensor) -> None:
+def write_image(images_dir: Path, name: str, rgb: np.ndarray, fmt: str = "PNG", quality: int = 95) -> None:
+    """One [H, W, 3] float image in [0, 1] as an 8-bit PNG or JPEG, written atomically."""
     images_dir.mkdir(parents=True, exist_ok=True)
-    arr = (images * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
-    for name, a in zip(names, arr, strict=True):
-        tmp = images_dir / f".{name}.tmp"
-        PILImage.fromarray(a).save(tmp, format="PNG")
-        os.replace(tmp, images_dir / name)
+    tmp = images_dir / f".{name}.tmp"
+    pixels = (np.asarray(rgb) * 255.0).round().clip(0, 255).astype(np.uint8)
+    PILImage.fromarray(pixels).save(tmp, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    os.replace(tmp, images_dir / name)
 
 
-def _write_model(
+def _write_images(images_dir: Path, names: list[str], images: torch.Tensor) -> None:
+    for name, rgb in zip(names, images.numpy(), strict=True):
+        write_image(images_dir, name, rgb)
+
+
+def write_colmap_model(
     model_dir: Path,
     names: list[str],
     width: int,
@@ -292,9 +297,12 @@ def _write_model(
     points: np.ndarray,
     point_colors: np.ndarray,
     text_model: bool,
+    visible: np.ndarray | None = None,
 ) -> None:
     """COLMAP model with one camera (trivial rig), one trivially-framed image per view, and the
-    points with tracks; written to a temp dir beside model_dir, then swapped in."""
+    points with tracks; written to a temp dir beside model_dir, then swapped in.
+
+    visible: [P, V] bool, which views see each point (occlusion); default every view it projects into."""
     import pycolmap
 
     rec = pycolmap.Reconstruction()
@@ -311,6 +319,8 @@ def _write_model(
         xy = np.zeros((len(P), 2))
         xy[in_front] = np.asarray(cam.img_from_cam(pc[in_front]), dtype=np.float64)[:, :2]
         seen = in_front & (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
+        if visible is not None:
+            seen &= visible[:, i]
         idx = np.nonzero(seen)[0]
         image = pycolmap.Image(name=name, keypoints=xy[idx], camera_id=1, image_id=image_id)
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(Rt))
@@ -344,7 +354,7 @@ _GROUND_HALF = 2.5  # the ground plane spans [-2.5, 2.5]^2 at z = 0
 _BOX = (np.array([-0.6, -0.45, 0.0]), np.array([0.6, 0.45, 0.9]))  # axis-aligned box corners
 
 
-def _texture(rng: np.random.Generator) -> np.ndarray:
+def block_texture(rng: np.random.Generator) -> np.ndarray:
     """[T, T, 3] float texture: random coloured blocks at 3 scales plus fine grain."""
     tex = np.zeros((TEXTURE_SIZE, TEXTURE_SIZE, 3))
     for cells, weight in ((8, 0.45), (32, 0.35), (128, 0.2)):
@@ -402,7 +412,7 @@ def make_textured_scene(
     if n_views < 2 or width < 32 or height < 32:
         raise ValueError(f"make_textured_scene: need at least 2 views of 32x32, got {n_views} of {width}x{height}")
     rng = np.random.default_rng(seed)
-    textures = [_texture(rng) for _ in range(4)]
+    textures = [block_texture(rng) for _ in range(4)]
     focal = 0.9 * width
     v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
     rays_cam = np.stack([(u - width / 2) / focal, (v - height / 2) / focal, np.ones_like(u)], axis=-1).reshape(-1, 3)
@@ -417,9 +427,7 @@ def make_textured_scene(
         dirs = rays_cam @ m[:3, :3]  # camera-to-world rotation is R^T: rows of R map back
         rgb = _ray_cast(eye.double().numpy(), dirs, textures).reshape(height, width, 3)
         name = f"photo_{i:03d}.jpg"
-        tmp = images_dir / f".{name}.tmp"
-        PILImage.fromarray((rgb * 255).round().clip(0, 255).astype(np.uint8)).save(tmp, format="JPEG", quality=92)
-        os.replace(tmp, images_dir / name)
+        write_image(images_dir, name, rgb, "JPEG", quality=92)
         names.append(name)
     return names
 
