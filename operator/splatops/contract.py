@@ -1,7 +1,7 @@
-"""The trainer <-> operator contract (see ARCHITECTURE.md, "Trainer <-> operator").
+"""The trainer <-> operator contract (docs/architecture.md, "The trainer ⇄ operator contract").
 
 Imported by both sides, so it imports only the standard library: the operator image has no
-torch, the trainer pod has no Kubernetes client. Change it here and in ARCHITECTURE.md together.
+torch, the trainer pod has no Kubernetes client. Change it here and in docs/architecture.md together.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ EXIT_CODE_FOR_REASON: dict[Reason, ExitCode] = {
     Reason.RECONSTRUCTION_FAILED: ExitCode.INVALID_INPUT,
 }
 
-# --- Paths (inside the scene directory; ARCHITECTURE.md "The scene on the PVC") -----------------
+# --- Paths (inside the scene directory; docs/architecture.md "The volume") -----------------
 
 IMAGES_DIR = "images"
 COLMAP_DIR = "colmap/sparse_initial"

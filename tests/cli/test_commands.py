@@ -161,20 +161,22 @@ async def test_namespace_comes_from_the_context_unless_given(kube, capsys):
 # --- wait ----------------------------------------------------------------------------------------
 
 
+PENDING = {"phase": "Pending", "message": "waiting for a GPU node"}
+
+
 async def _play(kube, name: str, final: dict) -> None:
-    """Play the operator: each status once `wait` has read the one before (a GET of the training
-    received after that write), so none is missed however slow the machine."""
+    """Play the operator after PENDING: each status once `wait` has read the one before (a GET of
+    the training received after that write), so none is missed however slow the machine."""
     reads = ("GET", names.PLURAL, "")
-    for status in ({"phase": "Pending", "message": "waiting for a GPU node"}, progress(100, 0.08),
-                   progress(200, 0.04, psnr=27.5, etaSeconds=12.0), final):
-        await set_status(kube, name, status)
+    for status in (progress(100, 0.08), progress(200, 0.04, psnr=27.5, etaSeconds=12.0), final):
         before = kube.emulator.request_counts[reads]
         for _ in range(2000):
             if kube.emulator.request_counts[reads] > before:
                 break
             await asyncio.sleep(0.005)
         else:
-            raise AssertionError(f"`wait` did not read {name} after its status became {status}")
+            raise AssertionError(f"`wait` did not read {name} before its status became {status}")
+        await set_status(kube, name, status)
 
 
 @pytest.mark.parametrize("final, code, out_has, err_has", [
@@ -186,6 +188,7 @@ async def _play(kube, name: str, final: dict) -> None:
 ])
 async def test_wait_shows_progress_and_exits_by_outcome(kube, capsys, final, code, out_has, err_has):
     assert await run("train", "fox", "--pvc", "scenes", *flags(kube)) == 0
+    await set_status(kube, "fox", PENDING)  # before `wait` starts: its first read sees it
     player = asyncio.create_task(_play(kube, "fox", final))
     assert await run("wait", "fox", "--interval", "0.05", *flags(kube)) == code
     await player
