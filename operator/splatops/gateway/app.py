@@ -42,7 +42,6 @@ from splatops.gateway.web import build_router, source_for
 
 T = TypeVar("T")
 
-DATA_FACTORS = (1, 2, 4, 8)
 SCENE_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 CREATE_ATTEMPTS = 16  # concurrent POSTs of one scene each take the next free name
 
@@ -212,10 +211,12 @@ def _add_train_route(app: FastAPI, settings: GatewaySettings, repo: Callable[[],
         _client: str = Depends(post_allowed),
     ) -> dict[str, Any]:
         check_scene_id(scene_id)
-        if data_factor not in DATA_FACTORS:
-            raise HTTPException(status_code=400, detail=f"data_factor must be one of 1, 2, 4, 8 (got {data_factor})")
-        if not 1 <= max_steps <= 1_000_000:
-            raise HTTPException(status_code=400, detail=f"max_steps must be between 1 and 1000000 (got {max_steps})")
+        if data_factor not in contract.DATA_FACTORS:
+            allowed = ", ".join(map(str, contract.DATA_FACTORS))
+            raise HTTPException(status_code=400, detail=f"data_factor must be one of {allowed} (got {data_factor})")
+        if not contract.MIN_STEPS <= max_steps <= contract.MAX_STEPS:
+            raise HTTPException(status_code=400, detail=(
+                f"max_steps must be between {contract.MIN_STEPS} and {contract.MAX_STEPS} (got {max_steps})"))
         check_scene(settings, scene_id)
         # No "already in progress" check here (check-then-create races between requests and
         # replicas): a run of a scene whose earlier run still writes its gsplat/ waits in Queued
