@@ -495,7 +495,7 @@ async def test_gpu_memory_that_will_not_fit_shows_in_status_and_one_warning(kube
     assert event["type"] == "Warning" and "dataFactor 2" in event["message"]
     for step in (100, 200):  # later polls read the same memory line in the tail: no second Warning
         await kube.sim.log(pod, progress(step))
-        await eventually(lambda: kube.status("tight").get("progress", {}).get("step") == step, f"progress {step}")
+        await eventually(lambda s=step: kube.status("tight").get("progress", {}).get("step") == s, f"progress {step}")
     assert len(events_with_reason(kube, "tight", "GPUMemoryTight")) == 1
     assert kube.status("tight")["phase"] == "Running"  # a warning only: training goes on
 
