@@ -48,6 +48,41 @@ def test_last_progress_carries_psnr_forward_and_skips_noise():
     assert last.eta_s == pytest.approx(14.0)
 
 
+TIGHT = contract.MemoryCheck(estimate_bytes=30 * 2**30, free_bytes=20 * 2**30, fits=False, advice="Try dataFactor 2.")
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        (TIGHT.to_json(), TIGHT),
+        ('{"event": "memory", "estimate_bytes": 5, "free_bytes": 9, "fits": true}',
+         contract.MemoryCheck(estimate_bytes=5, free_bytes=9, fits=True)),
+        ('{"event": "memory", "estimate_bytes": 5, "free_bytes": 9, "fits": true, "advice": 3}',
+         contract.MemoryCheck(estimate_bytes=5, free_bytes=9, fits=True)),  # a bad advice is dropped, not the line
+        ('{"event": "memory", "estimate_bytes": 5, "free_bytes": 9, "fits": "no"}', None),
+        ('{"event": "memory", "estimate_bytes": -5, "free_bytes": 9, "fits": false}', None),
+        ('{"event": "memory", "estimate_bytes": 5.5, "free_bytes": 9, "fits": false}', None),
+        ('{"event": "memory", "estimate_bytes": true, "free_bytes": 9, "fits": false}', None),
+        ('{"event": "memory", "free_bytes": 9, "fits": false}', None),
+        ('{"event": "progress", "step": 10, "max_steps": 100, "loss": 0.5}', None),
+        ("GPU memory: It will probably not fit", None),
+        ("", None),
+    ],
+)
+def test_parse_memory_line(line, expected):
+    assert contract.parse_memory_line(line) == expected
+
+
+def test_memory_line_is_ignored_by_the_progress_view_and_found_in_a_tail():
+    """A parser that knows only progress and stage skips the memory line: it never hides progress."""
+    first = contract.MemoryCheck(estimate_bytes=1, free_bytes=2, fits=True)
+    log = "\n".join([first.to_json(), Progress(step=100, max_steps=1000, loss=0.3).to_json(), "noise", TIGHT.to_json()])
+    assert contract.last_report(log) == Progress(step=100, max_steps=1000, loss=0.3)
+    assert contract.parse_progress_line(TIGHT.to_json()) is None and contract.parse_stage_line(TIGHT.to_json()) is None
+    assert contract.last_memory_check(log) == TIGHT  # the newest
+    assert contract.last_memory_check("noise\n" + Progress(step=1, max_steps=2, loss=0.1).to_json()) is None
+
+
 def test_result_round_trip_and_size_limit():
     ok = Result(status="complete", model_path="/data/s/gsplat/results.ply", model_size_mb=1.5,
                 num_gaussians=10, psnr=30.0, ssim=0.9, steps=7000, config={"scene_id": "s"})

@@ -341,6 +341,50 @@ def last_report(log_text: str) -> Progress | StageReport | None:
     return stage if stage is not None else last_progress(log_text)
 
 
+# The trainer's GPU memory check, once before the first step when the free memory is known (CUDA):
+# {"event": "memory", "estimate_bytes": 25769803776, "free_bytes": 23622320128, "fits": false,
+#  "advice": "It will probably not fit: ... Try maxGaussians 1,200,000 or dataFactor 2 ..."}
+EVENT_MEMORY = "memory"
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryCheck:
+    """The estimated peak GPU memory of a run against the GPU's free memory before it trains."""
+
+    estimate_bytes: int
+    free_bytes: int
+    fits: bool
+    advice: str = ""  # what to change when it does not fit (empty when it fits)
+    event: str = EVENT_MEMORY
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        return json.dumps({"event": data.pop("event"), **data}, separators=(", ", ": "))
+
+
+def parse_memory_line(line: str) -> MemoryCheck | None:
+    """One stdout line as a memory event; None for anything else (or a malformed one)."""
+    data = _event(line)
+    if data is None or data.get("event") != EVENT_MEMORY:
+        return None
+    estimate, free, fits, advice = (data.get(k) for k in ("estimate_bytes", "free_bytes", "fits", "advice"))
+    sizes = [v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None for v in (estimate, free)]
+    if sizes[0] is None or sizes[1] is None or not isinstance(fits, bool):
+        return None
+    return MemoryCheck(estimate_bytes=sizes[0], free_bytes=sizes[1], fits=fits,
+                       advice=advice if isinstance(advice, str) else "")
+
+
+def last_memory_check(log_text: str) -> MemoryCheck | None:
+    """The newest memory event in a log tail (a retried pod checks again), or None."""
+    found: MemoryCheck | None = None
+    for line in log_text.splitlines():
+        parsed = parse_memory_line(line)
+        if parsed is not None:
+            found = parsed
+    return found
+
+
 # --- Result (termination message) ----------------------------------------------------------------
 
 STATUS_COMPLETE = "complete"

@@ -191,6 +191,33 @@ def test_should_write_status(last: float | None, now: float, interval: float, wr
     assert status.should_write_status(last, now, interval) is write
 
 
+TIGHT = contract.MemoryCheck(estimate_bytes=30 * 2**30, free_bytes=20 * 2**30, fits=False, advice="Try dataFactor 2.")
+TIGHT_STATUS = {"estimateBytes": 30 * 2**30, "freeBytes": 20 * 2**30, "fits": False, "advice": "Try dataFactor 2."}
+
+
+@pytest.mark.parametrize(
+    ("check", "current", "write"),
+    [
+        (None, None, None),  # no memory line in the tail (CPU, or it scrolled out)
+        (contract.MemoryCheck(estimate_bytes=1, free_bytes=2, fits=True), None, None),  # it fits: nothing to say
+        (TIGHT, None, TIGHT_STATUS),
+        (TIGHT, TIGHT_STATUS, None),  # the status holds it already
+        (TIGHT, {**TIGHT_STATUS, "freeBytes": 40 * 2**30}, TIGHT_STATUS),  # another run's check (a retry)
+    ],
+)
+def test_gpu_memory_status(check, current, write) -> None:
+    out = status.gpu_memory_status(check, current)
+    assert out == write
+    if out is not None:
+        Status.model_validate({"gpuMemory": out})  # the CRD's shape
+
+
+def test_gpu_memory_warning_is_the_advice_or_the_numbers() -> None:
+    assert status.gpu_memory_warning(TIGHT_STATUS) == "Try dataFactor 2."
+    bare = status.gpu_memory_warning({**TIGHT_STATUS, "advice": ""})
+    assert "30.00 GiB" in bare and "20.00 GiB free" in bare and "out of memory" in bare
+
+
 # --- queue ------------------------------------------------------------------------------------------
 
 W = [queue.Waiting("2026-01-01T00:00:0%dZ" % i, 100 - i, "default", f"t{i}") for i in range(5)]
@@ -397,4 +424,5 @@ def test_downscaled_status_is_pending_at_the_new_factor_and_validates() -> None:
     out = status.downscaled_status({"phase": "Running"}, parse_spec({**SPEC, "dataFactor": 2}), 4, T0_EPOCH, 1)
     assert (out["phase"], out["reason"], out["dataFactor"]) == ("Pending", "DownscaledAfterOOM", 4)
     assert "dataFactor 2" in out["message"] and "not resumed" in out["message"]
+    assert "gpuMemory" in out and out["gpuMemory"] is None  # the old run's memory check goes: the next checks again
     Status.model_validate(out)

@@ -472,3 +472,39 @@ async def test_oom_downscale_waits_for_the_old_job_to_go(kube: Harness):
     assert env_of(kube.job_of("held"))[contract.ENV_DATA_FACTOR] == "2"
     assert kube.status("held")["dataFactor"] == 2
     assert len(events_with_reason(kube, "held", "DownscaledAfterOOM")) == 1
+
+
+def memory_line(fits: bool) -> str:
+    est = 30 * 2**30 if not fits else 2**30
+    advice = "" if fits else "It will probably not fit: ... Try maxGaussians 1,200,000 or dataFactor 2."
+    return contract.MemoryCheck(estimate_bytes=est, free_bytes=20 * 2**30, fits=fits, advice=advice).to_json()
+
+
+async def test_gpu_memory_that_will_not_fit_shows_in_status_and_one_warning(kube: Harness):
+    """The trainer's memory line before its first step: a will-not-fit check becomes status.gpuMemory
+    and one GPUMemoryTight Warning, even before any progress and however often the tail is read again."""
+    await kube.start_operator()
+    await kube.create("tight")
+    pod = await kube.running_pod("tight", "loading scene", memory_line(fits=False))
+    await eventually(lambda: "gpuMemory" in kube.status("tight"), lambda: f"gpuMemory, status {kube.status('tight')}")
+    assert kube.status("tight")["gpuMemory"] == {
+        "estimateBytes": 30 * 2**30, "freeBytes": 20 * 2**30, "fits": False,
+        "advice": "It will probably not fit: ... Try maxGaussians 1,200,000 or dataFactor 2."}
+    await eventually(lambda: len(events_with_reason(kube, "tight", "GPUMemoryTight")) == 1, "one GPUMemoryTight Event")
+    event = events_with_reason(kube, "tight", "GPUMemoryTight")[0]
+    assert event["type"] == "Warning" and "dataFactor 2" in event["message"]
+    for step in (100, 200):  # later polls read the same memory line in the tail: no second Warning
+        await kube.sim.log(pod, progress(step))
+        await eventually(lambda s=step: kube.status("tight").get("progress", {}).get("step") == s, f"progress {step}")
+    assert len(events_with_reason(kube, "tight", "GPUMemoryTight")) == 1
+    assert kube.status("tight")["phase"] == "Running"  # a warning only: training goes on
+
+
+async def test_gpu_memory_that_fits_writes_nothing(kube: Harness):
+    await kube.start_operator()
+    await kube.create("roomy")
+    await kube.running_pod("roomy", memory_line(fits=True), progress(100))
+    # the poll that wrote this progress read the memory line in the same tail
+    await eventually(lambda: kube.status("roomy").get("progress", {}).get("step") == 100, "progress 100")
+    assert "gpuMemory" not in kube.status("roomy")
+    assert events_with_reason(kube, "roomy", "GPUMemoryTight") == []

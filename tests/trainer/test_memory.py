@@ -44,6 +44,16 @@ def test_advice_when_it_will_not_fit() -> None:
     assert "dataFactor" not in (memory.advice(est, 4 * GIB, data_factor=8) or "")
 
 
+@pytest.mark.parametrize(("free", "fits"), [(64 * GIB, True), (4 * GIB, False)])
+def test_memory_check_is_the_stdout_event_the_operator_parses(free: int, fits: bool) -> None:
+    est = fox(5_000_000)
+    check = memory.check(est, free, data_factor=1)
+    assert (check.estimate_bytes, check.free_bytes, check.fits) == (est.total_bytes, free, fits)
+    assert check.advice == (memory.advice(est, free, data_factor=1) or "")
+    assert bool(check.advice) is not fits
+    assert contract.parse_memory_line(check.to_json()) == check
+
+
 def test_oom_message_keeps_the_original_words_and_adds_the_estimate() -> None:
     est = fox(5_000_000)
     text = oom_message(est, 4 * GIB, data_factor=1)

@@ -51,6 +51,20 @@ def test_progress_lines_and_training_log(tmp_path: Path) -> None:
     ]
 
 
+def test_memory_check_line_and_its_advice_in_the_training_log(tmp_path: Path) -> None:
+    out = io.StringIO()
+    tight = contract.MemoryCheck(estimate_bytes=30 * 2**30, free_bytes=20 * 2**30, fits=False,
+                                 advice="It will probably not fit: ... Try dataFactor 2.")
+    with report.Reporter(cfg_for(tmp_path), stdout=out) as rep:
+        rep.on_memory(contract.MemoryCheck(estimate_bytes=2**30, free_bytes=20 * 2**30, fits=True))
+        rep.on_memory(tight)
+    lines = out.getvalue().splitlines()
+    assert json.loads(lines[1])["event"] == "memory" and contract.parse_memory_line(lines[1]).fits
+    assert contract.parse_memory_line(lines[2]) == tight
+    log = (tmp_path / "fox" / "gsplat" / contract.TRAINING_LOG).read_text().splitlines()
+    assert log[1:] == ["GPU memory: It will probably not fit: ... Try dataFactor 2."]  # only when it will not fit
+
+
 def test_training_log_keeps_earlier_runs_lines(tmp_path: Path) -> None:
     for _ in range(2):
         with report.Reporter(cfg_for(tmp_path), stdout=io.StringIO()) as rep:

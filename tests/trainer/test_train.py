@@ -176,6 +176,46 @@ def test_checkpoint_of_other_scene_content_is_not_resumed(
     assert resumed.resumed_from == 10 and rec.progress[0].step == 20
 
 
+class MemoryRecorder(Recorder):
+    """A Recorder that also takes the optional on_memory hook, in one ordered list with the steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[object] = []
+
+    def on_progress(self, p: Progress) -> None:
+        super().on_progress(p)
+        self.order.append(p.step)
+
+    def on_memory(self, check: contract.MemoryCheck) -> None:
+        self.order.append(check)
+
+
+def test_memory_check_is_reported_once_before_the_first_step(
+    scene_dir: Path, scene: SceneData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With the GPU's free memory known (CUDA; here passed in), the check goes to the hooks once,
+    before any step; on the CPU (free memory unknown) there is none."""
+    cfg = _cfg(scene_dir, tmp_path, max_steps=10)
+    rec = MemoryRecorder()
+    train_mod._Trainer(cfg, scene, rec, CPU)
+    assert rec.order == []  # no CUDA: nothing to compare with
+    monkeypatch.setattr(train_mod, "_free_gpu_bytes", lambda device: 64 * 2**30)
+    rec = MemoryRecorder()
+    train(cfg.replace(resume=False), scene, rec, CPU)
+    check = rec.order[0]
+    assert isinstance(check, contract.MemoryCheck) and check.fits and check.free_bytes == 64 * 2**30
+    assert rec.order[1:] == [10] and check.advice == ""
+    monkeypatch.setattr(train_mod, "_free_gpu_bytes", lambda device: 2**20)  # 1 MiB: it cannot fit
+    rec = MemoryRecorder()
+    train_mod._Trainer(cfg, scene, rec, CPU)
+    (check,) = rec.order
+    assert not check.fits and check.estimate_bytes > check.free_bytes == 2**20
+    assert "will probably not fit" in check.advice and "dataFactor 2" in check.advice
+    assert f"GPU memory: {check.advice}" in caplog.text  # the log's warning stays
+
+
 def test_no_resume_starts_over(scene_dir: Path, scene: SceneData, tmp_path: Path) -> None:
     cfg = _cfg(scene_dir, tmp_path, max_steps=10)
     first = train(cfg, scene, Recorder(), CPU)

@@ -4,7 +4,7 @@ CUDA out of memory was the original pipeline's most common failure, found only m
 run. The trainer estimates its peak from what it knows before the first step (image size, views,
 the Gaussians it expects) and compares it with the GPU's free memory: the log says when it will
 not fit and what would, the termination message carries both numbers, and an out-of-memory
-failure's message names them.
+failure's message names them, and a `memory` line on stdout (`check`) tells the operator.
 
 The per-Gaussian and per-pixel costs are what a step holds at its peak: the parameters (59 floats
 at SH degree 3), their gradients and two Adam moments, the copy densification makes while it
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
+from splatops import contract
 
 GIB = 2**30
 BYTES_PER_GAUSSIAN_FLOAT = 4 * 4  # param + grad + 2 Adam moments, fp32
@@ -119,6 +121,13 @@ def advice(est: MemoryEstimate, free_bytes: int, data_factor: int) -> str | None
         + " or ".join(tips or ["a GPU with more memory"])
         + " (or spec.oom.policy Downscale)."
     )
+
+
+def check(est: MemoryEstimate, free_bytes: int, data_factor: int) -> contract.MemoryCheck:
+    """The stdout `memory` event: the estimate against the free memory, with `advice` when it
+    will not fit (the operator shows that in status.gpuMemory and a Warning Event)."""
+    tip = advice(est, free_bytes, data_factor)
+    return contract.MemoryCheck(estimate_bytes=est.total_bytes, free_bytes=free_bytes, fits=tip is None, advice=tip or "")
 
 
 def _round_down(n: int) -> int:

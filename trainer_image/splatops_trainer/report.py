@@ -222,6 +222,14 @@ class Reporter:
             self._write_stdout(report.to_json())
             print(f"{report.stage}: {report.message}", file=sys.stderr, flush=True)
 
+    def on_memory(self, check: contract.MemoryCheck) -> None:
+        """The GPU memory check before the first step: stdout for the operator (status.gpuMemory
+        and a Warning when it will not fit), the advice in training_log.txt for humans."""
+        with self._lock:
+            self._write_stdout(check.to_json())
+            if not check.fits:
+                self._log_line(f"GPU memory: {check.advice}")
+
     def _report(self, p: contract.Progress, line: str) -> None:
         with self._lock:
             self.last = p

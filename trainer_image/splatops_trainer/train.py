@@ -22,7 +22,7 @@ from typing import Any, NoReturn, Protocol
 import numpy as np
 import torch
 
-from splatops.contract import EVENT_EVAL, EVENT_PROGRESS, MSG_OOM, Progress, Reason
+from splatops.contract import EVENT_EVAL, EVENT_PROGRESS, MSG_OOM, MemoryCheck, Progress, Reason
 
 from . import checkpoint as ckpt_mod
 from . import losses, memory
@@ -53,6 +53,8 @@ class TrainHooks(Protocol):
 
     # Optional (looked up with getattr): held-out views and their renders at an evaluation.
     # def on_preview(self, step: int, views: list[PreviewView]) -> None: ...
+    # Optional: the GPU memory check before the first step (CUDA only: the free memory is known).
+    # def on_memory(self, check: MemoryCheck) -> None: ...
 
 
 class TrainingDivergedError(TrainerError):
@@ -233,7 +235,10 @@ class _Trainer:
         on_device = images_fit_on_device(image_bytes, device_bytes)
         self.memory_estimate = memory_estimate(cfg, scene, image_bytes if on_device else 0)
         self.gpu_free_bytes = _free_gpu_bytes(device)
-        _check_memory(cfg, self.memory_estimate, self.gpu_free_bytes)
+        checked = _check_memory(cfg, self.memory_estimate, self.gpu_free_bytes)
+        on_memory = getattr(hooks, "on_memory", None)
+        if checked is not None and on_memory is not None:
+            on_memory(checked)
         if not on_device:
             log.info(
                 "Keeping the %d images (%.1f GiB) in host memory, more than %d%% of the GPU's %.1f GiB; "
@@ -552,16 +557,18 @@ def _free_gpu_bytes(device: torch.device) -> int | None:
     return int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
 
 
-def _check_memory(cfg: TrainerConfig, est: memory.MemoryEstimate, free: int | None) -> None:
+def _check_memory(cfg: TrainerConfig, est: memory.MemoryEstimate, free: int | None) -> MemoryCheck | None:
     """Log the estimate against the GPU's free memory, as a warning with advice when it will not
-    fit (training still starts: the estimate is rough, and a cap or downscale may follow)."""
+    fit (training still starts: the estimate is rough, and a cap or downscale may follow); the
+    check for the stdout `memory` event, None when the free memory is unknown (no CUDA)."""
     if free is None:
-        return
-    tip = memory.advice(est, free, cfg.data_factor)
-    if tip is None:
+        return None
+    checked = memory.check(est, free, cfg.data_factor)
+    if checked.fits:
         log.info("GPU memory: %s", memory.describe(est, free))
     else:
-        log.warning("GPU memory: %s", tip)
+        log.warning("GPU memory: %s", checked.advice)
+    return checked
 
 
 def oom_message(est: memory.MemoryEstimate | None, free: int | None, data_factor: int) -> str:

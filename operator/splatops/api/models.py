@@ -507,6 +507,15 @@ class OutputRef(_Model):
     sha256: str | None = Field(None, description="SHA-256 of its content (hex).")
 
 
+class GpuMemory(_Model):
+    """The trainer's GPU memory check before training, shown when it will probably not fit."""
+
+    estimate_bytes: int = Field(..., ge=0, description="The trainer's estimate of the run's peak GPU memory in bytes.")
+    free_bytes: int = Field(..., ge=0, description="The GPU's free memory when the trainer checked, in bytes.")
+    fits: bool = Field(..., description="Whether the estimate fits in the free memory.")
+    advice: str = Field("", description="What to change so that it fits (maxGaussians, dataFactor, spec.oom.policy Downscale).")
+
+
 class Status(_Model):
     """Observed state, written by the operator only."""
 
@@ -519,6 +528,11 @@ class Status(_Model):
         description="Final metrics reported by the trainer (psnr, ssim, numGaussians, steps, durationSeconds, "
         "gpuSeconds: seconds the run held its GPU, the cost basis; peakGpuMemoryBytes; gpuMemoryEstimateBytes: "
         "the trainer's estimate before training).",
+    )
+    gpu_memory: GpuMemory | None = Field(
+        None,
+        description="Set when the trainer's check before training says the run will probably not fit in the "
+        "GPU's free memory (a Warning Event GPUMemoryTight says so too); training still starts.",
     )
     data_factor: int | None = Field(
         None,

@@ -28,6 +28,7 @@ REASON_COMPLETE = "TrainingComplete"
 REASON_RETRYING = "Retrying"
 REASON_OUTPUT_BUSY = "OutputBusy"  # another training writes the same output directory
 REASON_DOWNSCALED = "DownscaledAfterOOM"  # also the Warning Event's reason
+GPU_MEMORY_TIGHT = "GPUMemoryTight"  # the Warning Event's reason when the trainer's memory check fails
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +265,7 @@ def downscaled_status(current: Mapping[str, Any], spec: Spec, factor: int, now: 
                f"{old} are not resumed.")
     return {
         "phase": Phase.PENDING.value, "reason": REASON_DOWNSCALED, "message": message, "dataFactor": factor,
-        "observedGeneration": generation,
+        "observedGeneration": generation, "gpuMemory": None,  # the last run's check; the next one checks again
         "conditions": conditions(current.get("conditions"), Phase.PENDING, REASON_DOWNSCALED, message, now, generation),
     }
 
@@ -383,6 +384,26 @@ def report_status(report: contract.Progress | contract.StageReport, now: float) 
     if isinstance(report, contract.StageReport):
         return stage_status(report, now)
     return progress_status(report, now)
+
+
+def gpu_memory_status(check: contract.MemoryCheck | None, current: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """status.gpuMemory to write for a log tail's memory check: only one that will not fit, and
+    not again when the status already holds it (None: nothing to write, nor to warn about). A
+    downscaled retry checks again at its new resolution: new numbers are written (and warned) once more."""
+    if check is None or check.fits:
+        return None
+    fields = {"estimateBytes": check.estimate_bytes, "freeBytes": check.free_bytes, "fits": False,
+              "advice": check.advice}
+    return None if dict(current or {}) == fields else fields
+
+
+def gpu_memory_warning(fields: Mapping[str, Any]) -> str:
+    """The Warning Event's words: the trainer's advice, or the bare numbers when it gave none."""
+    gib = 2**30
+    return fields.get("advice") or (
+        f"The trainer estimates a peak of {fields['estimateBytes'] / gib:.2f} GiB of GPU memory, more than the "
+        f"{fields['freeBytes'] / gib:.2f} GiB free; it may fail with CUDA out of memory."
+    )
 
 
 def should_write_status(last_write: float | None, now: float, interval: float) -> bool:

@@ -16,7 +16,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from splatops import contract
 from splatops.api.models import Phase
 from splatops.controller import jobs, metrics, status
-from splatops.controller.handlers.reconcile import reconcile
+from splatops.controller.handlers.reconcile import event_body, reconcile
 from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime
 
 
@@ -38,7 +38,11 @@ async def poll(rt: Runtime, idx: Indices, *, body: kopf.Body, namespace: str, na
     now = time.time()
     if pod is None or not status.should_write_status(rt.state(key).last_progress_write, now, rt.settings.status_min_interval):
         return
-    report = await last_report(rt, namespace, pod["metadata"]["name"], logger)
+    text = await log_tail(rt, namespace, pod["metadata"]["name"], logger)
+    if text is None:
+        return
+    await tell_gpu_memory(rt, key, training, current, contract.last_memory_check(text))  # even when no step moved
+    report = contract.last_report(text)
     marker = report.step if isinstance(report, contract.Progress) else report.message if report is not None else None
     if report is None or rt.state(key).last_progress_step == marker:
         return
@@ -59,14 +63,29 @@ async def poll(rt: Runtime, idx: Indices, *, body: kopf.Body, namespace: str, na
         await reconcile(rt, key, idx)  # reason and message follow the stage now, not a poll later
 
 
-async def last_report(rt: Runtime, namespace: str, pod: str,
-                      logger: Any) -> contract.Progress | contract.StageReport | None:
-    """The newest training progress, or a stage before it (structure-from-motion), in the pod's log."""
+async def tell_gpu_memory(rt: Runtime, key: Key, training: Mapping[str, Any], current: Mapping[str, Any],
+                          check: contract.MemoryCheck | None) -> None:
+    """The trainer's memory check says the run will probably not fit: status.gpuMemory and one
+    Warning Event (once per check: the status then holds it)."""
+    fields = status.gpu_memory_status(check, current.get("gpuMemory"))
+    st = rt.state(key)
+    if fields is None or fields == st.gpu_memory_told:  # told already; the index may lag behind our write
+        return
+    if not await rt.api().patch_status(key[0], key[1], {"gpuMemory": fields}):
+        return
+    rt.remember(key, {"gpuMemory": fields})
+    st.gpu_memory_told = fields
+    metrics.STATUS_WRITES.labels("progress").inc()
+    kopf.event(event_body(training), type="Warning", reason=status.GPU_MEMORY_TIGHT,
+               message=status.gpu_memory_warning(fields))
+
+
+async def log_tail(rt: Runtime, namespace: str, pod: str, logger: Any) -> str | None:
+    """The last lines of the trainer pod's log (None while the container has none)."""
     try:
-        text = await rt.api().log_tail(namespace, pod, rt.settings.log_tail_lines)
+        return await rt.api().log_tail(namespace, pod, rt.settings.log_tail_lines)
     except ApiException as exc:
         if exc.status in (400, 404):  # the container is not up yet or the pod just went away
             logger.debug(f"No log yet for {pod}: {exc.reason}")
             return None
         raise
-    return contract.last_report(text)

@@ -78,6 +78,7 @@ class TrainingState:
     kueue_seen: tuple[float, str | None] | None = None  # (monotonic time, Kueue's message)
     last_progress_write: float | None = None  # wall time of the last progress write
     last_progress_step: int | str | None = None  # the step (or stage message) it wrote
+    gpu_memory_told: Mapping[str, Any] | None = None  # the status.gpuMemory it wrote and warned about
     retired_jobs: set[str] = dataclasses.field(default_factory=set)  # uids of its Jobs we deleted (OOM retries)
 
 
