@@ -230,21 +230,7 @@ class _Trainer:
         self.backend = default_backend(device)
         _seed_all(cfg.seed, device)
         self.view_order = EpochOrder(len(scene.train), cfg.seed)
-        image_bytes = sum(v.image.numel() * v.image.element_size() for v in (*scene.train, *scene.test))
-        device_bytes = _device_bytes(device)
-        on_device = images_fit_on_device(image_bytes, device_bytes)
-        self.memory_estimate = memory_estimate(cfg, scene, image_bytes if on_device else 0)
-        self.gpu_free_bytes = _free_gpu_bytes(device)
-        checked = _check_memory(cfg, self.memory_estimate, self.gpu_free_bytes)
-        on_memory = getattr(hooks, "on_memory", None)
-        if checked is not None and on_memory is not None:
-            on_memory(checked)
-        if not on_device:
-            log.info(
-                "Keeping the %d images (%.1f GiB) in host memory, more than %d%% of the GPU's %.1f GiB; "
-                "each step copies one.", len(scene.train) + len(scene.test), image_bytes / 2**30,
-                round(IMAGES_ON_DEVICE_MAX_FRACTION * 100), (device_bytes or 0) / 2**30,
-            )
+        on_device = self._plan_memory()
         self.train_views = _DeviceViews.upload(scene.train, device, images_on_device=on_device)
         self.test_views = _DeviceViews.upload(scene.test, device, images_on_device=on_device)
         self.strategy = adapter(build_strategy(cfg))
@@ -279,6 +265,27 @@ class _Trainer:
         self._last_save_s: float | None = None  # how long the last checkpoint write took
         self.should_stop = should_stop
         self.metrics: tuple[float | None, float | None] = (None, None)  # the last evaluation's PSNR, SSIM
+
+    def _plan_memory(self) -> bool:
+        """Estimate the run's peak GPU memory, report it against the free memory (the log, and the
+        memory event the operator turns into status), and say whether the images go on the device."""
+        cfg, scene, device = self.cfg, self.scene, self.device
+        image_bytes = sum(v.image.numel() * v.image.element_size() for v in (*scene.train, *scene.test))
+        device_bytes = _device_bytes(device)
+        on_device = images_fit_on_device(image_bytes, device_bytes)
+        self.memory_estimate = memory_estimate(cfg, scene, image_bytes if on_device else 0)
+        self.gpu_free_bytes = _free_gpu_bytes(device)
+        checked = _check_memory(cfg, self.memory_estimate, self.gpu_free_bytes)
+        on_memory = getattr(self.hooks, "on_memory", None)
+        if checked is not None and on_memory is not None:
+            on_memory(checked)
+        if not on_device:
+            log.info(
+                "Keeping the %d images (%.1f GiB) in host memory, more than %d%% of the GPU's %.1f GiB; "
+                "each step copies one.", len(scene.train) + len(scene.test), image_bytes / 2**30,
+                round(IMAGES_ON_DEVICE_MAX_FRACTION * 100), (device_bytes or 0) / 2**30,
+            )
+        return on_device
 
     def _apply_auto_cap(self) -> None:
         """No maxGaussians set and a GPU that the expected model would fill: stop densification
