@@ -227,13 +227,23 @@ class Progress:
         return format_progress_message(self.step, self.max_steps, self.loss)
 
     def to_json(self) -> str:
-        data = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        # event first, so a human tailing the log sees what the line is.
-        return json.dumps({"event": data.pop("event"), **data}, separators=(", ", ": "))
+        return _event_json(self)
 
 
 def format_progress_message(step: int, max_steps: int, loss: float) -> str:
     return f"Iteration {step}/{max_steps} | Loss: {loss:.4f}"
+
+
+def _event_json(event: Any) -> str:
+    """A stdout event dataclass as one JSON line, unset (None) fields left out, `event` first so a
+    human tailing the log sees what the line is."""
+    data = {k: v for k, v in dataclasses.asdict(event).items() if v is not None}
+    return json.dumps({"event": data.pop("event"), **data}, separators=(", ", ": "))
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative integer (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _finite(value: Any) -> float | None:
@@ -312,8 +322,7 @@ class StageReport:
     event: str = EVENT_STAGE
 
     def to_json(self) -> str:
-        data = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        return json.dumps({"event": data.pop("event"), **data}, separators=(", ", ": "))
+        return _event_json(self)
 
 
 def parse_stage_line(line: str) -> StageReport | None:
@@ -324,8 +333,8 @@ def parse_stage_line(line: str) -> StageReport | None:
     stage, message = data.get("stage"), data.get("message")
     if not isinstance(stage, str) or not isinstance(message, str) or not stage:
         return None
-    counts = [v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None for v in (data.get("done"), data.get("total"))]
-    return StageReport(stage=stage, message=message, done=counts[0], total=counts[1], elapsed_s=_finite(data.get("elapsed_s")))
+    return StageReport(stage=stage, message=message, done=_count(data.get("done")), total=_count(data.get("total")),
+                       elapsed_s=_finite(data.get("elapsed_s")))
 
 
 def last_report(log_text: str) -> Progress | StageReport | None:
@@ -358,8 +367,7 @@ class MemoryCheck:
     event: str = EVENT_MEMORY
 
     def to_json(self) -> str:
-        data = dataclasses.asdict(self)
-        return json.dumps({"event": data.pop("event"), **data}, separators=(", ", ": "))
+        return _event_json(self)
 
 
 def parse_memory_line(line: str) -> MemoryCheck | None:
@@ -367,12 +375,11 @@ def parse_memory_line(line: str) -> MemoryCheck | None:
     data = _event(line)
     if data is None or data.get("event") != EVENT_MEMORY:
         return None
-    estimate, free, fits, advice = (data.get(k) for k in ("estimate_bytes", "free_bytes", "fits", "advice"))
-    sizes = [v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None for v in (estimate, free)]
-    if sizes[0] is None or sizes[1] is None or not isinstance(fits, bool):
+    estimate, free = _count(data.get("estimate_bytes")), _count(data.get("free_bytes"))
+    fits, advice = data.get("fits"), data.get("advice")
+    if estimate is None or free is None or not isinstance(fits, bool):
         return None
-    return MemoryCheck(estimate_bytes=sizes[0], free_bytes=sizes[1], fits=fits,
-                       advice=advice if isinstance(advice, str) else "")
+    return MemoryCheck(estimate_bytes=estimate, free_bytes=free, fits=fits, advice=advice if isinstance(advice, str) else "")
 
 
 def last_memory_check(log_text: str) -> MemoryCheck | None:
