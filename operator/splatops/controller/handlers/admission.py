@@ -11,8 +11,9 @@ from typing import Any, Iterator, Mapping
 from splatops import names
 from splatops.api.layout import OutputKey
 from splatops.controller import jobs, metrics, queue
+from splatops.controller.queue import TERMINAL
 from splatops.controller.handlers.reconcile import job_finished, reconcile
-from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime, latest
+from splatops.controller.handlers.state import Indices, Key, Runtime, latest
 from splatops.controller.timeutil import format_time, parse_time
 
 

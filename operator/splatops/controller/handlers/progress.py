@@ -16,8 +16,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from splatops import contract
 from splatops.api.models import Phase
 from splatops.controller import jobs, metrics, status
+from splatops.controller.queue import TERMINAL
 from splatops.controller.handlers.reconcile import event_body, reconcile
-from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime
+from splatops.controller.handlers.state import Indices, Key, Runtime
 
 
 def active(status: Mapping[str, Any], **_: Any) -> bool:

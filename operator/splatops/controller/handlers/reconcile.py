@@ -11,7 +11,8 @@ import kopf
 from splatops import contract, names
 from splatops.api.models import Phase, Spec
 from splatops.controller import jobs, metrics, status
-from splatops.controller.handlers.state import TERMINAL, Indices, Key, Runtime
+from splatops.controller.queue import TERMINAL
+from splatops.controller.handlers.state import Indices, Key, Runtime
 from splatops.controller.timeutil import parse_time
 
 logger = logging.getLogger(__name__)

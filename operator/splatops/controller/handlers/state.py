@@ -26,7 +26,6 @@ from splatops.api.layout import OutputKey, OutputLocation
 from splatops.api.models import Spec, parse_spec
 from splatops.kubeapi import Kube
 from splatops.controller.metrics import OperatorMetrics
-from splatops.controller.queue import TERMINAL
 from splatops.controller.settings import Settings
 
 Key = tuple[str, str]  # (namespace, name)

@@ -21,9 +21,10 @@ from splatops import names
 from splatops.api import layout
 from splatops.api.models import Phase, Spec
 from splatops.controller import failures, jobs, queue, status
+from splatops.controller.queue import TERMINAL
 from splatops.controller.handlers.admission import admit_new, admit_waiting, admitted_metrics, output_writers, place
 from splatops.controller.handlers.reconcile import event_body, fail, fail_invalid, reconcile
-from splatops.controller.handlers.state import TERMINAL, Blocked, Indices, Key, Runtime, snapshot
+from splatops.controller.handlers.state import Blocked, Indices, Key, Runtime, snapshot
 from splatops.controller.policy import policy_violations
 from splatops.controller.settings import Settings
 
