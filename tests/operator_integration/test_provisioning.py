@@ -12,13 +12,19 @@ from .test_operator import progress
 pytestmark = pytest.mark.timeout(60)
 
 
-async def test_a_pod_karpenter_provisions_for_waits_then_runs(kube: Harness):
-    await kube.start_operator(provisioning_grace="3600")
-    await kube.create("g5")
-    job = await kube.wait_job("g5")
+async def _nominated_but_unschedulable(kube: Harness, name: str, provisioning_grace: str):
+    """A training whose trainer pod Karpenter has nominated a node for, still Unschedulable."""
+    await kube.start_operator(provisioning_grace=provisioning_grace)
+    await kube.create(name)
+    job = await kube.wait_job(name)
     pod = await kube.sim.start(job["metadata"]["name"])
     await kube.sim.karpenter_nominates(pod)
     await kube.sim.unschedulable(pod)
+    return pod
+
+
+async def test_a_pod_karpenter_provisions_for_waits_then_runs(kube: Harness):
+    pod = await _nominated_but_unschedulable(kube, "g5", provisioning_grace="3600")
     # Unschedulable past the grace: the same reconcile that would fail it sees the Event instead.
     await eventually(lambda: kube.status("g5").get("reason") == "NodeProvisioning",
                      lambda: f"reason NodeProvisioning; status is {kube.status('g5')}")
@@ -28,11 +34,6 @@ async def test_a_pod_karpenter_provisions_for_waits_then_runs(kube: Harness):
 
 
 async def test_a_nominated_pod_still_fails_after_the_provisioning_grace(kube: Harness):
-    await kube.start_operator(provisioning_grace="0")
-    await kube.create("never")
-    job = await kube.wait_job("never")
-    pod = await kube.sim.start(job["metadata"]["name"])
-    await kube.sim.karpenter_nominates(pod)
-    await kube.sim.unschedulable(pod)
+    await _nominated_but_unschedulable(kube, "never", provisioning_grace="0")
     status = await kube.wait_phase("never", "Failed")
     assert status["reason"] == "Unschedulable" and "A node was being provisioned for it" in status["message"], status
