@@ -82,7 +82,7 @@ def test_corrupt_newest_falls_back_to_previous(tmp_path: Path, caplog: pytest.Lo
 TRAINING_CHANGES = [
     {"max_steps": 999}, {"strategy": "mcmc"}, {"seed": 7}, {"data_factor": 2}, {"sh_degree": 1}, {"max_gaussians": 1000},
     {"sh_degree_interval": 500}, {"test_every": 4}, {"ssim_lambda": 0.3}, {"init_opacity": 0.2},
-    {"init_scale": 2.0}, {"random_background": True}, {"cap_max": 5000},
+    {"init_scale": 2.0}, {"random_background": True}, {"cap_max": 5000}, {"visible_adam": False},
 ]
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from splatops_trainer.render import default_backend, rasterize
+from splatops_trainer.render import default_backend, rasterize, visible_gaussians
 
 SH_C0 = 0.28209479177387814
 W, H = 40, 30
@@ -181,6 +181,26 @@ def test_gaussians_behind_the_camera_or_off_screen_are_invisible():
     )  # fmt: skip
     assert (info["radii"][0, :2] == 0).all() and (info["radii"][0, 2] > 0).all()
     assert info["tiles_per_gauss"][0].tolist()[:2] == [0, 0]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_visible_gaussians_are_those_some_camera_sees(packed):
+    """What visible_adam updates: behind both cameras, off both screens, seen by either, by both."""
+    means = torch.tensor([[0.0, 0.0, -9.0], [100.0, 0.0, 4.0], [0.3, 0.0, 0.5], [-2.5, 0.0, 0.5], [-1.5, 0.0, 0.5]])
+    n = len(means)
+    shifted = _cam()
+    shifted[0, 3] = 3.0  # the second camera stands 3 to the left: it sees x in about [-4.7, -1.3]
+    viewmats = torch.stack([_cam(), shifted])
+    _, _, info = rasterize(
+        means, torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), torch.full((n, 3), 0.1), torch.full((n,), 0.9),
+        torch.zeros(n, 1, 3), viewmats, K.expand(2, 3, 3), W, H, sh_degree=0, backend="cpu", packed=packed,
+    )  # fmt: skip
+    seen = visible_gaussians(info, n)
+    assert seen.dtype == torch.bool and seen.shape == (n,)
+    per_camera = (info["radii"] > 0).all(dim=-1) if not packed else None
+    if per_camera is not None:
+        assert per_camera.tolist() == [[False, False, True, False, True], [False, False, False, True, True]]
+    assert seen.tolist() == [False, False, True, True, True]
 
 
 @pytest.mark.parametrize("packed", [False, True])

@@ -72,6 +72,8 @@ class TrainerConfig(BaseSettings):
     formats: str = Field(",".join(contract.DEFAULT_FORMATS), description="Model files beside results.ply (always written).")
     reconstruct: Reconstruct = Field("IfMissing", description="SfM when the scene has images but no COLMAP model.")
     reconstruct_only: bool = Field(False, description="Stop after the reconstruction (the REST API's colmap_ba).")
+    visible_adam: bool = Field(
+        True, description="Adam moves only the Gaussians the step's view sees (less GPU work per step).")
     compile_loss: CompileLoss = Field(
         "auto", description=f"torch.compile the loss: auto = on CUDA for runs of {COMPILE_LOSS_MIN_STEPS:,}+ steps.")
 

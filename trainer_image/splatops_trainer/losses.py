@@ -1,12 +1,13 @@
 """What training minimises, and the optimiser step that follows: SSIM, the loss, fused Adam.
 
-Three entry points:
+The entry points:
 
 * `ssim(img, ref)`: mean SSIM of channels-last images, the one SSIM the trainer uses (the training
   loss and the held-out evaluation alike). A faster kernel for some device belongs behind it.
 * `photometric_loss(colors, gt, ssim_lambda)`: `(1 - lambda) * L1 + lambda * (1 - SSIM)`, the 3DGS
   loss; `mcmc_regularised(loss, splats)` adds the MCMC paper's opacity and scale terms.
-* `fused_adam_step(optimizers)`: `step(); zero_grad(set_to_none=True)` of single-parameter Adams.
+* `fused_adam_step(optimizers)`: `step(); zero_grad(set_to_none=True)` of single-parameter Adams;
+  `visible_adam_step(optimizers, visible)` the same on the rows a view sees only.
 * `loss_function(compiled)`: `photometric_loss`, or the same function through `torch.compile`
   (Inductor fuses the L1/SSIM element-wise work and the copies around the blur into a few Triton
   kernels: the same numbers for about a quarter less GPU time per step, for a one-off compile).
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -69,16 +71,36 @@ class BandedBlur:
         return self._along_last(x.transpose(-1, -2)).transpose(-1, -2)
 
 
+def _gaussian_taps() -> Tensor:
+    x = torch.arange(SSIM_WINDOW, dtype=torch.float64) - (SSIM_WINDOW - 1) / 2.0
+    g = torch.exp(-(x * x) / (2.0 * SSIM_SIGMA * SSIM_SIGMA))
+    return g / g.sum()
+
+
+_TAPS = tuple(float(t) for t in _gaussian_taps())
 _BLURS: dict[tuple[torch.device, torch.dtype], BandedBlur] = {}
 
 
 def _blur_for(img: Tensor) -> BandedBlur:
     key = (img.device, img.dtype)
     if key not in _BLURS:
-        x = torch.arange(SSIM_WINDOW, dtype=torch.float64) - (SSIM_WINDOW - 1) / 2.0
-        g = torch.exp(-(x * x) / (2.0 * SSIM_SIGMA * SSIM_SIGMA))
-        _BLURS[key] = BandedBlur((g / g.sum()).to(device=img.device, dtype=img.dtype))
+        _BLURS[key] = BandedBlur(_gaussian_taps().to(device=img.device, dtype=img.dtype))
     return _BLURS[key]
+
+
+def shifted_blur(x: Tensor) -> Tensor:
+    """The same filter as a weighted sum of 11 shifted copies per axis, for `torch.compile` only.
+
+    Eagerly that is 22 kernels per axis; traced, it is pure element-wise work that Inductor fuses
+    (the five moment maps, both passes and their backward) into a few Triton kernels, where the
+    banded matmuls stay two cuBLAS calls and an unfold backward each way.
+    """
+    pad = SSIM_WINDOW // 2
+    h, w = x.shape[-2:]
+    xp = torch.nn.functional.pad(x, (pad, pad))
+    x = sum(t * xp[..., k : k + w] for k, t in enumerate(_TAPS))
+    xp = torch.nn.functional.pad(x, (0, 0, pad, pad))
+    return sum(t * xp[..., k : k + h, :] for k, t in enumerate(_TAPS))
 
 
 def ssim(img: Tensor, ref: Tensor) -> Tensor:
@@ -97,7 +119,8 @@ def ssim(img: Tensor, ref: Tensor) -> Tensor:
         raise ValueError(f"images must be [H, W, C] or [B, H, W, C] (channels last), got {list(img.shape)}")
     a, b = img.permute(0, 3, 1, 2), ref.permute(0, 3, 1, 2)
     ch = a.shape[1]
-    mu1, mu2, e11, e22, e12 = _blur_for(img)(torch.cat([a, b, a * a, b * b, a * b], dim=1)).split(ch, dim=1)
+    blur = shifted_blur if torch.compiler.is_compiling() else _blur_for(img)
+    mu1, mu2, e11, e22, e12 = blur(torch.cat([a, b, a * a, b * b, a * b], dim=1)).split(ch, dim=1)
     mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
     num = (2 * mu12 + _C1) * (2 * (e12 - mu12) + _C2)
     den = (mu1_sq + mu2_sq + _C1) * (e11 - mu1_sq + e22 - mu2_sq + _C2)
@@ -146,13 +169,12 @@ def mcmc_regularised(loss: Tensor, splats: dict[str, Tensor]) -> Tensor:
     return loss + MCMC_SCALE_REG * torch.exp(splats["scales"]).mean()
 
 
-@torch.no_grad()
-def fused_adam_step(optimizers: dict[str, torch.optim.Optimizer]) -> None:
-    """`opt.step(); opt.zero_grad(set_to_none=True)` for single-parameter Adams, minus the overhead.
-
-    Runs the kernel `torch.optim.Adam(fused=True)` runs, on the optimizer's own state (same keys,
-    same dtypes), so state_dict(), checkpoints and gsplat's strategy ops see no difference.
-    """
+def _adams_with_grads(
+    optimizers: dict[str, torch.optim.Optimizer], *, step_on_host: bool
+) -> Iterator[tuple[dict[str, Any], Tensor, dict[str, Tensor]]]:
+    """(param group, parameter, state) of each single-parameter Adam whose parameter has a
+    gradient, its state created as torch.optim would on first use (the step count on the host or,
+    as the fused kernel wants it, beside the parameter)."""
     for opt in optimizers.values():
         group = opt.param_groups[0]
         p = group["params"][0]
@@ -160,9 +182,20 @@ def fused_adam_step(optimizers: dict[str, torch.optim.Optimizer]) -> None:
             continue
         state = opt.state[p]
         if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["step"] = torch.zeros((), dtype=torch.float32, device="cpu" if step_on_host else p.device)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        yield group, p, state
+
+
+@torch.no_grad()
+def fused_adam_step(optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    """`opt.step(); opt.zero_grad(set_to_none=True)` for single-parameter Adams, minus the overhead.
+
+    Runs the kernel `torch.optim.Adam(fused=True)` runs, on the optimizer's own state (same keys,
+    same dtypes), so state_dict(), checkpoints and gsplat's strategy ops see no difference.
+    """
+    for group, p, state in _adams_with_grads(optimizers, step_on_host=False):
         state["step"] += 1
         beta1, beta2 = group["betas"]
         torch._fused_adam_(
@@ -173,10 +206,55 @@ def fused_adam_step(optimizers: dict[str, torch.optim.Optimizer]) -> None:
         p.grad = None
 
 
-def optimizer_step(optimizers: dict[str, torch.optim.Optimizer], *, fused: bool) -> None:
-    """One Adam step of every parameter, gradients cleared: the fused kernel called directly on a
-    GPU (torch.optim's per-call Python overhead, ~0.14 ms x 6 optimizers, dominated the host side
-    of a step), torch.optim's own step elsewhere."""
+def _adam_rows(p: Tensor, g: Tensor, m: Tensor, v: Tensor, rows: Tensor | None, lr: float, b1: float, b2: float,
+               eps: float) -> None:
+    """gsplat's `adam` kernel (csrc/AdamCUDA.cu) in torch, for the CPU: Adam without bias
+    correction on the rows (Gaussians) where `rows` is True, every row where it is None."""
+    m_new = b1 * m + (1.0 - b1) * g
+    v_new = b2 * v + (1.0 - b2) * g * g
+    p_new = p - lr * m_new / (v_new.sqrt() + eps)
+    keep = None if rows is None else rows.view(-1, *([1] * (p.dim() - 1)))
+    for old, new in ((p, p_new), (m, m_new), (v, v_new)):
+        old.copy_(new if keep is None else torch.where(keep, new, old))
+
+
+@torch.no_grad()
+def visible_adam_step(optimizers: dict[str, torch.optim.Optimizer], visible: Tensor) -> None:
+    """Adam on the Gaussians the step's view sees only (Taming 3DGS; gsplat's `visible_adam`).
+
+    An unseen Gaussian has a zero gradient; plain Adam would still decay its moments and move it
+    along its old momentum, for a read and write of every parameter. Here its row is skipped: less
+    GPU work the fewer a view sees. Bias-corrected like torch's Adam (gsplat's kernel is not): the
+    correction is folded into the kernel's learning rate and epsilon, with the step count kept on
+    the host (checkpoints hold it as torch.optim does). No weight decay: neither the kernel nor
+    `make_optimizers`' Adams have any.
+    """
+    kernel = _gsplat_adam if visible.is_cuda else _adam_rows
+    for group, p, state in _adams_with_grads(optimizers, step_on_host=True):
+        # .cpu(): a resumed fused optimizer loads its count onto the GPU; one sync, then host-side
+        step = state["step"] = state["step"].cpu() + 1
+        beta1, beta2 = group["betas"]
+        bc1, bc2 = 1.0 - beta1 ** float(step), (1.0 - beta2 ** float(step)) ** 0.5
+        kernel(p, p.grad, state["exp_avg"], state["exp_avg_sq"], visible, group["lr"] * bc2 / bc1, beta1, beta2,
+               group["eps"] * bc2)
+        p.grad = None
+
+
+def _gsplat_adam(p: Tensor, g: Tensor, m: Tensor, v: Tensor, rows: Tensor | None, lr: float, b1: float, b2: float,
+                 eps: float) -> None:
+    from gsplat.cuda._wrapper import adam  # CUDA only: a CPU run never loads gsplat's extension
+
+    adam(p, g.contiguous(), m, v, rows, lr, b1, b2, eps)
+
+
+def optimizer_step(optimizers: dict[str, torch.optim.Optimizer], *, fused: bool, visible: Tensor | None = None) -> None:
+    """One Adam step of every parameter, gradients cleared: only the visible Gaussians' rows when
+    `visible` is given (`visible_adam_step`); else the fused kernel called directly on a GPU
+    (torch.optim's per-call Python overhead, ~0.14 ms x 6 optimizers, dominated the host side of a
+    step), torch.optim's own step elsewhere."""
+    if visible is not None:
+        visible_adam_step(optimizers, visible)
+        return
     if fused:
         fused_adam_step(optimizers)
         return

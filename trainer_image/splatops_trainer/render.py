@@ -206,6 +206,14 @@ def _rasterize_cpu(
     return render_colors, render_alphas, info
 
 
+def visible_gaussians(info: dict[str, Any], n: int) -> Tensor:
+    """[N] bool of a render's `info`: the Gaussians some camera saw (a radius above 0)."""
+    if info["gaussian_ids"] is not None:  # packed
+        seen = torch.zeros(n, dtype=torch.bool, device=info["radii"].device)
+        return seen.index_fill_(0, info["gaussian_ids"], True)
+    return (info["radii"] > 0).all(dim=-1).any(dim=0)
+
+
 def _project(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor,
     width: int, height: int, *, eps2d: float, near_plane: float, far_plane: float, antialiased: bool,

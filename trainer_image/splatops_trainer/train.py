@@ -31,7 +31,7 @@ from .dataset import SceneData, View
 from .errors import Terminated, TrainerError
 from .image_metrics import psnr as psnr_fn
 from .preview import PreviewView, pick
-from .render import default_backend, rasterize
+from .render import default_backend, rasterize, visible_gaussians
 from .splats import empty_splats, init_splats, make_optimizers, means_lr
 from .strategy import adapter, build_strategy
 
@@ -450,7 +450,8 @@ class _Trainer:
         loss = self.strategy.loss(self.loss_fn(colors, gt, cfg.ssim_lambda), self.splats)
         loss.backward()
         self.window.add(loss)
-        losses.optimizer_step(self.optimizers, fused=self.direct_adam)
+        visible = visible_gaussians(info, len(self.splats["means"])) if cfg.visible_adam else None
+        losses.optimizer_step(self.optimizers, fused=self.direct_adam, visible=visible)
         self.strategy.after_step(self.splats, self.optimizers, self.strategy_state, step, info, lr)
         return sh_degree
 
