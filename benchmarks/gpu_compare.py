@@ -72,7 +72,10 @@ def command(job: Job, scene: str, harness: str, work: Path, report: Path) -> lis
 
 def with_profile_out(job: Job, work: Path) -> Job:
     if job.kind == "ours" and "--profile-steps" in job.args and "--profile-out" not in job.args:
-        return dataclasses.replace(job, args=[*job.args, "--profile-out", str(work / f"{job.name}.profile.json")])
+        # before --extra, which hands everything after it to splatops-train
+        at = job.args.index("--extra") if "--extra" in job.args else len(job.args)
+        flag = ["--profile-out", str(work / f"{job.name}.profile.json")]
+        return dataclasses.replace(job, args=[*job.args[:at], *flag, *job.args[at:]])
     return job
 
 
@@ -160,6 +163,7 @@ FAMILIES = [  # (family, regex on the kernel name), first match wins
     ("tile intersection + sort", r"intersect_tile|intersect_offset|isect|RadixSort|DeviceScan|radix_sort"),
     ("SSIM (matmul blur / fused)", r"gemm|xmma|cutlass|ssim|unfold_backward|conv"),
     ("optimizer (Adam)", r"[Aa]dam|FusedOptimizer"),
+    ("loss, compiled (Inductor's Triton kernels)", r"^triton_"),
     ("copies + cat", r"direct_copy|CatArray|copy_kernel"),
     ("densification (index/scatter/nonzero)", r"index|scatter|gather|nonzero|masked|topk"),
     ("elementwise + reductions", r"elementwise|reduce|Functor|fill"),

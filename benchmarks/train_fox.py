@@ -95,14 +95,15 @@ def profile(args: argparse.Namespace) -> int:
 
 
 def profile_window(losses_mod: object, steps: str, out: Path) -> None:
-    """Profile training steps A..B (counted by calls of the training loss, one per step): kernel
-    times as JSON, for the kernel-family breakdown in gpu_compare.py."""
+    """Profile training steps A..B (counted by calls of the optimizer step, one per step; not of the
+    loss, which may be compiled): kernel times as JSON, for the kernel-family breakdown in
+    gpu_compare.py."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
     start, stop = (int(x) for x in steps.split(":"))
-    real = losses_mod.photometric_loss  # type: ignore[attr-defined]
+    real = losses_mod.optimizer_step  # type: ignore[attr-defined]
     state: dict[str, object] = {"step": 0, "prof": None}
 
     def counted(*a: object, **k: object) -> object:
@@ -122,7 +123,7 @@ def profile_window(losses_mod: object, steps: str, out: Path) -> None:
         state["step"] = step + 1
         return real(*a, **k)
 
-    losses_mod.photometric_loss = counted  # type: ignore[attr-defined]
+    losses_mod.optimizer_step = counted  # type: ignore[attr-defined]
 
 
 def main() -> int:
